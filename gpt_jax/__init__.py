@@ -1,0 +1,8 @@
+"""gpt_jax: GPT-2 as pure JAX/Flax functions."""
+from gpt_jax.config import GPTConfig, PRESETS
+from gpt_jax.errors import CheckpointError, ConfigError, DataError, UserError
+from gpt_jax.model import GPT, Block, CausalSelfAttention, MLP, count_params, init_params, log_probs
+from gpt_jax.tokenizer import get_tokenizer
+from gpt_jax.checkpoint import load_checkpoint, save_checkpoint
+
+__version__ = "0.1.0"

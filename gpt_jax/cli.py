@@ -1,0 +1,34 @@
+"""Helpers shared by the thin CLIs: boolean flags, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from gpt_jax.errors import UserError
+
+
+def str2bool(s: str) -> bool:
+    """`true`/`false` (also 1/0, yes/no) for boolean flags."""
+    v = str(s).strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run a CLI entry point: user errors become one `error: ...` line on stderr and exit 1."""
+    try:
+        sys.exit(main() or 0)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,111 @@
+"""GPTConfig: every hyperparameter of the architecture in one frozen dataclass, plus presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+
+from gpt_jax.errors import ConfigError
+
+# GPT-2's BPE has 50257 tokens. A larger vocab_size (e.g. 50304 = 64 * 786) only pads the
+# embedding for faster matmuls: ids >= TOKENIZER_VOCAB_SIZE get -inf logits in that case, so they
+# are never sampled and carry no probability mass in the loss; export drops their rows.
+TOKENIZER_VOCAB_SIZE = 50257
+
+ATTN_IMPLS = ("auto", "xla", "cudnn")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = TOKENIZER_VOCAB_SIZE
+    block_size: int = 1024      # longest sequence (learned position embeddings)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True           # biases in Dense layers and LayerNorms (GPT-2 has them)
+    dtype: str = "float32"      # compute dtype of matmuls and activations
+    param_dtype: str = "float32"
+    attn_impl: str = "auto"     # auto (cuDNN on GPU in 16-bit, else XLA) | xla | cudnn
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
+                              f"n_head ({self.n_head})")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise ConfigError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ConfigError(f"GPTConfig.attn_impl must be one of {', '.join(ATTN_IMPLS)}, "
+                              f"got {self.attn_impl!r}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"GPTConfig.{name} must be one of {', '.join(DTYPES)}, "
+                                  f"got {getattr(self, name)!r}")
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_real_vocab(self) -> int:
+        """Ids that may be predicted: the tokenizer's 50257 when vocab_size pads above it."""
+        return min(self.vocab_size, TOKENIZER_VOCAB_SIZE)
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def params_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(f"unknown GPTConfig field(s) {unknown}; allowed: {sorted(fields)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def architecture_diff(self, other: "GPTConfig") -> list[str]:
+        """Fields that change parameter shapes, listed as 'name: self vs other'."""
+        return [f"{k}: {getattr(self, k)} vs {getattr(other, k)}" for k in ARCHITECTURE_FIELDS
+                if getattr(self, k) != getattr(other, k)]
+
+
+# Fields that decide the parameter pytree; dropout and dtypes may differ between runs.
+ARCHITECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The four released GPT-2 sizes (124M, 355M, 774M, 1558M parameters with the tied head).
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
+    # Small ones for tests and CPU demos.
+    "gpt2-tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=128),
+    "gpt2-mini": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
+}

@@ -1,0 +1,229 @@
+"""GPT-2 as flax.linen modules: CausalSelfAttention, MLP, Block, GPT.
+
+Parameter names follow GPT-2's checkpoints (wte, wpe, h_0.., ln_1, attn.c_attn, attn.c_proj,
+ln_2, mlp.c_fc, mlp.c_proj, ln_f). Flax's Dense kernel is (in, out), the same layout as GPT-2's
+Conv1D weights, so Hugging Face tensors map over without transposes.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from gpt_jax.config import GPTConfig
+
+# Logit for padded vocab ids. Finite (not -inf) so that p * log p stays 0 rather than NaN.
+PADDED_LOGIT = -1e9
+
+KVCache = tuple  # per layer: (k, v), each (B, S, n_head, head_dim) in the compute dtype
+
+
+def attention_implementation(cfg: GPTConfig) -> Optional[str]:
+    """cuDNN's fused kernel on GPU in 16-bit (it rejects float32 and raises on CPU), else XLA."""
+    if cfg.attn_impl == "xla":
+        return None
+    if cfg.attn_impl == "cudnn":
+        return "cudnn"
+    use_cudnn = jax.default_backend() == "gpu" and cfg.dtype in ("bfloat16", "float16")
+    return "cudnn" if use_cudnn else None
+
+
+def attention(q, k, v, mask=None, *, is_causal=False, implementation=None):
+    """Scaled dot-product attention. q: (B, T, H, D); k, v: (B, S, H, D) -> (B, T, H, D).
+
+    mask: bool, broadcastable to (B, H, T, S), True where a query may look. is_causal masks
+    top-left (query i sees keys <= i), right only when T == S: a decode step at the end of a
+    longer cache must pass an explicit mask instead. Softmax runs in float32 inside.
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)
+
+
+def attention_with_dropout(q, k, v, mask, dropout: nn.Dropout, deterministic: bool):
+    """The same function spelt out, so dropout can reach the attention probabilities."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic)
+    return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
+
+
+def causal_mask(t: int, s: int | None = None):
+    """(1, 1, T, S) bool: query i sees keys <= i (keys and queries aligned at the start)."""
+    s = t if s is None else s
+    return jnp.tril(jnp.ones((t, s), dtype=bool))[None, None]
+
+
+def _dense(cfg: GPTConfig, features: int, name: str, std: float = 0.02) -> nn.Dense:
+    return nn.Dense(features, use_bias=cfg.bias, dtype=cfg.compute_dtype,
+                    param_dtype=cfg.params_dtype, kernel_init=nn.initializers.normal(std),
+                    bias_init=nn.initializers.zeros, name=name)
+
+
+def _residual_std(cfg: GPTConfig) -> float:
+    # GPT-2: each block adds two residual branches, so scale their output projections by
+    # 1/sqrt(2 * n_layer) to keep the residual stream's variance independent of depth.
+    return 0.02 / math.sqrt(2 * cfg.n_layer)
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+    # Flax computes LayerNorm statistics in float32 even for bfloat16 inputs.
+    return nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.compute_dtype,
+                        param_dtype=cfg.params_dtype, name=name)
+
+
+class CausalSelfAttention(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, *, deterministic=True, mask=None, kv_cache=None, cache_index=None):
+        """x: (B, T, C). Without a cache, plain causal attention over x.
+
+        With kv_cache = (k, v), each (B, S, H, D): this call's keys and values are written at
+        cache_index and the queries attend over the whole cache through `mask` (B, 1, T, S),
+        which the caller builds (it knows the prompt padding). Returns (y, new_kv_cache).
+        """
+        cfg = self.config
+        B, T, C = x.shape
+        qkv = _dense(cfg, 3 * C, "c_attn")(x)
+        q, k, v = (a.reshape(B, T, cfg.n_head, cfg.head_dim) for a in jnp.split(qkv, 3, -1))
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+            kv_cache = (k, v)
+        use_dropout = cfg.dropout > 0 and not deterministic
+        if use_dropout:
+            m = causal_mask(T) if mask is None else mask
+            y = attention_with_dropout(q, k, v, m, nn.Dropout(cfg.dropout), deterministic)
+        elif mask is None:
+            y = attention(q, k, v, is_causal=True, implementation=attention_implementation(cfg))
+        else:
+            y = attention(q, k, v, mask=mask)
+        y = _dense(cfg, C, "c_proj", _residual_std(cfg))(y.reshape(B, T, C))
+        return y, kv_cache
+
+
+class MLP(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        x = _dense(cfg, 4 * cfg.n_embd, "c_fc")(x)
+        x = nn.gelu(x, approximate=True)  # GPT-2's "gelu_new" is the tanh approximation
+        return _dense(cfg, cfg.n_embd, "c_proj", _residual_std(cfg))(x)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, *, deterministic=True, mask=None, kv_cache=None, cache_index=None):
+        cfg = self.config
+        drop = nn.Dropout(cfg.dropout)
+        y, kv_cache = CausalSelfAttention(cfg, name="attn")(
+            _layer_norm(cfg, "ln_1")(x), deterministic=deterministic, mask=mask,
+            kv_cache=kv_cache, cache_index=cache_index)
+        x = x + drop(y, deterministic=deterministic)
+        x = x + drop(MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x)),
+                     deterministic=deterministic)
+        return x, kv_cache
+
+
+class GPT(nn.Module):
+    """tokens int32 (B, T) -> logits float32 (B, T, vocab_size).
+
+    positions (B, T) default to 0..T-1 (a decoder passes per-row positions for padded prompts).
+    With kv_cache (a tuple of per-layer (k, v)) it returns (logits, new_kv_cache).
+    """
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens, *, deterministic=True, positions=None, mask=None, kv_cache=None,
+                 cache_index=None):
+        cfg = self.config
+        B, T = tokens.shape
+        if T > cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
+        if positions is None:
+            positions = jnp.arange(T)[None, :] + (0 if cache_index is None else cache_index)
+        embed = functools.partial(nn.Embed, features=cfg.n_embd, dtype=cfg.compute_dtype,
+                                  param_dtype=cfg.params_dtype,
+                                  embedding_init=nn.initializers.normal(0.02))
+        wte = embed(cfg.vocab_size, name="wte")
+        x = wte(tokens) + embed(cfg.block_size, name="wpe")(positions)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+        new_cache = []
+        for i in range(cfg.n_layer):
+            layer_cache = None if kv_cache is None else kv_cache[i]
+            x, layer_cache = Block(cfg, name=f"h_{i}")(
+                x, deterministic=deterministic, mask=mask, kv_cache=layer_cache,
+                cache_index=cache_index)
+            new_cache.append(layer_cache)
+        x = _layer_norm(cfg, "ln_f")(x)
+
+        # Tied LM head: the token embedding read backwards (wte.attend), but with float32
+        # accumulation and output, since attend would round bfloat16 logits to bfloat16.
+        logits = jnp.einsum("btc,vc->btv", x, wte.embedding.astype(x.dtype),
+                            preferred_element_type=jnp.float32)
+        if cfg.vocab_size > cfg.n_real_vocab:
+            logits = jnp.where(jnp.arange(cfg.vocab_size) < cfg.n_real_vocab, logits,
+                               PADDED_LOGIT)
+        return logits if kv_cache is None else (logits, tuple(new_cache))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(cfg: GPTConfig, key):
+    return GPT(cfg).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def init_params(cfg: GPTConfig, key) -> dict:
+    """GPT-2-initialised parameters as a plain nested dict of arrays."""
+    return _init(cfg, key)
+
+
+def param_shapes(cfg: GPTConfig) -> dict:
+    """The parameter pytree as jax.ShapeDtypeStruct leaves, without allocating anything."""
+    return jax.eval_shape(functools.partial(_init, cfg), jax.random.key(0))
+
+
+def count_params(cfg: GPTConfig, *, non_embedding: bool = False) -> int:
+    """Number of parameters (the head is tied, so it adds none). non_embedding drops wpe,
+    as in the usual 6N FLOPs-per-token estimate."""
+    shapes = param_shapes(cfg)
+    n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+    return n - math.prod(shapes["wpe"]["embedding"].shape) if non_embedding else n
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _log_probs(params, cfg: GPTConfig, tokens, mask):
+    logits = GPT(cfg).apply({"params": params}, tokens[:, :-1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    out = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return out if mask is None else jnp.where(mask, out, 0.0)
+
+
+def log_probs(params, cfg: GPTConfig, tokens, mask=None):
+    """Per-token log p(x_t | x_<t) for scoring text.
+
+    tokens: int (B, T). Returns float32 (B, T-1): out[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]).
+    mask: optional bool (B, T-1), the shape of the result; masked-out positions give 0.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"log_probs needs int tokens of shape (B, T) with T >= 2, "
+                         f"got shape {tokens.shape}")
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        if mask.shape != (tokens.shape[0], tokens.shape[1] - 1):
+            raise ValueError(f"mask must have the result's shape {(tokens.shape[0], tokens.shape[1] - 1)}, "
+                             f"got {mask.shape}")
+    return _log_probs(params, cfg, tokens, mask)
