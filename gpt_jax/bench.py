@@ -1,0 +1,284 @@
+"""Timing harness behind bench.py.
+
+Method (DESIGN.md "Bench method"): compile time is measured apart (lower + compile); warm-up
+calls are excluded; every timed call ends in block_until_ready; each figure is the median of
+several repeats with min and max; A/B peers are interleaved repeat by repeat so that drift in a
+noisy machine hits both alike. The machine section measures the FLOP peak (large matmul) and the
+read bandwidth (read-only reduction over >= 1 GiB) in the same run, so MFU and bandwidth
+fractions are stated against figures from this very machine.
+
+Sections register themselves in SECTIONS: name -> fn(ctx) -> list[Result].
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.config import GPTConfig
+
+
+@dataclass
+class Result:
+    section: str
+    name: str
+    metric: str
+    value: float
+    unit: str
+    config: dict = field(default_factory=dict)
+    median: Optional[float] = None   # seconds per call (None for derived rows such as ratios)
+    min: Optional[float] = None
+    max: Optional[float] = None
+    repeats: int = 0
+    compile_s: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Timing:
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def max(self) -> float:
+        return max(self.times)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: above ~0.2 the machine was noisy and the figure is shaky."""
+        return (self.max - self.min) / self.median if self.median > 0 else 0.0
+
+
+def block(x):
+    return jax.block_until_ready(x)
+
+
+def compile_seconds(jitted: Callable, *args, **kwargs) -> tuple[Callable, float]:
+    """Lower and compile ahead of time; returns (compiled, seconds)."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def time_calls(fns: dict[str, Callable[[], Any]], repeats: int = 5,
+               warmup: int = 1) -> dict[str, Timing]:
+    """Time zero-argument callables, interleaved: warm-up each, then for r in repeats: each once."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            block(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(t) for name, t in times.items()}
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
+    return time_calls({"_": fn}, repeats, warmup)["_"]
+
+
+def result_from_timing(section: str, name: str, timing: Timing, *, work: float, metric: str,
+                       unit: str, config: Optional[dict] = None,
+                       compile_s: Optional[float] = None) -> Result:
+    """A throughput row: value = work / median seconds (e.g. tokens per call -> tokens/s)."""
+    return Result(section=section, name=name, metric=metric, value=work / timing.median,
+                  unit=unit, config=config or {}, median=timing.median, min=timing.min,
+                  max=timing.max, repeats=len(timing.times), compile_s=compile_s)
+
+
+def ratio_row(section: str, name: str, ours: Result, theirs: Result,
+              config: Optional[dict] = None) -> Result:
+    return Result(section=section, name=name, metric=f"{ours.metric} ratio", unit="x",
+                  value=ours.value / theirs.value, config=config or {}, repeats=ours.repeats)
+
+
+def peak_memory_bytes(compiled) -> Optional[int]:
+    """Peak device memory of a compiled program: allocator stats where the device keeps them,
+    else XLA's static estimate (arguments + outputs + temporaries - aliased)."""
+    try:
+        m = compiled.memory_analysis()
+        if m is None:
+            return None
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                   - m.alias_size_in_bytes)
+    except Exception:  # not every backend implements it
+        return None
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    import jaxlib
+    dev = jax.devices()[0]
+    return {"platform": dev.platform, "device_kind": dev.device_kind,
+            "device_count": jax.device_count(), "process_count": jax.process_count(),
+            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+
+
+@dataclass
+class Context:
+    """What sections share: CLI options and the machine figures measured at the start."""
+    repeats: int = 5
+    warmup: int = 1
+    preset: str = "gpt2"
+    batch_size: int = 8
+    seq_len: int = 1024
+    dtype: str = "float32"
+    tiny: bool = False                  # smoke-test sizes
+    peak_flops: Optional[float] = None  # FLOP/s, from the matmul in the machine section
+    read_bandwidth: Optional[float] = None  # bytes/s, from the reduction
+    options: dict = field(default_factory=dict)
+
+    def config(self, **overrides) -> GPTConfig:
+        return GPTConfig.from_preset(self.preset, dtype=self.dtype, **overrides)
+
+
+def measure_matmul_flops(ctx: Context, n: int, dtype=jnp.float32) -> tuple[Timing, float]:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(jnp.matmul)
+    t = time_call(lambda: f(a, b), ctx.repeats, ctx.warmup)
+    return t, 2.0 * n ** 3
+
+
+def measure_read_bandwidth(ctx: Context, nbytes: int) -> tuple[Timing, float]:
+    # A read-only reduction: every byte is read once and almost nothing is written, the floor
+    # that a memory-bound decode step (which reads all weights per token) can approach.
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    t = time_call(lambda: f(x), ctx.repeats, ctx.warmup)
+    return t, float(x.nbytes)
+
+
+def section_machine(ctx: Context) -> list[Result]:
+    n = 512 if ctx.tiny else (8192 if jax.default_backend() != "cpu" else 4096)
+    nbytes = (64 << 20) if ctx.tiny else (1 << 30) if jax.default_backend() == "cpu" else (4 << 30)
+    rows = []
+    t, flops = measure_matmul_flops(ctx, n)
+    rows.append(result_from_timing("machine", f"matmul f32 {n}x{n}", t, work=flops,
+                                   metric="FLOP/s", unit="FLOP/s", config={"n": n}))
+    ctx.peak_flops = rows[-1].value
+    if jax.default_backend() != "cpu":
+        t, flops = measure_matmul_flops(ctx, n, jnp.bfloat16)
+        rows.append(result_from_timing("machine", f"matmul bf16 {n}x{n}", t, work=flops,
+                                       metric="FLOP/s", unit="FLOP/s", config={"n": n}))
+        ctx.options["peak_flops_bf16"] = rows[-1].value
+    t, nb = measure_read_bandwidth(ctx, nbytes)
+    rows.append(result_from_timing("machine", f"read-only sum {nb / 2**30:.2f} GiB", t, work=nb,
+                                   metric="read bandwidth", unit="B/s", config={"bytes": nb}))
+    ctx.read_bandwidth = rows[-1].value
+    return rows
+
+
+def section_forward(ctx: Context) -> list[Result]:
+    """Tokens/s of the jitted forward pass (logits for every position) for one preset."""
+    from gpt_jax.model import GPT, init_params
+    cfg = ctx.config()
+    if ctx.tiny:
+        cfg = cfg.replace(vocab_size=512)
+    B, T = ctx.batch_size, min(ctx.seq_len, cfg.block_size)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.n_real_vocab, jnp.int32)
+    fwd = jax.jit(lambda p, x: GPT(cfg).apply({"params": p}, x))
+    compiled, compile_s = compile_seconds(fwd, params, tokens)
+    t = time_call(lambda: compiled(params, tokens), ctx.repeats, ctx.warmup)
+    conf = {"preset": ctx.preset, "batch": B, "seq": T, "dtype": cfg.dtype}
+    row = result_from_timing("forward", f"{ctx.preset} forward", t, work=B * T,
+                             metric="tokens/s", unit="tokens/s", config=conf,
+                             compile_s=compile_s)
+    rows = [row]
+    if ctx.peak_flops:
+        from gpt_jax.model import count_params
+        flops_per_token = 2 * count_params(cfg, non_embedding=True) + 4 * cfg.n_layer * cfg.n_embd * T
+        rows.append(Result("forward", f"{ctx.preset} forward", "utilisation of matmul peak",
+                           row.value * flops_per_token / ctx.peak_flops, "fraction", conf))
+    return rows
+
+
+SECTIONS: dict[str, Callable[[Context], list[Result]]] = {
+    "machine": section_machine,
+    "forward": section_forward,
+}
+
+
+def run_sections(ctx: Context, names: list[str], log=print) -> list[Result]:
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        from gpt_jax.errors import UserError
+        raise UserError(f"unknown bench section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if "machine" not in names and ctx.peak_flops is None:
+        names = ["machine"] + names  # MFU and bandwidth fractions need this run's figures
+    results: list[Result] = []
+    for name in names:
+        log(f"[bench] section {name} ...", file=sys.stderr)
+        t0 = time.perf_counter()
+        results += SECTIONS[name](ctx)
+        log(f"[bench] section {name} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return results
+
+
+def format_value(value: float, unit: str) -> str:
+    if unit in ("FLOP/s", "B/s"):
+        for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+            if value >= scale:
+                return f"{value / scale:.1f} {prefix}{unit}"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "fraction":
+        return f"{100 * value:.1f}%"
+    return f"{value:,.1f} {unit}"
+
+
+def format_table(results: list[Result]) -> str:
+    lines = [f"{'section':<9} {'name':<44} {'metric':<28} {'value':>18} {'median s':>9} "
+             f"{'compile s':>9}"]
+    for r in results:
+        med = f"{r.median:.4f}" if r.median is not None else ""
+        comp = f"{r.compile_s:.1f}" if r.compile_s is not None else ""
+        note = ""
+        if r.median and r.min is not None and r.median > 0 and (r.max - r.min) / r.median > 0.2:
+            note = f"  (wide spread: {r.min:.4f}-{r.max:.4f} s)"
+        lines.append(f"{r.section:<9} {r.name[:44]:<44} {r.metric[:28]:<28} "
+                     f"{format_value(r.value, r.unit):>18} {med:>9} {comp:>9}{note}")
+    return "\n".join(lines)
+
+
+def write_json(path: str, results: list[Result]) -> None:
+    doc = {"machine": machine_info(), "results": [r.to_dict() for r in results]}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
