@@ -43,12 +43,13 @@ def attention(q, k, v, mask=None, *, is_causal=False, implementation=None):
                                         implementation=implementation)
 
 
-def attention_with_dropout(q, k, v, mask, dropout: nn.Dropout, deterministic: bool):
-    """The same function spelt out, so dropout can reach the attention probabilities."""
+def attention_with_dropout(q, k, v, mask, dropout=lambda probs: probs):
+    """The same function spelt out, so `dropout` (probs -> probs) can reach the attention
+    probabilities: jax.nn.dot_product_attention has no dropout."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic)
+    probs = dropout(jax.nn.softmax(logits, axis=-1))
     return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
 
 
@@ -100,7 +101,8 @@ class CausalSelfAttention(nn.Module):
         use_dropout = cfg.dropout > 0 and not deterministic
         if use_dropout:
             m = causal_mask(T) if mask is None else mask
-            y = attention_with_dropout(q, k, v, m, nn.Dropout(cfg.dropout), deterministic)
+            drop = nn.Dropout(cfg.dropout, deterministic=False)
+            y = attention_with_dropout(q, k, v, m, drop)
         elif mask is None:
             y = attention(q, k, v, is_causal=True, implementation=attention_implementation(cfg))
         else:

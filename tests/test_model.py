@@ -1,0 +1,158 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import GPT, GPTConfig, init_params, log_probs
+from gpt_jax.model import PADDED_LOGIT
+
+
+def forward(cfg, params, tokens, **kw):
+    return GPT(cfg).apply({"params": params}, tokens, **kw)
+
+
+def random_tokens(cfg, shape, seed=1):
+    return jax.random.randint(jax.random.key(seed), shape, 0, cfg.n_real_vocab, jnp.int32)
+
+
+def test_param_names_follow_gpt2(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    assert set(params) == {"wte", "wpe", "h_0", "h_1", "ln_f"}  # no separate lm_head
+    assert set(params["h_0"]) == {"ln_1", "attn", "ln_2", "mlp"}
+    assert set(params["h_0"]["attn"]) == {"c_attn", "c_proj"}
+    assert params["h_0"]["attn"]["c_attn"]["kernel"].shape == (64, 192)  # (in, out) like Conv1D
+    assert params["wte"]["embedding"].shape == (256, 64)
+
+
+def test_causality(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    tokens = random_tokens(tiny_cfg, (2, 16))
+    t = 7
+    changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 1) % tiny_cfg.vocab_size)
+    a, b = forward(tiny_cfg, params, tokens), forward(tiny_cfg, params, changed)
+    np.testing.assert_allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-6, rtol=0)
+    assert np.abs(a[:, t + 1:] - b[:, t + 1:]).max() > 1e-3
+    # ...and the token at t itself does move the logits at t.
+    at_t = tokens.at[:, t].set((tokens[:, t] + 1) % tiny_cfg.vocab_size)
+    c = forward(tiny_cfg, params, at_t)
+    np.testing.assert_allclose(a[:, :t], c[:, :t], atol=1e-6, rtol=0)
+    assert np.abs(a[:, t] - c[:, t]).max() > 1e-3
+
+
+def test_lm_head_is_tied_to_wte(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    tokens = jnp.array([[1, 2, 3, 4]], jnp.int32)
+    v = 200  # a token that is not in the input: its wte row reaches the logits only via the head
+    bumped = jax.tree_util.tree_map(lambda x: x, params)
+    bumped["wte"] = {"embedding": params["wte"]["embedding"].at[v].add(0.5)}
+    a, b = forward(tiny_cfg, params, tokens), forward(tiny_cfg, bumped, tokens)
+    changed = np.abs(np.asarray(a - b)).max(axis=(0, 1)) > 1e-6
+    assert changed[v] and changed.sum() == 1
+
+
+def test_init_statistics():
+    cfg = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=64, vocab_size=2048)
+    params = init_params(cfg, jax.random.key(0))
+    resid = 0.02 / np.sqrt(2 * cfg.n_layer)
+    for i in range(cfg.n_layer):
+        h = params[f"h_{i}"]
+        for name, std in (("attn/c_attn", 0.02), ("attn/c_proj", resid),
+                          ("mlp/c_fc", 0.02), ("mlp/c_proj", resid)):
+            mod, sub = name.split("/")
+            w = np.asarray(h[mod][sub]["kernel"])
+            assert abs(w.std() - std) < 0.05 * std, (i, name, w.std(), std)
+            assert abs(w.mean()) < 0.05 * std
+            assert np.all(np.asarray(h[mod][sub]["bias"]) == 0)
+        for ln in ("ln_1", "ln_2"):
+            assert np.all(np.asarray(h[ln]["scale"]) == 1) and np.all(np.asarray(h[ln]["bias"]) == 0)
+    for emb in ("wte", "wpe"):
+        assert abs(np.asarray(params[emb]["embedding"]).std() - 0.02) < 0.001
+
+
+def test_jit_matches_eager(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    tokens = random_tokens(tiny_cfg, (2, 32))
+    eager = forward(tiny_cfg, params, tokens)
+    jitted = jax.jit(lambda p, t: forward(tiny_cfg, p, t))(params, tokens)
+    assert eager.dtype == jitted.dtype == jnp.float32 and eager.shape == (2, 32, 256)
+    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    tokens = random_tokens(tiny_cfg, (2, 32))
+    f32 = forward(tiny_cfg, params, tokens)
+    bf16 = forward(tiny_cfg.replace(dtype="bfloat16"), params, tokens)
+    assert bf16.dtype == jnp.float32  # logits are float32 whatever the compute dtype
+    # bfloat16 keeps 8 mantissa bits (~0.4% per rounding); a couple of layers of them stay
+    # within 2% of the largest logit.
+    scale = float(np.abs(f32).max())
+    err = float(np.abs(f32 - bf16).max())
+    assert err <= 0.02 * max(1.0, scale), (err, scale)
+    assert err > 0  # the bfloat16 path really ran in bfloat16
+
+
+def test_bfloat16_params(tiny_cfg):
+    cfg = tiny_cfg.replace(param_dtype="bfloat16", dtype="bfloat16")
+    params = init_params(cfg, jax.random.key(0))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params))
+    assert forward(cfg, params, random_tokens(cfg, (1, 8))).dtype == jnp.float32
+
+
+def test_dropout_only_when_not_deterministic(tiny_cfg):
+    cfg = tiny_cfg.replace(dropout=0.2)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = random_tokens(cfg, (2, 16))
+    eval_a = forward(cfg, params, tokens)
+    eval_b = forward(cfg, params, tokens, deterministic=True)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    np.testing.assert_allclose(eval_a, forward(tiny_cfg, params, tokens), rtol=1e-6, atol=1e-6)
+    train = lambda seed: forward(cfg, params, tokens, deterministic=False,
+                                 rngs={"dropout": jax.random.key(seed)})
+    assert np.abs(train(0) - eval_a).max() > 1e-3
+    assert np.abs(train(0) - train(1)).max() > 1e-3
+    np.testing.assert_array_equal(train(3), train(3))
+    with pytest.raises(Exception):  # no dropout RNG given
+        forward(cfg, params, tokens, deterministic=False)
+
+
+def test_attention_dropout_path_equals_fused_path_without_dropout(tiny_cfg):
+    from gpt_jax.model import attention, attention_with_dropout, causal_mask
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 8, 2, 16)) for i in range(3))
+    fused = attention(q, k, v, is_causal=True)
+    explicit = attention_with_dropout(q, k, v, causal_mask(8))
+    np.testing.assert_allclose(fused, explicit, rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_longer_than_block_size_is_an_error(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    with pytest.raises(ValueError, match="exceeds block_size 32"):
+        forward(tiny_cfg, params, jnp.zeros((1, 33), jnp.int32))
+
+
+def test_padded_vocab_gets_no_probability():
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50304)
+    params = init_params(cfg, jax.random.key(0))
+    logits = forward(cfg, params, jnp.array([[1, 2, 3]], jnp.int32))
+    assert np.all(np.asarray(logits[..., 50257:]) == PADDED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1)
+    assert float(probs[..., 50257:].sum()) == 0.0
+
+
+def test_log_probs_match_log_softmax(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    tokens = random_tokens(tiny_cfg, (3, 12))
+    lp = log_probs(params, tiny_cfg, tokens)
+    assert lp.shape == (3, 11)
+    logits = np.asarray(forward(tiny_cfg, params, tokens), np.float64)
+    ref = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    t = np.asarray(tokens)
+    expected = np.take_along_axis(ref[:, :-1], t[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(lp, expected, rtol=1e-5, atol=1e-5)
+    mask = np.ones((3, 11), bool)
+    mask[1, 4:] = False
+    masked = np.asarray(log_probs(params, tiny_cfg, tokens, mask))
+    assert np.all(masked[1, 4:] == 0) and np.all(masked[1, :4] == np.asarray(lp)[1, :4])
+    with pytest.raises(ValueError, match="mask"):
+        log_probs(params, tiny_cfg, tokens, np.ones((3, 12), bool))
