@@ -123,11 +123,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+
+    Arguments are positional-friendly so that nn.remat / nn.scan can lift the block
+    (argument 2, `deterministic`, is a static Python bool).
+    """
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x, *, deterministic=True, mask=None, kv_cache=None, cache_index=None):
+    def __call__(self, x, deterministic=True, mask=None, kv_cache=None, cache_index=None):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout)
         y, kv_cache = CausalSelfAttention(cfg, name="attn")(
@@ -144,8 +148,15 @@ class GPT(nn.Module):
 
     positions (B, T) default to 0..T-1 (a decoder passes per-row positions for padded prompts).
     With kv_cache (a tuple of per-layer (k, v)) it returns (logits, new_kv_cache).
+
+    Run settings for big models (they change memory and compile time, never the function):
+    remat recomputes each block's activations in the backward pass instead of storing them;
+    scan_layers runs one compiled block n_layer times (nn.scan) over parameters stacked under
+    "h" (see stack_layers / unstack_layers), so compile time stops growing with depth.
     """
     config: GPTConfig
+    remat: bool = False
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, tokens, *, deterministic=True, positions=None, mask=None, kv_cache=None,
@@ -163,12 +174,21 @@ class GPT(nn.Module):
         x = wte(tokens) + embed(cfg.block_size, name="wpe")(positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
+        # prevent_cse=False: inside scan, XLA cannot merge the recomputation away anyway.
+        block = (nn.remat(Block, static_argnums=(2,), prevent_cse=not self.scan_layers)
+                 if self.remat else Block)
         new_cache = []
-        for i in range(cfg.n_layer):
+        if self.scan_layers:
+            if kv_cache is not None:
+                raise ValueError("scan_layers is a training layout; decode with unstacked params")
+            blocks = nn.scan(block, variable_axes={"params": 0},
+                             split_rngs={"params": True, "dropout": True},
+                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)
+            x, _ = blocks(cfg, name="h")(x, deterministic, mask)
+        for i in range(0 if self.scan_layers else cfg.n_layer):
             layer_cache = None if kv_cache is None else kv_cache[i]
-            x, layer_cache = Block(cfg, name=f"h_{i}")(
-                x, deterministic=deterministic, mask=mask, kv_cache=layer_cache,
-                cache_index=cache_index)
+            x, layer_cache = block(cfg, name=f"h_{i}")(
+                x, deterministic, mask, layer_cache, cache_index)
             new_cache.append(layer_cache)
         x = _layer_norm(cfg, "ln_f")(x)
 
@@ -185,6 +205,33 @@ class GPT(nn.Module):
 @functools.partial(jax.jit, static_argnums=0)
 def _init(cfg: GPTConfig, key):
     return GPT(cfg).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def stack_layers(params: dict, n_layer: int) -> dict:
+    """h_0..h_{L-1} -> "h" with a leading layer axis on every leaf (the scan_layers layout)."""
+    out = {k: v for k, v in params.items() if not k.startswith("h_")}
+    layers = [params[f"h_{i}"] for i in range(n_layer)]
+    out["h"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+    return out
+
+
+def unstack_layers(params: dict) -> dict:
+    """The inverse of stack_layers: the GPT-2 layout that checkpoints and HF files hold."""
+    if "h" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "h"}
+    n_layer = jax.tree_util.tree_leaves(params["h"])[0].shape[0]
+    for i in range(n_layer):
+        out[f"h_{i}"] = jax.tree_util.tree_map(lambda x: x[i], params["h"])
+    return out
+
+
+def map_param_trees(fn, tree):
+    """Apply fn to every parameter-shaped dict inside tree (params, and Adam's mu and nu inside
+    an optax state), so a whole train state converts between layouts in one call."""
+    is_params = lambda x: isinstance(x, dict) and ("wte" in x)
+    return jax.tree_util.tree_map(lambda x: fn(x) if is_params(x) else x, tree,
+                                  is_leaf=is_params)
 
 
 def init_params(cfg: GPTConfig, key) -> dict:

@@ -156,3 +156,39 @@ def test_log_probs_match_log_softmax(tiny_cfg):
     assert np.all(masked[1, 4:] == 0) and np.all(masked[1, :4] == np.asarray(lp)[1, :4])
     with pytest.raises(ValueError, match="mask"):
         log_probs(params, tiny_cfg, tokens, np.ones((3, 12), bool))
+
+
+@pytest.mark.parametrize("remat,scan_layers", [(True, False), (False, True), (True, True)])
+def test_remat_and_scan_layers_compute_the_same_function(remat, scan_layers):
+    from gpt_jax.model import stack_layers, unstack_layers
+    cfg = GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=128)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = random_tokens(cfg, (2, 16))
+
+    def loss(model, p):
+        return -jax.nn.log_softmax(model.apply({"params": p}, tokens))[..., 0].mean()
+
+    ref, ref_grad = jax.value_and_grad(lambda p: loss(GPT(cfg), p))(params)
+    model = GPT(cfg, remat=remat, scan_layers=scan_layers)
+    p = stack_layers(params, cfg.n_layer) if scan_layers else params
+    value, grad = jax.jit(jax.value_and_grad(lambda q: loss(model, q)))(p)
+    if scan_layers:
+        assert p["h"]["attn"]["c_attn"]["kernel"].shape == (3, 32, 96)
+        grad = unstack_layers(grad)
+    np.testing.assert_allclose(value, ref, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           grad, ref_grad)
+
+
+def test_stack_unstack_round_trip():
+    from gpt_jax.model import map_param_trees, stack_layers, unstack_layers
+    cfg = GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=128)
+    params = init_params(cfg, jax.random.key(0))
+    back = unstack_layers(stack_layers(params, 3))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
+    # A whole optimizer state converts in one call (Adam's mu and nu mirror the params).
+    import optax
+    state = optax.adamw(1e-3).init(stack_layers(params, 3))
+    unstacked = map_param_trees(unstack_layers, state)
+    assert jax.tree_util.tree_structure(unstacked) == \
+        jax.tree_util.tree_structure(optax.adamw(1e-3).init(params))
