@@ -103,16 +103,15 @@ def _atomic_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def prepare(sources: Sequence[str] | None, out_dir: str, *, texts: Iterable[str] | None = None,
-            names: Sequence[str] | None = None, batch_docs: int = 64,
-            num_threads: Optional[int] = None, progress: bool = True,
+def prepare(documents: Iterable[str], n_docs: int, out_dir: str, *, sources: Sequence[str],
+            batch_docs: int = 64, num_threads: Optional[int] = None, progress: bool = True,
             extra_meta: Optional[dict] = None) -> dict:
-    """Tokenise documents into out_dir/{train,val}.bin + meta.json; returns the meta dict.
+    """Tokenise `documents` (about n_docs strings; streamed) into out_dir/{train,val}.bin +
+    meta.json; returns the meta dict. `sources` names them for the record.
 
-    Documents are the files `sources` (read with errors="replace") or the strings `texts`
-    (with `names` for the record). Tokenised in batches with tiktoken's threaded batch API.
-    Old meta.json goes first and the new one is written last: an interrupted prepare leaves
-    no directory that looks complete.
+    Tokenised in batches with tiktoken's threaded batch API. The old meta.json goes first and
+    the new one is written last, after both .bin files are renamed into place: an interrupted
+    prepare leaves no directory that looks complete.
     """
     from tqdm import tqdm
     enc = get_tokenizer()
@@ -120,14 +119,6 @@ def prepare(sources: Sequence[str] | None, out_dir: str, *, texts: Iterable[str]
     meta_path = os.path.join(out_dir, META)
     if os.path.exists(meta_path):
         os.remove(meta_path)
-    if texts is None:
-        names = list(sources)
-        texts = (read_text(p) for p in names)
-        n_docs = len(names)
-    else:
-        texts = list(texts)
-        names = list(names) if names is not None else [f"doc{i}" for i in range(len(texts))]
-        n_docs = len(texts)
     if n_docs == 0:
         raise DataError("the corpus is empty: no documents to tokenise")
     doc_split = n_docs >= 2 / VAL_FRACTION
@@ -138,25 +129,26 @@ def prepare(sources: Sequence[str] | None, out_dir: str, *, texts: Iterable[str]
     threads = num_threads or os.cpu_count() or 1
     try:
         bar = tqdm(total=n_docs, desc="tokenising", unit="doc", disable=not progress)
-        texts = iter(texts)
-        for start in range(0, n_docs, batch_docs):
-            batch = [t for _, t in zip(range(batch_docs), texts)]
+        texts, start = iter(documents), 0
+        while batch := [t for _, t in zip(range(batch_docs), texts)]:
             n_bytes += sum(len(t) for t in batch)
             for j, ids in enumerate(enc.encode_ordinary_batch(batch, num_threads=threads)):
                 split = "val" if _is_val(start + j, n_docs) else "train"
                 arr = np.asarray(ids + [EOT_ID], dtype=np.uint16)  # ids < 50257 fit in uint16
                 arr.tofile(files[split])
                 counts[split] += arr.size
+            start += len(batch)
             bar.update(len(batch))
             bar.set_postfix(tokens=sum(counts.values()))
         bar.close()
     finally:
         for f in files.values():
             f.close()
+    n_docs = start
     if sum(counts.values()) <= n_docs:  # nothing but the separators
         for p in tmp.values():
             os.remove(p)
-        raise DataError(f"the corpus ({', '.join(names[:3])}{', ...' if n_docs > 3 else ''}) "
+        raise DataError(f"the corpus ({', '.join(sources[:3])}{', ...' if n_docs > 3 else ''}) "
                         f"holds no text: pass non-empty files")
     if not doc_split:
         # Few documents (e.g. one text file): the last 10% of the token stream becomes val.
@@ -170,12 +162,12 @@ def prepare(sources: Sequence[str] | None, out_dir: str, *, texts: Iterable[str]
     meta = {
         "format_version": FORMAT_VERSION, "tokenizer": "gpt2", "vocab_size": N_VOCAB,
         "eot_id": EOT_ID, "dtype": "uint16", "train_tokens": counts["train"],
-        "val_tokens": counts["val"], "documents": n_docs, "text_bytes": n_bytes,
+        "val_tokens": counts["val"], "documents": n_docs, "text_chars": n_bytes,
         "split": {"method": "documents" if doc_split else "tokens",
                   "val_fraction": VAL_FRACTION,
                   "rule": "document i is val iff i % 10 == 5" if doc_split
                   else "last 10% of the token stream is val"},
-        "sources": names, **(extra_meta or {}),
+        "sources": list(sources), **(extra_meta or {}),
     }
     _atomic_json(meta_path, meta)
     return meta
@@ -188,8 +180,15 @@ def prepare_builtin(out_dir: Optional[str] = None, progress: bool = True) -> dic
     extra = {"corpus": "python-stdlib", "python": platform.python_version(), "stdlib": root,
              "max_bytes": BUILTIN_MAX_BYTES,
              "sources_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest()}
-    meta = prepare(sources, out_dir, progress=progress, extra_meta=extra)
-    return meta
+    return prepare((read_text(p) for p in sources), len(sources), out_dir,
+                   sources=[os.path.relpath(p, root) for p in sources], progress=progress,
+                   extra_meta=extra)
+
+
+def prepare_files(paths: Sequence[str], out_dir: str, **kw) -> dict:
+    """Text files and directories (see text_sources) -> out_dir."""
+    files = text_sources(paths)
+    return prepare((read_text(p) for p in files), len(files), out_dir, sources=files, **kw)
 
 
 # -- reading token files -------------------------------------------------------------------
@@ -237,7 +236,7 @@ def resolve(data: str, *, cache_dir: Optional[str] = None, progress: bool = True
             if json.load(f).get("stamp") == stamp:
                 return cache_dir
     print(f"tokenising {len(sources)} file(s) from {data} into {cache_dir} ...", flush=True)
-    prepare(sources, cache_dir, progress=progress, extra_meta={"stamp": stamp})
+    prepare_files(sources, cache_dir, progress=progress, extra_meta={"stamp": stamp})
     return cache_dir
 
 
