@@ -6,10 +6,12 @@ progress bar, MFU, signals. The maths lives in gpt_jax/train.py; train.py is the
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Optional
 
@@ -86,6 +88,7 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L
               "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12}
 
 
+@functools.lru_cache(maxsize=1)
 def peak_flops() -> tuple[float, str]:
     """(FLOP/s, where it comes from): the datasheet table for known accelerators, else a
     timed float32 matmul on this machine (CPUs: XLA's matmul speed is the practical peak)."""
@@ -329,7 +332,7 @@ class Trainer:
                     self.save(mngr, step)
                 name = signal.Signals(self.stop_signal).name
                 bar.write(f"{name}: saved step {step} in {ckpt.checkpoint_dir(self.out_dir)}; "
-                          f"continue with --init_from resume")
+                          f"continue with --init_from resume", file=sys.stderr)
         finally:
             bar.close()
             mngr.wait_until_finished()

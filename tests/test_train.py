@@ -48,7 +48,7 @@ def test_gradient_accumulation_matches_one_big_batch():
     key = jax.random.key(9)
     f = jax.jit(grads_and_loss, static_argnums=1)
     loss1, g1 = f(params, cfg, big, key)
-    for k in (3, 6):
+    for k in (3,):
         lossk, gk = f(params, cfg, big.reshape(k, 12 // k, 17), key)
         np.testing.assert_allclose(lossk, loss1, rtol=1e-5)
         np.testing.assert_allclose(optax.tree.norm(gk), optax.tree.norm(g1), rtol=1e-5)
@@ -120,9 +120,9 @@ def test_padded_vocab_carries_no_loss_or_gradient():
 # -- the Trainer loop, in process ------------------------------------------------------------
 
 def trainer_tc(out_dir, **kw):
-    base = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, max_iters=40,
-                learning_rate=3e-3, min_lr=3e-4, warmup_iters=5, lr_decay_iters=40,
-                eval_interval=20, eval_iters=4, log_interval=5, out_dir=str(out_dir))
+    base = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, max_iters=30,
+                learning_rate=5e-3, min_lr=5e-4, warmup_iters=5, lr_decay_iters=30,
+                eval_interval=15, eval_iters=2, log_interval=5, out_dir=str(out_dir))
     return TrainConfig(**{**base, **kw})
 
 
@@ -130,8 +130,9 @@ def test_loss_falls_on_builtin_corpus(builtin_data, tmp_path):
     from gpt_jax.trainer import Trainer, read_metrics
     out = Trainer(trainer_tc(tmp_path), progress=False, log=lambda *a: None).fit()
     evals = [r for r in read_metrics(str(tmp_path)) if r["kind"] == "eval"]
-    assert [r["step"] for r in evals] == [0, 20, 40]
-    # 40 steps of 512 tokens: the val loss falls from ~10.8 (uniform) by at least 3 nats
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    print([round(r["val_loss"], 3) for r in evals])
+    # 30 steps of 512 tokens: the val loss falls from ~10.8 (uniform) by at least 3 nats
     assert evals[0]["val_loss"] > 10.0
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 3.0, evals
     assert out["val_loss"] == evals[-1]["val_loss"]
