@@ -41,7 +41,9 @@ def main(argv=None):
         trainer.evaluate_only()
         return 0
     out = trainer.fit()
-    if out.get("val_loss") is not None:
+    if out.get("stopped_by_signal"):
+        print(f"stopped at step {out['step']} (checkpoint saved)", flush=True)
+    elif out.get("val_loss") is not None:
         print(f"done: step {out['step']}, val loss {out['val_loss']:.4f}, "
               f"{out['elapsed']:.0f}s of training; checkpoints in {tc.out_dir}/checkpoints",
               flush=True)
