@@ -11,7 +11,7 @@ import sys
 
 def parse_args(argv=None):
     from gpt_jax.cli import str2bool
-    from gpt_jax.train import TRAIN_PRESETS, TrainConfig
+    from gpt_jax.train import HELP, TRAIN_PRESETS, TrainConfig
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="cpu-small",
@@ -22,7 +22,7 @@ def parse_args(argv=None):
         # default None: only flags given on the command line override --config
         p.add_argument(f"--{name}", type=types[field.type], default=None,
                        metavar=field.type.upper(),
-                       help=f"(default {getattr(defaults, name)!r})")
+                       help=f"{HELP[name]} (default {getattr(defaults, name)!r})")
     args = p.parse_args(argv)
     return args.config, {k: v for k, v in vars(args).items() if k != "config"}
 
@@ -32,12 +32,12 @@ def main(argv=None):
     from gpt_jax.trainer import Trainer, format_config, resolve_config
     tc = resolve_config(config, overrides)
     print(f"config ({config} + flags):\n{format_config(tc)}", flush=True)
+    if tc.eval_only and tc.init_from == "scratch":
+        from gpt_jax.errors import UserError
+        raise UserError("--eval_only needs weights: --init_from resume (a checkpoint in "
+                        "--out_dir), gpt2* or a Hugging Face directory")
     trainer = Trainer(tc)
     if tc.eval_only:
-        if tc.init_from == "scratch":
-            from gpt_jax.errors import UserError
-            raise UserError("--eval_only needs weights: --init_from resume (a checkpoint in "
-                            "--out_dir), gpt2* or a Hugging Face directory")
         trainer.evaluate_only()
         return 0
     out = trainer.fit()

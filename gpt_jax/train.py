@@ -46,19 +46,19 @@ class TrainConfig:
     # batch: a step sees batch_size * gradient_accumulation_steps * block_size tokens
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    max_iters: int = 250
+    max_iters: int = 200
     # AdamW + warmup-cosine schedule + global-norm clipping
     learning_rate: float = 2e-3
     min_lr: float = 2e-4
     warmup_iters: int = 20
-    lr_decay_iters: int = 250
+    lr_decay_iters: int = 200
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0        # 0 disables clipping
     # evaluation, logging
     eval_interval: int = 50
-    eval_iters: int = 10
+    eval_iters: int = 8
     eval_only: bool = False
     log_interval: int = 5
     seed: int = 1337
@@ -121,6 +121,36 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+
+# One line per flag, for train.py --help (and the README's table).
+HELP = {
+    "out_dir": "checkpoints/, metrics.jsonl and loss.png go here",
+    "data": "builtin (Python stdlib, prepared on first use) | a prepare.py dir | text files/dirs, "
+            "comma-separated (tokenised into OUT_DIR/data)",
+    "init_from": "scratch | resume (latest checkpoint in out_dir) | gpt2, gpt2-medium, ... | "
+                 "a Hugging Face GPT-2 dir",
+    "n_layer": "transformer blocks", "n_head": "attention heads", "n_embd": "model width",
+    "block_size": "context length in tokens (each sample is block_size + 1 tokens)",
+    "vocab_size": "50257 (GPT-2), or padded up (e.g. 50304) for faster matmuls",
+    "dropout": "dropout rate, training only", "bias": "biases in Dense layers and LayerNorms",
+    "dtype": "compute dtype: float32 | bfloat16 (parameters and Adam state stay float32)",
+    "batch_size": "sequences per micro-batch",
+    "gradient_accumulation_steps": "micro-batches per optimizer step (lax.scan, one jit)",
+    "max_iters": "optimizer steps to train to", "learning_rate": "peak learning rate",
+    "min_lr": "learning rate at and after lr_decay_iters",
+    "warmup_iters": "linear warm-up steps", "lr_decay_iters": "end of the cosine decay (step)",
+    "weight_decay": "AdamW decay of Dense kernels and embeddings",
+    "beta1": "AdamW beta1", "beta2": "AdamW beta2",
+    "grad_clip": "clip the global gradient norm to this (0: off)",
+    "eval_interval": "evaluate, checkpoint and redraw loss.png every this many steps",
+    "eval_iters": "batches per split in each evaluation",
+    "eval_only": "evaluate the --init_from weights and exit",
+    "log_interval": "steps between metrics.jsonl train rows",
+    "seed": "parameter init, dropout and batch sampling",
+    "mesh": "device mesh, e.g. data=-1 (not implemented yet)",
+    "remat": "rematerialise blocks in backward (not implemented yet)",
+    "scan_layers": "lax.scan over stacked layers (not implemented yet)",
+}
 
 # Built-in --config values: overrides on top of the defaults (= cpu-small).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {

@@ -98,7 +98,8 @@ def peak_flops() -> tuple[float, str]:
             return flops * jax.device_count(), f"{kind} datasheet"
     from gpt_jax.bench import Context, measure_matmul_flops
     timing, work = measure_matmul_flops(Context(repeats=3, warmup=1), 2048)
-    return work / timing.median * jax.device_count(), f"measured 2048^3 matmul on {kind}"
+    # the fastest repeat: a busy machine slows some repeats, never speeds one up
+    return work / timing.min * jax.device_count(), f"measured 2048^3 matmul on {kind}"
 
 
 # -- metrics.jsonl and loss.png -------------------------------------------------------------
