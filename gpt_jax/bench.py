@@ -228,9 +228,127 @@ def section_forward(ctx: Context) -> list[Result]:
     return rows
 
 
+def _hf_state_dict(params, cfg: GPTConfig) -> dict:
+    """Our params as a transformers GPT2LMHeadModel state dict (both store Dense/Conv1D
+    weights as (in, out), so no transposes). Kept here so the bench needs no gpt_jax.hf."""
+    import torch
+    t = lambda x: torch.from_numpy(np.array(x, dtype=np.float32))
+    sd = {"transformer.wte.weight": t(params["wte"]["embedding"]),
+          "transformer.wpe.weight": t(params["wpe"]["embedding"]),
+          "transformer.ln_f.weight": t(params["ln_f"]["scale"]),
+          "transformer.ln_f.bias": t(params["ln_f"]["bias"])}
+    for i in range(cfg.n_layer):
+        h, p = f"transformer.h.{i}.", params[f"h_{i}"]
+        for ln in ("ln_1", "ln_2"):
+            sd[h + ln + ".weight"], sd[h + ln + ".bias"] = t(p[ln]["scale"]), t(p[ln]["bias"])
+        for mod, sub in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"),
+                         ("mlp", "c_proj")):
+            sd[f"{h}{mod}.{sub}.weight"] = t(p[mod][sub]["kernel"])
+            sd[f"{h}{mod}.{sub}.bias"] = t(p[mod][sub]["bias"])
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd
+
+
+def _torch_train_step(params, cfg: GPTConfig, tc):
+    """A Hugging Face GPT2LMHeadModel + torch AdamW step with our recipe (same weights, decay
+    groups, clipping): the peer. Returns step(tokens (B, T + 1) numpy) -> loss float."""
+    import torch
+    import transformers
+    torch.set_num_threads(os.cpu_count() or 1)
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True)
+    model = transformers.GPT2LMHeadModel(hf_cfg)
+    model.load_state_dict(_hf_state_dict(params, cfg), strict=False)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8)
+
+    def step(tokens):
+        x = torch.from_numpy(tokens[:, :-1].astype(np.int64))
+        y = torch.from_numpy(tokens[:, 1:].astype(np.int64))
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def section_train(ctx: Context) -> list[Result]:
+    """Tokens/s and MFU of the full jitted train step (forward, backward, AdamW, clipping),
+    float32, against Hugging Face GPT2LMHeadModel + torch AdamW on the same weights and
+    batches, interleaved. FLOPs per token: 6N + 12 L C T (DESIGN.md)."""
+    from gpt_jax.model import count_params, init_params
+    from gpt_jax.train import TrainConfig, flops_per_token, init_state, make_optimizer, \
+        make_train_step
+    sizes = [("4x256", dict(n_layer=4, n_head=4, n_embd=256), 8)]
+    if ctx.tiny:
+        sizes = [("tiny", dict(n_layer=2, n_head=2, n_embd=64), 2)]
+    elif ctx.options.get("train_gpt2", True):
+        sizes.append(("gpt2-small", dict(n_layer=12, n_head=12, n_embd=768), 4))
+    T = 64 if ctx.tiny else 256
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        have_torch = True
+    except ImportError:
+        have_torch = False
+        print("[bench] train: torch/transformers missing, skipping the Hugging Face peer rows "
+              "(pip install 'gpt-jax[test]')", file=sys.stderr)
+    rows = []
+    for name, arch, B in sizes:
+        tc = TrainConfig(**arch, block_size=T, batch_size=B, vocab_size=50257)
+        cfg = tc.model_config()
+        tx, sched = make_optimizer(tc)
+        params = init_params(cfg, jax.random.key(0))
+        rng = np.random.default_rng(0)
+        batches = [rng.integers(0, cfg.n_real_vocab, (1, B, T + 1), dtype=np.int32)
+                   for _ in range(4)]
+        peer = _torch_train_step(params, cfg, tc) if have_torch else None
+        state = init_state(params, tx, jax.random.key(1))
+        step, compile_s = compile_seconds(make_train_step(cfg, tx, sched), state, batches[0])
+        box = {"state": state, "i": 0}
+
+        def ours():
+            box["i"] += 1
+            box["state"], m = step(box["state"], batches[box["i"] % 4])
+            return m["loss"]
+        fns = {"jax": ours}
+        if peer is not None:
+            fns["torch"] = lambda: peer(batches[box["i"] % 4][0])
+        timings = time_calls(fns, ctx.repeats, ctx.warmup)
+        conf = {**arch, "batch": B, "seq": T, "dtype": "float32", "vocab": cfg.vocab_size}
+        fpt = flops_per_token(cfg, T, count_params(cfg, non_embedding=True))
+        res = {}
+        for impl, t in timings.items():
+            label = "gpt_jax (jit, optax)" if impl == "jax" else "HF GPT2LMHeadModel + torch AdamW"
+            res[impl] = result_from_timing("train", f"{name} {label}", t, work=B * T,
+                                           metric="tokens/s", unit="tokens/s",
+                                           config={**conf, "flops_per_token": fpt},
+                                           compile_s=compile_s if impl == "jax" else None)
+            rows.append(res[impl])
+            if ctx.peak_flops:
+                rows.append(Result("train", f"{name} {label}", "MFU (vs measured matmul)",
+                                   res[impl].value * fpt / ctx.peak_flops, "fraction", conf))
+        if "torch" in res:
+            rows.append(ratio_row("train", f"{name} gpt_jax / HF torch", res["jax"],
+                                  res["torch"], conf))
+    return rows
+
+
 SECTIONS: dict[str, Callable[[Context], list[Result]]] = {
     "machine": section_machine,
     "forward": section_forward,
+    "train": section_train,
 }
 
 

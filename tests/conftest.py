@@ -14,9 +14,21 @@ def tiny_cfg():
     return GPTConfig.from_preset("gpt2-tiny", vocab_size=256, block_size=32)
 
 
-def run_cli(args, cwd=ROOT, env=None, timeout=300):
-    """Run a top-level script in a subprocess; returns CompletedProcess (text)."""
+@pytest.fixture(scope="session")
+def builtin_data(tmp_path_factory):
+    """The built-in corpus, prepared once per session into a temp dir (also exported as
+    $GPT_JAX_DATA, so `--data builtin` in subprocesses finds it there)."""
+    from gpt_jax import data
+    d = str(tmp_path_factory.mktemp("builtin"))
+    data.prepare_builtin(d, progress=False)
+    os.environ["GPT_JAX_DATA"] = d
+    return d
+
+
+def run_cli(script, *args, env=None, timeout=300, cwd=ROOT):
+    """Run a CLI of the repo as a subprocess with this interpreter; returns CompletedProcess."""
     import subprocess
-    e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                          cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -8,9 +8,9 @@ ROW_KEYS = {"section", "name", "config", "metric", "value", "unit", "median", "m
 
 def test_bench_smoke_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = run_cli(["bench.py", "--tiny", "--repeats", "1", "--only", "machine,forward",
-                 "--preset", "gpt2-tiny", "--batch_size", "2", "--seq_len", "16",
-                 "--json", str(out)])
+    r = run_cli("bench.py", "--tiny", "--repeats", "1", "--only", "machine,forward",
+                "--preset", "gpt2-tiny", "--batch_size", "2", "--seq_len", "16",
+                "--json", out)
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert {"platform", "device_kind", "device_count", "jax", "jaxlib", "cpu"} <= set(doc["machine"])
@@ -26,8 +26,8 @@ def test_bench_smoke_writes_valid_json(tmp_path):
 
 
 def test_bench_bad_input_is_one_line(tmp_path):
-    r = run_cli(["bench.py", "--tiny", "--only", "nonsense"])
+    r = run_cli("bench.py", "--tiny", "--only", "nonsense")
     assert r.returncode == 1 and r.stderr.strip().startswith("error: unknown bench section")
-    r = run_cli(["bench.py", "--preset", "gpt5"])
+    r = run_cli("bench.py", "--preset", "gpt5")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown preset 'gpt5'")

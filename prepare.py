@@ -1,0 +1,70 @@
+"""Tokenise text into train.bin / val.bin + meta.json for train.py --data DIR.
+
+    python prepare.py --input notes.txt src/ --out_dir data/mine     # text files / directories
+    python prepare.py --builtin --out_dir data/builtin               # Python's stdlib source
+    python prepare.py --hf_dataset Skylion007/openwebtext --out_dir data/owt   # needs `datasets`
+
+Documents (files, or dataset rows) are GPT-2 BPE tokens, each followed by <|endoftext|>; every
+10th document goes to val (with < 20 documents: the last 10% of the tokens). meta.json is
+written last, so a directory with one is complete.
+"""
+import argparse
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", metavar="PATH", help="text files or directories")
+    src.add_argument("--builtin", action="store_true",
+                     help="the built-in corpus (Python's standard library source)")
+    src.add_argument("--hf_dataset", metavar="NAME",
+                     help="a Hugging Face dataset (pip install datasets; needs internet)")
+    p.add_argument("--out_dir", required=True, help="where train.bin, val.bin, meta.json go")
+    p.add_argument("--hf_config", default=None, help="dataset config (e.g. sample-10BT)")
+    p.add_argument("--hf_split", default="train")
+    p.add_argument("--hf_text_field", default="text")
+    p.add_argument("--hf_max_docs", type=int, default=None,
+                   help="stop after this many documents (streaming)")
+    p.add_argument("--num_threads", type=int, default=None,
+                   help="tokeniser threads (default: all cores)")
+    p.add_argument("--batch_docs", type=int, default=256, help="documents per batch")
+    return p.parse_args(argv)
+
+
+def hf_documents(name, config, split, field, max_docs):
+    try:
+        import datasets
+    except ImportError:
+        from gpt_jax.errors import UserError
+        raise UserError("--hf_dataset needs the `datasets` package: pip install 'gpt-jax[data]'")
+    ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    return (row[field] for _, row in zip(range(max_docs), ds))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from gpt_jax import data
+    if args.builtin:
+        meta = data.prepare_builtin(args.out_dir)
+    elif args.hf_dataset:
+        if not args.hf_max_docs:
+            from gpt_jax.errors import UserError
+            raise UserError("--hf_dataset needs --hf_max_docs N (documents to take from the "
+                            "stream; e.g. 8013769 is all of OpenWebText)")
+        docs = hf_documents(args.hf_dataset, args.hf_config, args.hf_split,
+                            args.hf_text_field, args.hf_max_docs)
+        meta = data.prepare(docs, args.hf_max_docs, args.out_dir,
+                            sources=[f"{args.hf_dataset}:{args.hf_config or ''}:{args.hf_split}"],
+                            batch_docs=args.batch_docs, num_threads=args.num_threads)
+    else:
+        meta = data.prepare_files(args.input, args.out_dir, batch_docs=args.batch_docs,
+                                  num_threads=args.num_threads)
+    print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} "
+          f"val tokens from {meta['documents']} document(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    from gpt_jax.cli import run
+    run(main)

@@ -1,0 +1,173 @@
+"""train.py and prepare.py end to end, as subprocesses; resume exactness; signals; config."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
+        "--batch_size", "4", "--eval_iters", "1", "--warmup_iters", "2", "--lr_decay_iters", "100"]
+
+
+def rows(out_dir, kind=None):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        rs = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rs if kind is None or r["kind"] == kind]
+
+
+def test_train_end_to_end(builtin_data, tmp_path):
+    out = str(tmp_path / "out")
+    r = run_cli("train.py", *TINY, "--max_iters=6", "--eval_interval", "3", "--log_interval=2",
+                "--out_dir", out)
+    assert r.returncode == 0, r.stderr
+    assert "n_layer                      2" in r.stdout and "done: step 6" in r.stdout
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["3", "6"]
+    with open(os.path.join(out, "loss.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    train = rows(out, "train")
+    assert [r["step"] for r in train] == [2, 4, 6]
+    keys = {"kind", "step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time"}
+    assert all(set(r) == keys for r in train)
+    assert train[-1]["tokens"] == 6 * 4 * 32 and 0 < train[-1]["mfu"] < 1.5
+    ev = rows(out, "eval")
+    assert [r["step"] for r in ev] == [0, 3, 6]
+    assert all(set(r) == {"kind", "step", "train_loss", "val_loss", "time"} for r in ev)
+    # sample.py's entry point: the checkpoint loads as (params, cfg)
+    from gpt_jax import load_checkpoint
+    params, cfg = load_checkpoint(out)
+    assert (cfg.n_layer, cfg.n_embd, cfg.block_size) == (2, 32, 32)
+    assert params["wte"]["embedding"].shape == (50257, 32)
+    # eval_only on the checkpoint
+    r = run_cli("train.py", *TINY, "--out_dir", out, "--init_from", "resume",
+                "--eval_only", "true")
+    assert r.returncode == 0, r.stderr
+    assert "val loss" in r.stdout
+    # a config that does not fit the checkpoint: one-line error
+    r = run_cli("train.py", *TINY, "--n_embd", "64", "--out_dir", out, "--init_from", "resume")
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "n_embd: 32 vs 64" in r.stderr
+    # scratch into an out_dir that holds checkpoints is refused
+    r = run_cli("train.py", *TINY, "--out_dir", out)
+    assert r.returncode == 1 and "--init_from resume" in r.stderr
+
+
+def test_resume_is_bitwise_exact(builtin_data, tmp_path):
+    """N steps straight == N/2 steps, SIGKILL, resume to N: same losses, same params."""
+    n = 16
+    args = [*TINY, "--dropout", "0.1", "--max_iters", str(n), "--eval_interval", str(n // 2),
+            "--log_interval", "1"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    r = run_cli("train.py", *args, "--out_dir", a)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args,
+                             "--out_dir", b], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    half = os.path.join(b, "checkpoints", str(n // 2))
+    t0 = time.time()
+    while not os.path.isdir(half):   # orbax renames the step dir into place when committed
+        assert proc.poll() is None and time.time() - t0 < 240, "no step-N/2 checkpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from gpt_jax.checkpoint import latest_step
+    assert latest_step(b) == n // 2, "the run finished before it was killed"
+    r = run_cli("train.py", *args, "--out_dir", b, "--init_from", "resume")
+    assert r.returncode == 0, r.stderr
+    la = [(r["step"], r["loss"], r["grad_norm"]) for r in rows(a, "train")]
+    lb = [(r["step"], r["loss"], r["grad_norm"]) for r in rows(b, "train")]
+    assert [s for s, *_ in la] == list(range(1, n + 1))
+    assert la == lb
+    from gpt_jax import load_checkpoint
+    pa, pb = load_checkpoint(a)[0], load_checkpoint(b)[0]
+    import jax
+    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigterm_saves_and_exits(builtin_data, tmp_path):
+    out = str(tmp_path / "out")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *TINY,
+                             "--max_iters", "100000", "--eval_interval", "50000",
+                             "--log_interval", "1", "--out_dir", out], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (os.path.exists(os.path.join(out, "metrics.jsonl"))
+               and len(rows(out, "train")) >= 2):
+        assert proc.poll() is None and time.time() - t0 < 240
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    from gpt_jax.checkpoint import latest_step
+    step = latest_step(out)
+    assert step is not None and 2 <= step < 100000
+    assert f"SIGTERM: saved step {step}" in stderr
+
+
+def test_bad_data_one_line_errors(tmp_path):
+    r = run_cli("train.py", *TINY, "--data", str(tmp_path / "missing.txt"),
+                "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "does not exist" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    (tmp_path / "short.txt").write_text("too short")
+    r = run_cli("train.py", *TINY, "--data", str(tmp_path / "short.txt"),
+                "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 1 and "fewer than block_size" in r.stderr.splitlines()[-1]
+    r = run_cli("train.py", "--learning_rate", "-1")
+    assert r.returncode == 1 and "learning_rate" in r.stderr
+
+
+@pytest.mark.skipif(os.path.exists(os.path.join(ROOT, "gpt_jax", "hf.py")),
+                    reason="hf.py is present: from_hf is tested with it")
+def test_init_from_gpt2_without_hf_module(tmp_path):
+    r = run_cli("train.py", "--init_from", "gpt2", "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 1 and "gpt_jax/hf.py" in r.stderr
+
+
+def test_prepare_end_to_end(tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    for i in range(25):
+        (src / f"doc{i:02d}.txt").write_text(f"document {i}: " + "lorem ipsum " * 20)
+    r = run_cli("prepare.py", "--input", str(src), "--out_dir", str(tmp_path / "tok"))
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(tmp_path / "tok" / "meta.json"))
+    assert meta["documents"] == 25 and meta["split"]["method"] == "documents"
+    assert os.path.getsize(tmp_path / "tok" / "train.bin") == 2 * meta["train_tokens"]
+    assert "train and" in r.stdout
+    r = run_cli("prepare.py", "--input", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "x"))
+    assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_config_precedence(tmp_path):
+    from gpt_jax.errors import ConfigError
+    from gpt_jax.train import TrainConfig
+    from gpt_jax.trainer import resolve_config
+    sys.path.insert(0, ROOT)
+    import train as train_cli
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"n_layer": 3, "batch_size": 5, "learning_rate": 1}))
+    config, flags = train_cli.parse_args(["--config", str(f), "--batch_size=7", "--bias",
+                                          "false"])
+    tc = resolve_config(config, flags)
+    assert (tc.n_layer, tc.batch_size, tc.bias, tc.learning_rate) == (3, 7, False, 1.0)
+    assert tc.n_embd == TrainConfig().n_embd                       # default
+    g = resolve_config("gpt2-124m", {"max_iters": 10})
+    assert (g.n_layer, g.n_embd, g.dtype, g.max_iters) == (12, 768, "bfloat16", 10)
+    assert g.tokens_per_step == 524288
+    t = tmp_path / "c.toml"
+    t.write_text('n_head = 8\nn_embd = 128\ndtype = "bfloat16"\n')
+    assert resolve_config(str(t)).n_head == 8
+    f.write_text(json.dumps({"n_layers": 3}))
+    with pytest.raises(ConfigError, match="unknown key.*n_layers"):
+        resolve_config(str(f))
+    with pytest.raises(ConfigError, match="not implemented"):
+        resolve_config("cpu-small", {"remat": True})
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--bias", "maybe"])
