@@ -286,14 +286,13 @@ def _flat(tree, prefix=()) -> dict:
     return out
 
 
-def to_hf(params, cfg: GPTConfig, out_dir: str) -> str:
-    """Write config.json + model.safetensors (float32) that GPT2LMHeadModel.from_pretrained
-    loads with nothing missing or unexpected. Padded vocab rows (ids >= 50257) are dropped."""
+def hf_tensors(params, cfg: GPTConfig) -> dict[str, np.ndarray]:
+    """Our params as GPT-2's float32 tensors, named as GPT2LMHeadModel's state dict
+    (`transformer.` prefix; padded vocab rows dropped; the head stays tied, so no lm_head)."""
     if not cfg.bias:
         raise ConfigError("cannot export a model with bias=false: GPT-2 (and transformers' "
                           "GPT2LMHeadModel) has biases in every Dense and LayerNorm; train "
                           "with bias=true to export")
-    from safetensors.numpy import save_file
     flat = _flat(params)
     table = tensor_table(cfg)
     extra = set(flat) - {path for _, path, _ in table}
@@ -315,12 +314,36 @@ def to_hf(params, cfg: GPTConfig, out_dir: str) -> str:
             raise CheckpointError(f"params {'/'.join(path)} has shape {x.shape}, expected "
                                   f"{shape} for {name}")
         tensors[PREFIX + name] = np.ascontiguousarray(x)
+    return tensors
+
+
+def to_hf(params, cfg: GPTConfig, out_dir: str) -> str:
+    """Write config.json + model.safetensors (float32) that GPT2LMHeadModel.from_pretrained
+    loads with nothing missing or unexpected. Padded vocab rows (ids >= 50257) are dropped."""
+    from safetensors.numpy import save_file
+    tensors = hf_tensors(params, cfg)
     os.makedirs(out_dir, exist_ok=True)
     # format=pt: transformers reads this metadata to decide how to load the file.
     save_file(tensors, os.path.join(out_dir, SAFETENSORS_FILE), metadata={"format": "pt"})
     with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
         json.dump(config_to_hf(cfg), f, indent=2)
     return out_dir
+
+
+def to_transformers(params, cfg: GPTConfig):
+    """A transformers.GPT2LMHeadModel (PyTorch, float32) holding the same weights: the peer
+    for parity tests and benchmarks, built in memory without a file."""
+    import torch
+    import transformers
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_to_hf(cfg)))
+    state = {k: torch.tensor(v) for k, v in hf_tensors(params, cfg).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # lm_head.weight is tied to wte (not in our tensors); the rest must all be there.
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise CheckpointError(f"transformers model mismatch: missing {missing}, "
+                              f"unexpected {unexpected}")
+    model.tie_weights()
+    return model.eval()
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -212,6 +212,16 @@ def test_to_hf_drops_padded_vocab(tmp_path):
     np.testing.assert_array_equal(params2["wte"]["embedding"], params["wte"]["embedding"][:50257])
 
 
+def test_to_transformers_in_memory_peer():
+    cfg = gpt_jax.GPTConfig(vocab_size=300, n_layer=2, n_head=2, n_embd=32, block_size=32)
+    params = randomised_params(cfg, 3)
+    model = hf.to_transformers(params, cfg)
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
+    tokens = random_tokens(300, (2, 24), seed=5)
+    assert_close(our_logits(params, cfg, tokens), hf_logits(model, tokens), FP32_TOL,
+                 "to_transformers float32")
+
+
 def test_to_hf_refuses_bias_free(tmp_path):
     cfg = gpt_jax.GPTConfig(vocab_size=100, n_layer=1, n_head=2, n_embd=16, block_size=16,
                             bias=False)
