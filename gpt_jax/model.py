@@ -142,12 +142,14 @@ class GPT(nn.Module):
 
     positions (B, T) default to 0..T-1 (a decoder passes per-row positions for padded prompts).
     With kv_cache (a tuple of per-layer (k, v)) it returns (logits, new_kv_cache).
+    logits_at (int or traced scalar): compute the logits of that one position only, (B, 1, V):
+    a decoder needs just the next token's, and the tied head is the largest matmul there is.
     """
     config: GPTConfig
 
     @nn.compact
     def __call__(self, tokens, *, deterministic=True, positions=None, mask=None, kv_cache=None,
-                 cache_index=None):
+                 cache_index=None, logits_at=None):
         cfg = self.config
         B, T = tokens.shape
         if T > cfg.block_size:
@@ -168,6 +170,8 @@ class GPT(nn.Module):
                 x, deterministic=deterministic, mask=mask, kv_cache=layer_cache,
                 cache_index=cache_index)
             new_cache.append(layer_cache)
+        if logits_at is not None:
+            x = jax.lax.dynamic_slice_in_dim(x, logits_at, 1, axis=1)  # (B, 1, C)
         x = _layer_norm(cfg, "ln_f")(x)
 
         # Tied LM head: the token embedding read backwards (wte.attend), but with float32
