@@ -188,6 +188,18 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, *, key=N
     return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
     from (before temperature and filters).
     """
+    args, static = decode_args(params, cfg, prompts, max_new_tokens, key=key,
+                               temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
+                               return_logits=return_logits)
+    return _decode(*args, **static)
+
+
+def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=None,
+                temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, eos_id: Optional[int] = None,
+                return_logits: bool = False) -> tuple[tuple, dict]:
+    """Checked and padded inputs of the compiled decoder: generate() is _decode(*args, **static);
+    callers that time compilation apart use _decode.lower(*args, **static).compile()(*args)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -208,11 +220,11 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, *, key=N
     top_k = None if greedy or top_k is None or top_k >= cfg.n_real_vocab else int(top_k)
     use_top_p = not greedy and top_p is not None and top_p < 1
     key = jax.random.key(0) if key is None else key
-    return _decode(params, tokens, pad, key, jnp.float32(temperature if not greedy else 1.0),
-                   jnp.float32(top_p if use_top_p else 1.0),
-                   jnp.int32(-1 if eos_id is None else eos_id), cfg=cfg,
-                   max_new_tokens=int(max_new_tokens), top_k=top_k, greedy=greedy,
-                   use_top_p=use_top_p, return_logits=return_logits)
+    args = (params, tokens, pad, key, np.float32(temperature if not greedy else 1.0),
+            np.float32(top_p if use_top_p else 1.0), np.int32(-1 if eos_id is None else eos_id))
+    static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), top_k=top_k, greedy=greedy,
+                  use_top_p=use_top_p, return_logits=return_logits)
+    return args, static
 
 
 # -- the reference: no cache, a full forward pass per new token (for tests and bench.py) -------
