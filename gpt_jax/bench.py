@@ -228,9 +228,105 @@ def section_forward(ctx: Context) -> list[Result]:
     return rows
 
 
+def params_to_hf(params, cfg: GPTConfig):
+    """A transformers GPT2LMHeadModel holding our weights (Flax Dense kernels are (in, out) like
+    GPT-2's Conv1D weights; LayerNorm scale is weight; the head stays tied to wte)."""
+    import torch
+    import transformers
+    hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size,
+                                     n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                     activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                                     bos_token_id=None, eos_token_id=None)
+    model = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    t = lambda x: torch.from_numpy(np.array(x, np.float32))  # noqa: E731
+    sd = {"transformer.wte.weight": t(params["wte"]["embedding"]),
+          "transformer.wpe.weight": t(params["wpe"]["embedding"])}
+    names = {f"h_{i}": f"h.{i}" for i in range(cfg.n_layer)} | {"ln_f": "ln_f"}
+    for path, x in jax.tree_util.tree_leaves_with_path({k: params[k] for k in names}):
+        keys = [k.key for k in path]
+        leaf = {"scale": "weight", "kernel": "weight", "bias": "bias"}[keys[-1]]
+        sd[".".join(["transformer", names[keys[0]], *keys[1:-1], leaf])] = t(x)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.generation_config.eos_token_id = None   # decode exactly max_new_tokens
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def section_decode(ctx: Context) -> list[Result]:
+    """Greedy decoding tokens/s: our cached lax.scan decoder vs our jitted no-cache recompute vs
+    Hugging Face PyTorch generate(use_cache=True), interleaved, at batch 1 and 8; plus the
+    read-bandwidth floor at batch 1 (all weights are read once per step)."""
+    import importlib
+    from gpt_jax.model import count_params, init_params
+    G = importlib.import_module("gpt_jax.generate")
+    try:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+        params_to_hf_ok = True
+    except ImportError:
+        params_to_hf_ok = False
+    cfg = GPTConfig.from_preset("gpt2-tiny", vocab_size=512) if ctx.tiny else ctx.config()
+    P, N = (8, 16) if ctx.tiny else (32, 128)
+    n_uncached = 8 if ctx.tiny else 16  # a full forward per token: fewer tokens, same method
+    name = "gpt2-tiny" if ctx.tiny else ctx.preset
+    params = init_params(cfg, jax.random.key(0))
+    hf = params_to_hf(params, cfg) if params_to_hf_ok else None
+    rows: list[Result] = []
+    if hf is None:
+        print("[bench] decode: torch/transformers missing, Hugging Face rows skipped",
+              file=sys.stderr)
+    for B in (1, 8):
+        prompts = np.random.default_rng(B).integers(0, cfg.n_real_vocab, (B, P))
+        args, static = G.decode_args(params, cfg, prompts, N, temperature=0)
+        ours, compile_s = compile_seconds(G._decode, *args, **static)
+        tokens, pad = G.left_pad(prompts, cfg)
+        unc, unc_compile_s = compile_seconds(G.generate_uncached, params, tokens, pad, cfg=cfg,
+                                             max_new_tokens=n_uncached)
+        fns = {"ours": lambda: ours(*args), "uncached": lambda: unc(params, tokens, pad)}
+        conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
+                "greedy": True}
+        if hf is not None:
+            ids = torch.from_numpy(prompts)
+
+            def hf_generate():
+                with torch.inference_mode():
+                    return hf.generate(ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=N, min_new_tokens=N, do_sample=False,
+                                       use_cache=True)
+            fns["hf"] = hf_generate
+            same = np.asarray(ours(*args)) == hf_generate()[:, P:].numpy()
+            conf_hf = {**conf, "greedy_tokens_equal_ours": float(same.mean())}
+        t = time_calls(fns, ctx.repeats, ctx.warmup)
+        row = result_from_timing("decode", f"ours cached scan b{B}", t["ours"], work=B * N,
+                                 metric="tokens/s", unit="tokens/s", config=conf,
+                                 compile_s=compile_s)
+        rows.append(row)
+        rows.append(result_from_timing(
+            "decode", f"ours uncached recompute b{B}", t["uncached"], work=B * n_uncached,
+            metric="tokens/s", unit="tokens/s", config={**conf, "new_tokens": n_uncached},
+            compile_s=unc_compile_s))
+        if hf is not None:
+            peer = result_from_timing("decode", f"HF PyTorch generate b{B}", t["hf"],
+                                      work=B * N, metric="tokens/s", unit="tokens/s",
+                                      config=conf_hf)
+            rows += [peer, ratio_row("decode", f"ours / HF PyTorch b{B}", row, peer, conf)]
+        if B == 1 and ctx.read_bandwidth:
+            # Per token the step reads every weight once (wte as the tied head; of wpe one row).
+            weight_bytes = count_params(cfg, non_embedding=True) * cfg.params_dtype(0).itemsize
+            floor = ctx.read_bandwidth / weight_bytes
+            bw_conf = {**conf, "weight_bytes_per_token": weight_bytes}
+            rows.append(Result("decode", "read-bandwidth floor b1", "max tokens/s", floor,
+                               "tokens/s", bw_conf))
+            rows.append(Result("decode", "ours cached scan b1", "fraction of bandwidth floor",
+                               row.value / floor, "fraction", bw_conf))
+    return rows
+
+
 SECTIONS: dict[str, Callable[[Context], list[Result]]] = {
     "machine": section_machine,
     "forward": section_forward,
+    "decode": section_decode,
 }
 
 

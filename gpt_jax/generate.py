@@ -18,7 +18,7 @@ import numpy as np
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, KVCache
+from gpt_jax.model import GPT, KVCache, decode_step, decode_weights
 
 
 class PromptTooLongError(UserError, ValueError):
@@ -131,16 +131,16 @@ def _decode(params, tokens, pad, key, temperature, top_p, eos_id, *, cfg: GPTCon
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
     first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
 
+    weights, transposed = decode_weights(params, cfg, B)  # laid out once, outside the loop
+
     def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
         cache, tok, done = carry
         i, key = xs
         index = P + i
-        logits, cache = model.apply({"params": params}, tok[:, None],
-                                    positions=(index - pad)[:, None],
-                                    mask=decode_mask(pad, index[None], S), kv_cache=cache,
-                                    cache_index=index, logits_at=0)
-        new, done = pick(logits[:, 0], key, done)
-        return (cache, new, done), (new, logits[:, 0] if return_logits else None)
+        logits, cache = decode_step(weights, cfg, transposed, tok, index - pad,
+                                    decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
+        new, done = pick(logits, key, done)
+        return (cache, new, done), (new, logits if return_logits else None)
 
     _, (rest, rest_logits) = jax.lax.scan(step, (cache, first, done),
                                           (jnp.arange(N - 1), keys[1:]))
@@ -230,7 +230,7 @@ def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=Non
 # -- the reference: no cache, a full forward pass per new token (for tests and bench.py) -------
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
-def generate_uncached(params, cfg: GPTConfig, tokens, pad, *, max_new_tokens: int):
+def generate_uncached(params, tokens, pad, *, cfg: GPTConfig, max_new_tokens: int):
     """Greedy decoding that recomputes the whole (fixed-length, left-padded) sequence for every
     token: what the cache saves. tokens (B, P) and pad (B,) as from left_pad()."""
     B, P = tokens.shape

@@ -72,7 +72,7 @@ def test_cached_logits_equal_full_forward(cfg_kw, lengths, n_new):
     if cfg == CFG:  # the jitted no-cache reference decoder (bench.py's baseline) agrees too
         tokens, pad = G.left_pad(prompts, cfg)
         np.testing.assert_array_equal(
-            new, G.generate_uncached(params, cfg, tokens, pad, max_new_tokens=n_new))
+            new, G.generate_uncached(params, tokens, pad, cfg=cfg, max_new_tokens=n_new))
 
 
 def test_batch_of_unequal_prompts_equals_each_alone():
