@@ -21,6 +21,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tiny", action="store_true",
                    help="smoke-test sizes (small matrices and vocab): checks the harness only")
+    p.add_argument("--torch_threads", type=int, default=None,
+                   help="threads for the PyTorch peers (default: the CPU count)")
     p.add_argument("--device", default=None, choices=["cpu", "gpu", "tpu"],
                    help="JAX platform (default: JAX's choice)")
     return p.parse_args(argv)
@@ -36,7 +38,7 @@ def main():
         raise UserError("--repeats, --batch_size and --seq_len must be positive")
     ctx = bench.Context(repeats=args.repeats, warmup=args.warmup, preset=args.preset,
                         batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
-                        tiny=args.tiny)
+                        tiny=args.tiny, options={"torch_threads": args.torch_threads})
     ctx.config()  # validates --preset and --dtype with a one-line error
     names = args.only.split(",") if args.only else list(bench.SECTIONS)
     results = bench.run_sections(ctx, [n.strip() for n in names if n.strip()])

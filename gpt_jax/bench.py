@@ -258,12 +258,15 @@ def section_decode(ctx: Context) -> list[Result]:
     Hugging Face PyTorch generate(use_cache=True), interleaved, at batch 1 and 8; plus the
     read-bandwidth floor at batch 1 (all weights are read once per step)."""
     import importlib
+    import importlib.util
     from gpt_jax.model import count_params, init_params
     G = importlib.import_module("gpt_jax.generate")
     try:
         import torch
-        torch.set_num_threads(os.cpu_count())
-        params_to_hf_ok = True
+        # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
+        # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
+        torch.set_num_threads(ctx.options.get("torch_threads") or os.cpu_count())
+        params_to_hf_ok = importlib.util.find_spec("transformers") is not None
     except ImportError:
         params_to_hf_ok = False
     cfg = GPTConfig.from_preset("gpt2-tiny", vocab_size=512) if ctx.tiny else ctx.config()
@@ -285,7 +288,7 @@ def section_decode(ctx: Context) -> list[Result]:
                                              max_new_tokens=n_uncached)
         fns = {"ours": lambda: ours(*args), "uncached": lambda: unc(params, tokens, pad)}
         conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
-                "greedy": True}
+                "greedy": True, "torch_threads": torch.get_num_threads() if hf is not None else None}
         if hf is not None:
             ids = torch.from_numpy(prompts)
 
