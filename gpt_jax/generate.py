@@ -10,7 +10,7 @@ dynamic_update_slice inside the scan carry: no Python loop over tokens, no growi
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
