@@ -23,6 +23,8 @@ def parse_args(argv=None):
                    help="smoke-test sizes (small matrices and vocab): checks the harness only")
     p.add_argument("--train_gpt2", default="true", choices=["true", "false"],
                    help="train section: also time GPT-2-small widths (batch 4, block 256)")
+    p.add_argument("--torch_threads", type=int, default=None,
+                   help="threads for the PyTorch peers (default: the CPU count)")
     p.add_argument("--device", default=None, choices=["cpu", "gpu", "tpu"],
                    help="JAX platform (default: JAX's choice)")
     return p.parse_args(argv)
@@ -38,7 +40,7 @@ def main():
         raise UserError("--repeats, --batch_size and --seq_len must be positive")
     ctx = bench.Context(repeats=args.repeats, warmup=args.warmup, preset=args.preset,
                         batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
-                        tiny=args.tiny)
+                        tiny=args.tiny, options={"torch_threads": args.torch_threads})
     ctx.options["train_gpt2"] = args.train_gpt2 == "true"
     ctx.config()  # validates --preset and --dtype with a one-line error
     names = args.only.split(",") if args.only else list(bench.SECTIONS)

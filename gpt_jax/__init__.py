@@ -4,6 +4,7 @@ from gpt_jax.errors import CheckpointError, ConfigError, DataError, UserError
 from gpt_jax.model import GPT, Block, CausalSelfAttention, MLP, count_params, init_params, log_probs
 from gpt_jax.tokenizer import get_tokenizer
 from gpt_jax.checkpoint import load_checkpoint, save_checkpoint
+from gpt_jax.generate import generate
 
 __version__ = "0.1.0"
 

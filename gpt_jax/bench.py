@@ -228,40 +228,13 @@ def section_forward(ctx: Context) -> list[Result]:
     return rows
 
 
-def _hf_state_dict(params, cfg: GPTConfig) -> dict:
-    """Our params as a transformers GPT2LMHeadModel state dict (both store Dense/Conv1D
-    weights as (in, out), so no transposes). Kept here so the bench needs no gpt_jax.hf."""
-    import torch
-    t = lambda x: torch.from_numpy(np.array(x, dtype=np.float32))
-    sd = {"transformer.wte.weight": t(params["wte"]["embedding"]),
-          "transformer.wpe.weight": t(params["wpe"]["embedding"]),
-          "transformer.ln_f.weight": t(params["ln_f"]["scale"]),
-          "transformer.ln_f.bias": t(params["ln_f"]["bias"])}
-    for i in range(cfg.n_layer):
-        h, p = f"transformer.h.{i}.", params[f"h_{i}"]
-        for ln in ("ln_1", "ln_2"):
-            sd[h + ln + ".weight"], sd[h + ln + ".bias"] = t(p[ln]["scale"]), t(p[ln]["bias"])
-        for mod, sub in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"),
-                         ("mlp", "c_proj")):
-            sd[f"{h}{mod}.{sub}.weight"] = t(p[mod][sub]["kernel"])
-            sd[f"{h}{mod}.{sub}.bias"] = t(p[mod][sub]["bias"])
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    return sd
-
-
-def _torch_train_step(params, cfg: GPTConfig, tc):
+def _torch_train_step(params, cfg: GPTConfig, tc, ctx_threads=None):
     """A Hugging Face GPT2LMHeadModel + torch AdamW step with our recipe (same weights, decay
     groups, clipping): the peer. Returns step(tokens (B, T + 1) numpy) -> loss float."""
     import torch
-    import transformers
-    torch.set_num_threads(os.cpu_count() or 1)
-    hf_cfg = transformers.GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True)
-    model = transformers.GPT2LMHeadModel(hf_cfg)
-    model.load_state_dict(_hf_state_dict(params, cfg), strict=False)
+    from gpt_jax.hf import to_transformers
+    torch.set_num_threads(ctx_threads or os.cpu_count() or 1)
+    model = to_transformers(params, cfg)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -313,7 +286,8 @@ def section_train(ctx: Context) -> list[Result]:
         rng = np.random.default_rng(0)
         batches = [rng.integers(0, cfg.n_real_vocab, (1, B, T + 1), dtype=np.int32)
                    for _ in range(4)]
-        peer = _torch_train_step(params, cfg, tc) if have_torch else None
+        peer = (_torch_train_step(params, cfg, tc, ctx.options.get("torch_threads"))
+                if have_torch else None)
         state = init_state(params, tx, jax.random.key(1))
         step, compile_s = compile_seconds(make_train_step(cfg, tx, sched), state, batches[0])
         box = {"state": state, "i": 0}
@@ -345,10 +319,94 @@ def section_train(ctx: Context) -> list[Result]:
     return rows
 
 
+def params_to_hf(params, cfg: GPTConfig):
+    """The PyTorch peer for decoding: our weights in a GPT2LMHeadModel that generates exactly
+    max_new_tokens (no EOS stop)."""
+    from gpt_jax.hf import to_transformers
+    model = to_transformers(params, cfg)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def section_decode(ctx: Context) -> list[Result]:
+    """Greedy decoding tokens/s: our cached lax.scan decoder vs our jitted no-cache recompute vs
+    Hugging Face PyTorch generate(use_cache=True), interleaved, at batch 1 and 8; plus the
+    read-bandwidth floor at batch 1 (all weights are read once per step)."""
+    import importlib
+    import importlib.util
+    from gpt_jax.model import count_params, init_params
+    G = importlib.import_module("gpt_jax.generate")
+    try:
+        import torch
+        # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
+        # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
+        torch.set_num_threads(ctx.options.get("torch_threads") or os.cpu_count())
+        params_to_hf_ok = importlib.util.find_spec("transformers") is not None
+    except ImportError:
+        params_to_hf_ok = False
+    cfg = GPTConfig.from_preset("gpt2-tiny", vocab_size=512) if ctx.tiny else ctx.config()
+    P, N = (8, 16) if ctx.tiny else (32, 128)
+    n_uncached = 8 if ctx.tiny else 16  # a full forward per token: fewer tokens, same method
+    name = "gpt2-tiny" if ctx.tiny else ctx.preset
+    params = init_params(cfg, jax.random.key(0))
+    hf = params_to_hf(params, cfg) if params_to_hf_ok else None
+    rows: list[Result] = []
+    if hf is None:
+        print("[bench] decode: torch/transformers missing, Hugging Face rows skipped",
+              file=sys.stderr)
+    for B in (1, 8):
+        prompts = np.random.default_rng(B).integers(0, cfg.n_real_vocab, (B, P))
+        args, static = G.decode_args(params, cfg, prompts, N, temperature=0)
+        ours, compile_s = compile_seconds(G._decode, *args, **static)
+        tokens, pad = G.left_pad(prompts, cfg)
+        unc, unc_compile_s = compile_seconds(G.generate_uncached, params, tokens, pad, cfg=cfg,
+                                             max_new_tokens=n_uncached)
+        fns = {"ours": lambda: ours(*args), "uncached": lambda: unc(params, tokens, pad)}
+        conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
+                "greedy": True, "torch_threads": torch.get_num_threads() if hf is not None else None}
+        if hf is not None:
+            ids = torch.from_numpy(prompts)
+
+            def hf_generate():
+                with torch.inference_mode():
+                    return hf.generate(ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=N, min_new_tokens=N, do_sample=False,
+                                       use_cache=True)
+            fns["hf"] = hf_generate
+            same = np.asarray(ours(*args)) == hf_generate()[:, P:].numpy()
+            conf_hf = {**conf, "greedy_tokens_equal_ours": float(same.mean())}
+        t = time_calls(fns, ctx.repeats, ctx.warmup)
+        row = result_from_timing("decode", f"ours cached scan b{B}", t["ours"], work=B * N,
+                                 metric="tokens/s", unit="tokens/s", config=conf,
+                                 compile_s=compile_s)
+        rows.append(row)
+        rows.append(result_from_timing(
+            "decode", f"ours uncached recompute b{B}", t["uncached"], work=B * n_uncached,
+            metric="tokens/s", unit="tokens/s", config={**conf, "new_tokens": n_uncached},
+            compile_s=unc_compile_s))
+        if hf is not None:
+            peer = result_from_timing("decode", f"HF PyTorch generate b{B}", t["hf"],
+                                      work=B * N, metric="tokens/s", unit="tokens/s",
+                                      config=conf_hf)
+            rows += [peer, ratio_row("decode", f"ours / HF PyTorch b{B}", row, peer, conf)]
+        if B == 1 and ctx.read_bandwidth:
+            # Per token the step reads every weight once (wte as the tied head; of wpe one row).
+            weight_bytes = count_params(cfg, non_embedding=True) * cfg.params_dtype(0).itemsize
+            floor = ctx.read_bandwidth / weight_bytes
+            bw_conf = {**conf, "weight_bytes_per_token": weight_bytes}
+            rows.append(Result("decode", "read-bandwidth floor b1", "max tokens/s", floor,
+                               "tokens/s", bw_conf))
+            rows.append(Result("decode", "ours cached scan b1", "fraction of bandwidth floor",
+                               row.value / floor, "fraction", bw_conf))
+    return rows
+
+
 SECTIONS: dict[str, Callable[[Context], list[Result]]] = {
     "machine": section_machine,
     "forward": section_forward,
     "train": section_train,
+    "decode": section_decode,
 }
 
 

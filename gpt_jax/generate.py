@@ -1,0 +1,251 @@
+"""Sampling filters and a compiled decoder: prefill in one pass, then lax.scan over a KV cache.
+
+generate() is one jitted program per static shape: the prompt batch is left-padded to a bucket
+length P (a power of two), so every row's last prompt token sits at index P-1 and all rows write
+the cache at the same index each step. Per-row positions (index - row padding) and an explicit
+mask (keys from the row's first real token up to the query) make each row compute exactly what it
+would alone. The cache, preallocated for P + max_new_tokens - 1 entries, is updated in place with
+dynamic_update_slice inside the scan carry: no Python loop over tokens, no growing concatenation.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.config import GPTConfig
+from gpt_jax.errors import UserError
+from gpt_jax.model import GPT, KVCache, decode_step, decode_weights
+
+
+class PromptTooLongError(UserError, ValueError):
+    """prompt length + max_new_tokens does not fit the model's block_size."""
+
+
+# -- sampling filters: pure functions of (..., V) float32 logits ------------------------------
+
+def apply_temperature(logits, temperature):
+    """Divide by temperature > 0 (lower: sharper; temperature 0 is greedy, handled apart)."""
+    return logits / temperature
+
+
+def top_k_filter(logits, k: int):
+    """Keep the k largest logits, -inf elsewhere (ties with the k-th all survive)."""
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]   # (..., 1)
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_filter(logits, p):
+    """Nucleus: keep the smallest set of most likely tokens whose probability reaches p."""
+    desc = -jnp.sort(-logits, axis=-1)             # (..., V), largest first
+    probs = jax.nn.softmax(desc, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # The top token always stays (mass before it is 0 < p); the threshold is the last kept logit.
+    kept = jnp.where(mass_before < p, desc, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def mask_vocab(logits, n_valid: int):
+    """-inf for ids >= n_valid (embedding rows that pad the vocab: never sampled)."""
+    if n_valid >= logits.shape[-1]:
+        return logits
+    return jnp.where(jnp.arange(logits.shape[-1]) < n_valid, logits, -jnp.inf)
+
+
+def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, top_p=None,
+                  greedy: bool = False):
+    """int32 (...,) token ids from (..., V) logits: temperature, then top-k, then top-p.
+
+    greedy (static) is argmax and skips everything else; top_k (static) and top_p (None skips the
+    sort) are the optional filters.
+    """
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = apply_temperature(logits.astype(jnp.float32), temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+# -- the KV cache and the compiled decoder ----------------------------------------------------
+
+def init_cache(cfg: GPTConfig, batch: int, length: int) -> KVCache:
+    """Per layer (k, v), each zeros (B, length, n_head, head_dim) in the compute dtype."""
+    shape = (batch, length, cfg.n_head, cfg.head_dim)
+    return tuple((jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+                 for _ in range(cfg.n_layer))
+
+
+def decode_mask(pad, q_index, length: int):
+    """(B, 1, T, S) bool: query at cache index q sees keys pad <= k <= q, and always itself
+    (so the queries of padding never see an empty row, whose softmax would be garbage)."""
+    k = jnp.arange(length)[None, None, :]        # (1, 1, S)
+    q = q_index[None, :, None]                   # (1, T, 1)
+    seen = (k >= pad[:, None, None]) & (k <= q)  # (B, T, S)
+    return (seen | (k == q))[:, None]
+
+
+def bucket_length(n: int, block_size: int) -> int:
+    """Prompt lengths are padded to powers of two (at least 8) so varied prompts share programs."""
+    return min(max(8, 1 << (n - 1).bit_length()), block_size)
+
+
+_traces = 0  # how many times _decode was traced (tests check that repeated calls do not retrace)
+
+
+def trace_count() -> int:
+    return _traces
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "greedy",
+                                             "use_top_p", "return_logits"))
+def _decode(params, tokens, pad, key, temperature, top_p, eos_id, *, cfg: GPTConfig,
+            max_new_tokens: int, top_k: Optional[int], greedy: bool, use_top_p: bool,
+            return_logits: bool):
+    global _traces
+    _traces += 1
+    B, P = tokens.shape                      # left-padded prompts; pad (B,) = padding per row
+    N = max_new_tokens
+    S = P + N - 1                            # the last new token is sampled, never fed back
+    model = GPT(cfg)
+
+    def pick(logits, key, done):             # logits (B, V) -> tokens (B,), done (B,)
+        logits = mask_vocab(logits, cfg.n_real_vocab)
+        tok = sample_logits(logits, key, temperature=temperature, top_k=top_k,
+                            top_p=top_p if use_top_p else None, greedy=greedy)
+        tok = jnp.where(done, eos_id, tok)   # finished rows repeat eos_id
+        return tok, done | (tok == eos_id)
+
+    # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
+    idx = jnp.arange(P)
+    positions = jnp.maximum(idx[None, :] - pad[:, None], 0)                    # (B, P)
+    logits, cache = model.apply({"params": params}, tokens, positions=positions,
+                                mask=decode_mask(pad, idx, S), kv_cache=init_cache(cfg, B, S),
+                                cache_index=0, logits_at=P - 1)
+    keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
+    first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
+
+    weights, transposed = decode_weights(params, cfg, B)  # laid out once, outside the loop
+
+    def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
+        cache, tok, done = carry
+        i, key = xs
+        index = P + i
+        logits, cache = decode_step(weights, cfg, transposed, tok, index - pad,
+                                    decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
+        new, done = pick(logits, key, done)
+        return (cache, new, done), (new, logits if return_logits else None)
+
+    _, (rest, rest_logits) = jax.lax.scan(step, (cache, first, done),
+                                          (jnp.arange(N - 1), keys[1:]))
+    out = jnp.concatenate([first[:, None], rest.T], axis=1)                   # (B, N)
+    if not return_logits:
+        return out
+    return out, jnp.concatenate([logits, jnp.swapaxes(rest_logits, 0, 1)], axis=1)  # (B, N, V)
+
+
+def left_pad(prompts, cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32 (B, P), pad int32 (B,)): prompts right-aligned in a bucket of length P."""
+    if isinstance(prompts, (list, tuple)):
+        rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    else:
+        arr = np.asarray(prompts)
+        if arr.ndim != 2:
+            raise UserError(f"prompts must be a list of token lists or an int array (B, T), "
+                            f"got an array of shape {arr.shape}")
+        rows = list(arr.astype(np.int64))
+    if not rows or any(len(r) == 0 for r in rows):
+        raise UserError("every prompt needs at least one token (e.g. <|endoftext|>)")
+    for r in rows:
+        bad = r[(r < 0) | (r >= cfg.vocab_size)]
+        if bad.size:
+            raise UserError(f"prompt token id {int(bad[0])} is outside the model's vocabulary "
+                            f"(vocab_size {cfg.vocab_size})")
+    lengths = np.array([len(r) for r in rows])
+    P = bucket_length(int(lengths.max()), cfg.block_size)
+    tokens = np.zeros((len(rows), P), np.int32)
+    for b, r in enumerate(rows):
+        tokens[b, P - len(r):] = r
+    return tokens, (P - lengths).astype(np.int32)
+
+
+def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, *, key=None,
+             temperature: float = 1.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, eos_id: Optional[int] = None,
+             return_logits: bool = False):
+    """Continue each prompt by max_new_tokens tokens: int32 (B, max_new_tokens).
+
+    prompts: list of token lists (lengths may differ) or an int array (B, T). key: a jax PRNG
+    key (default key(0)); the same key gives the same sample. temperature 0 (or top_k=1) is
+    greedy. After a row emits eos_id, the rest of that row is eos_id. Compiled once per (batch,
+    bucketed prompt length, max_new_tokens, top_k, greedy or not, top_p or not).
+    return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
+    from (before temperature and filters).
+    """
+    args, static = decode_args(params, cfg, prompts, max_new_tokens, key=key,
+                               temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
+                               return_logits=return_logits)
+    return _decode(*args, **static)
+
+
+def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=None,
+                temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, eos_id: Optional[int] = None,
+                return_logits: bool = False) -> tuple[tuple, dict]:
+    """Checked and padded inputs of the compiled decoder: generate() is _decode(*args, **static);
+    callers that time compilation apart use _decode.lower(*args, **static).compile()(*args)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if temperature is None or not temperature >= 0:
+        raise UserError(f"temperature must be >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+        raise UserError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
+    tokens, pad = left_pad(prompts, cfg)
+    longest = tokens.shape[1] - int(pad.min())
+    if longest + max_new_tokens > cfg.block_size:
+        raise PromptTooLongError(
+            f"prompt length {longest} + max_new_tokens {max_new_tokens} = "
+            f"{longest + max_new_tokens} exceeds the model's block_size {cfg.block_size}: "
+            f"shorten the prompt or ask for fewer tokens")
+    greedy = temperature == 0 or top_k == 1
+    top_k = None if greedy or top_k is None or top_k >= cfg.n_real_vocab else int(top_k)
+    use_top_p = not greedy and top_p is not None and top_p < 1
+    key = jax.random.key(0) if key is None else key
+    args = (params, tokens, pad, key, np.float32(temperature if not greedy else 1.0),
+            np.float32(top_p if use_top_p else 1.0), np.int32(-1 if eos_id is None else eos_id))
+    static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), top_k=top_k, greedy=greedy,
+                  use_top_p=use_top_p, return_logits=return_logits)
+    return args, static
+
+
+# -- the reference: no cache, a full forward pass per new token (for tests and bench.py) -------
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
+def generate_uncached(params, tokens, pad, *, cfg: GPTConfig, max_new_tokens: int):
+    """Greedy decoding that recomputes the whole (fixed-length, left-padded) sequence for every
+    token: what the cache saves. tokens (B, P) and pad (B,) as from left_pad()."""
+    B, P = tokens.shape
+    S = P + max_new_tokens - 1
+    seq = jnp.zeros((B, S), jnp.int32).at[:, :P].set(tokens)
+    idx = jnp.arange(S)
+    positions = jnp.maximum(idx[None, :] - pad[:, None], 0)
+    mask = decode_mask(pad, idx, S)
+
+    def step(seq, i):                        # position P - 1 + i predicts the token at P + i
+        logits = GPT(cfg).apply({"params": params}, seq, positions=positions, mask=mask,
+                                logits_at=P - 1 + i)
+        tok = jnp.argmax(mask_vocab(logits[:, 0], cfg.n_real_vocab), axis=-1).astype(jnp.int32)
+        seq = jax.lax.dynamic_update_slice(seq, tok[:, None], (0, jnp.minimum(P + i, S - 1)))
+        return seq, tok
+
+    _, toks = jax.lax.scan(step, seq, jnp.arange(max_new_tokens))
+    return toks.T                            # (B, max_new_tokens)
