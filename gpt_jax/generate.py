@@ -175,7 +175,7 @@ def left_pad(prompts, cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
     return tokens, (P - lengths).astype(np.int32)
 
 
-def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, *, key=None,
+def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
              temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, eos_id: Optional[int] = None,
              return_logits: bool = False):

@@ -287,12 +287,9 @@ def test_greedy_matches_transformers_generate(which, request):
     ours = greedy(params, cfg, jnp.asarray(prompt), 32)
     assert_same_until_eos(ours, ref, eos, "full-recompute greedy")
 
-    # >>> gpt_jax.generate (KV-cache decoder) is being written in parallel; compare it too
-    # once it exists (temperature=0.0 is greedy).
-    if hasattr(gpt_jax, "generate"):
-        new = gpt_jax.generate(params, cfg, prompt, 32, jax.random.key(0), temperature=0.0)
-        assert_same_until_eos(np.asarray(new), ref, eos, "gpt_jax.generate greedy")
-    # <<<
+    # ...and the KV-cache decoder (temperature 0 is greedy).
+    new = gpt_jax.generate(params, cfg, prompt, 32, jax.random.key(0), temperature=0.0)
+    assert_same_until_eos(np.asarray(new), ref, eos, "gpt_jax.generate greedy")
 
 
 # -- errors users can cause ------------------------------------------------------------------
