@@ -8,7 +8,8 @@ import sys
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
+    from gpt_jax.cli import ArgumentParser
+    p = ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=None,
                    help="comma-separated sections to run (default: all)")

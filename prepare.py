@@ -12,7 +12,8 @@ import argparse
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
+    from gpt_jax.cli import ArgumentParser
+    p = ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="text files or directories")

@@ -4,8 +4,6 @@ stdout holds only the samples, each (prompt + continuation) followed by a line o
 the config, compile time and tokens/s go to stderr.
 """
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -13,15 +11,9 @@ import time
 SEPARATOR = "---------------"
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one `error: ...` line and exit 1, like every other user error
-        from gpt_jax.errors import UserError
-        raise UserError(f"{message} (see python sample.py --help)")
-
-
 def parse_args(argv=None):
-    from gpt_jax.cli import str2bool
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from gpt_jax.cli import ArgumentParser, str2bool
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_from", default="out",
                    help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
     p.add_argument("--start", default="\n", help='prompt text, or FILE:path (default: "\\n")')
@@ -60,12 +52,12 @@ def read_prompt(start: str) -> str:
 
 
 def load_model(init_from: str):
-    """A train.py out_dir (it has checkpoints/); anything else goes to gpt_jax.hf when present."""
+    """A train.py out_dir (it has checkpoints/; the default `out` always means one, so a
+    missing one says "train first"); anything else is a gpt2* hub id or a Hugging Face dir."""
     import gpt_jax
-    out_dir = os.path.isdir(os.path.join(init_from, "checkpoints"))
-    if out_dir or init_from == "out" or importlib.util.find_spec("gpt_jax.hf") is None:
+    if init_from == "out" or os.path.isdir(os.path.join(init_from, "checkpoints")):
         return gpt_jax.load_checkpoint(init_from)
-    return importlib.import_module("gpt_jax.hf").from_hf(init_from)
+    return gpt_jax.from_hf(init_from)
 
 
 def main():
@@ -74,8 +66,8 @@ def main():
     import numpy as np
     import gpt_jax
     from gpt_jax.errors import UserError
+    from gpt_jax import generate as G
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
-    G = importlib.import_module("gpt_jax.generate")
 
     text = read_prompt(args.start)
     params, cfg = load_model(args.init_from)

@@ -18,6 +18,14 @@ def str2bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `error: ...` line and exit 1 like every other user
+    error (argparse itself prints the usage block and exits 2)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog} --help)")
+
+
 def fail(message: str) -> "NoReturn":  # noqa: F821
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
