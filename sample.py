@@ -66,7 +66,9 @@ def main():
     import numpy as np
     import gpt_jax
     from gpt_jax.errors import UserError
-    from gpt_jax import generate as G
+    import importlib
+    # The module, not the gpt_jax.generate function that shadows it on the package.
+    G = importlib.import_module("gpt_jax.generate")
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
 
     text = read_prompt(args.start)
