@@ -97,6 +97,11 @@ def batch_sharding(mesh: Mesh, ndim: int = 3, batch_axis: int = 1) -> NamedShard
     return NamedSharding(mesh, P(*spec))
 
 
+def activation_sharding(mesh: Mesh) -> NamedSharding:
+    """Activations (B, T, C) inside the model: rows over every device, like the batch."""
+    return NamedSharding(mesh, P(BATCH_AXES, None, None))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -196,13 +196,24 @@ def cross_entropy(logits, targets):
         logits.astype(jnp.float32), targets).mean()
 
 
-def loss_fn(params, cfg: GPTConfig, tokens, dropout_key=None, *, remat: bool = False,
-            scan_layers: bool = False):
-    """tokens int32 (B, T + 1): predict tokens[:, 1:] from tokens[:, :-1]. With scan_layers,
-    params hold the layers stacked under "h" (stack_layers)."""
+def make_model(cfg: GPTConfig, *, remat: bool = False, scan_layers: bool = False,
+               mesh=None) -> GPT:
+    """The GPT module with the run's settings (none of which changes the function): remat,
+    scan_layers (params stacked under "h"), and on a mesh activations kept split by rows."""
+    sharding = None
+    if mesh is not None:
+        from gpt_jax.sharding import activation_sharding
+        sharding = activation_sharding(mesh)
+    return GPT(cfg, remat=remat, scan_layers=scan_layers, activation_sharding=sharding)
+
+
+def loss_fn(params, cfg: GPTConfig, tokens, dropout_key=None, *, model: Optional[GPT] = None):
+    """tokens int32 (B, T + 1): predict tokens[:, 1:] from tokens[:, :-1]. model: the GPT
+    module to apply (make_model; default GPT(cfg))."""
+    model = GPT(cfg) if model is None else model
     rngs = None if dropout_key is None else {"dropout": dropout_key}
-    logits = GPT(cfg, remat=remat, scan_layers=scan_layers).apply(
-        {"params": params}, tokens[:, :-1], deterministic=dropout_key is None, rngs=rngs)
+    logits = model.apply({"params": params}, tokens[:, :-1], deterministic=dropout_key is None,
+                         rngs=rngs)
     return cross_entropy(logits, tokens[:, 1:])
 
 
@@ -254,16 +265,15 @@ def init_state(params, tx: optax.GradientTransformation, rng) -> TrainState:
                       opt_state=tx.init(params), rng=rng)
 
 
-def grads_and_loss(params, cfg: GPTConfig, batch, dropout_key, *, remat: bool = False,
-                   scan_layers: bool = False):
+def grads_and_loss(params, cfg: GPTConfig, batch, dropout_key, *,
+                   model: Optional[GPT] = None):
     """Mean loss and gradient over the micro-batches of batch (accum, B, T + 1).
 
     The micro-batches run one after another in a lax.scan (memory of one micro-batch), their
     gradients summed and divided by accum: equal (up to rounding) to one batch of accum * B.
     """
     use_dropout = cfg.dropout > 0
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, remat=remat,
-                                                   scan_layers=scan_layers))
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model))
 
     def micro(i, tokens):
         key = jax.random.fold_in(dropout_key, i) if use_dropout else None
@@ -283,13 +293,12 @@ def grads_and_loss(params, cfg: GPTConfig, batch, dropout_key, *, remat: bool = 
 
 
 def train_step(state: TrainState, batch, *, cfg: GPTConfig, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, remat: bool = False,
-               scan_layers: bool = False) -> tuple[TrainState, dict]:
+               schedule: optax.Schedule, model: Optional[GPT] = None
+               ) -> tuple[TrainState, dict]:
     """One optimizer update from batch int32 (accum, B, T + 1). Metrics: loss (mean over the
     step's tokens, before the update), grad_norm (global, before clipping), lr (of this update)."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
-    loss, grads = grads_and_loss(state.params, cfg, batch, dropout_key, remat=remat,
-                                 scan_layers=scan_layers)
+    loss, grads = grads_and_loss(state.params, cfg, batch, dropout_key, model=model)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -375,8 +384,8 @@ def make_train_step(cfg: GPTConfig, tx: optax.GradientTransformation,
     inserts the collectives: gradients all-reduced over data, fsdp weights all-gathered where
     a layer uses them and their gradients reduce-scattered. Nothing else changes with the mesh.
     """
-    fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=schedule, remat=remat,
-                           scan_layers=scan_layers)
+    model = make_model(cfg, remat=remat, scan_layers=scan_layers, mesh=mesh)
+    fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=schedule, model=model)
     donate_argnums = (0,) if donate else ()
     if mesh is None:
         return jax.jit(fn, donate_argnums=donate_argnums)
@@ -391,8 +400,8 @@ def make_eval_step(cfg: GPTConfig, *, mesh=None, param_shardings=None, remat: bo
                    scan_layers: bool = False) -> Callable:
     """Jitted (params, tokens (B, T + 1)) -> mean loss, dropout off; on a mesh the params stay
     where the train state keeps them and the rows split over (data, fsdp)."""
-    fn = lambda params, tokens: loss_fn(params, cfg, tokens, remat=remat,
-                                        scan_layers=scan_layers)
+    model = make_model(cfg, remat=remat, scan_layers=scan_layers, mesh=mesh)
+    fn = lambda params, tokens: loss_fn(params, cfg, tokens, model=model)
     if mesh is None:
         return jax.jit(fn)
     from gpt_jax.sharding import batch_sharding, replicated
