@@ -189,7 +189,7 @@ class Trainer:
         sh.check_batch_divides(tc.batch_size, self.mesh)
         sh.local_rows(tc.batch_size)  # each process feeds an equal share of the rows
         self.tx, self.schedule = make_optimizer(tc)
-        self.run = dict(remat=tc.remat, scan_layers=tc.scan_layers)
+        self.run = dict(remat=tc.remat, scan_layers=tc.scan_layers)  # memory/compile only
         self.cfg, self.state, meta = self._model(tc)
         if tc.block_size > self.cfg.block_size:
             raise ConfigError(f"block_size {tc.block_size} exceeds the model's "
@@ -232,15 +232,15 @@ class Trainer:
         """(model cfg, TrainState on the mesh, restored checkpoint meta or None). Also sets
         self.shardings. Checkpoints hold the GPT-2 layout on whatever mesh saved them: they are
         restored straight into this mesh's shards (GPT-2 layout), then put in the run layout."""
-        cfg = tc.model_config()
+        cfg, scan = tc.model_config(), tc.scan_layers
         if tc.init_from == "scratch":
             if ckpt.latest_step(self.out_dir) is not None and not tc.eval_only:
                 raise CheckpointError(
                     f"{self.out_dir} already holds checkpoints (latest step "
                     f"{ckpt.latest_step(self.out_dir)}): continue with --init_from resume, or "
                     f"pass another --out_dir (or delete it) to start from scratch")
-            self.shardings = state_shardings(cfg, self.tx, self.mesh, **self._scan())
-            return cfg, new_state(cfg, self.tx, self.mesh, seed=tc.seed, **self._scan()), None
+            self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
+            return cfg, new_state(cfg, self.tx, self.mesh, seed=tc.seed, scan_layers=scan), None
         if tc.init_from == "resume":
             # Restore targets: the GPT-2 layout, sharded by the same rule as the run.
             saved = abstract_state(cfg, self.tx)
@@ -250,16 +250,16 @@ class Trainer:
             if tc.eval_only:
                 r = ckpt.restore(self.out_dir, params_target=saved.params, expected_config=cfg)
                 cfg = r["config"].replace(dropout=tc.dropout, dtype=tc.dtype)
-                self.shardings = state_shardings(cfg, self.tx, self.mesh, **self._scan())
+                self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
                 params = place_params(r["params"], self.shardings.params, cfg=cfg,
-                                      **self._scan())
+                                      scan_layers=scan)
                 return cfg, TrainState(step=None, params=params, opt_state=None, rng=None), None
             r = ckpt.restore(self.out_dir, params_target=saved.params,
                              opt_state_target=saved.opt_state, expected_config=cfg)
             self.log(f"resuming from {ckpt.checkpoint_dir(self.out_dir)} at step {r['step']}")
-            self.shardings = state_shardings(cfg, self.tx, self.mesh, **self._scan())
+            self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
             state = place_state(r["params"], r["opt_state"], r["step"], r["meta"]["rng"],
-                                self.shardings, cfg=cfg, **self._scan())
+                                self.shardings, cfg=cfg, scan_layers=scan)
             return cfg, state, r["meta"]
         params, hf_cfg = _load_hf(tc.init_from)
         self.log(f"initialised from {tc.init_from}: n_layer={hf_cfg.n_layer} "
@@ -268,12 +268,9 @@ class Trainer:
         if ckpt.latest_step(self.out_dir) is not None and not tc.eval_only:
             raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass another "
                                   f"--out_dir to fine-tune from {tc.init_from}")
-        self.shardings = state_shardings(cfg, self.tx, self.mesh, **self._scan())
+        self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
         return cfg, new_state(cfg, self.tx, self.mesh, seed=tc.seed, params=params,
-                              **self._scan()), None
-
-    def _scan(self) -> dict:
-        return {"scan_layers": self.tc.scan_layers}
+                              scan_layers=scan), None
 
     # -- evaluation --------------------------------------------------------------------------
     def estimate_loss(self, params, step: int) -> dict[str, float]:
