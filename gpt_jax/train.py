@@ -35,6 +35,8 @@ import optax
 from gpt_jax.config import DTYPES, GPTConfig
 from gpt_jax.errors import ConfigError
 from gpt_jax.model import GPT, init_params, map_param_trees, stack_layers, unstack_layers
+from gpt_jax.sharding import (activation_sharding, batch_sharding, parse_mesh, replicated,
+                              tree_shardings)
 
 
 # -- run configuration -----------------------------------------------------------------------
@@ -113,7 +115,6 @@ class TrainConfig:
         if not isinstance(self.mesh, str):
             raise ConfigError(f"mesh must be a string such as data=-1 or data=2,fsdp=4, "
                               f"got {self.mesh!r}")
-        from gpt_jax.sharding import parse_mesh
         parse_mesh(self.mesh, None)  # the grammar now; the device count when the mesh is built
         self.model_config()  # validates n_embd % n_head etc.
 
@@ -202,7 +203,6 @@ def make_model(cfg: GPTConfig, *, remat: bool = False, scan_layers: bool = False
     scan_layers (params stacked under "h"), and on a mesh activations kept split by rows."""
     sharding = None
     if mesh is not None:
-        from gpt_jax.sharding import activation_sharding
         sharding = activation_sharding(mesh)
     return GPT(cfg, remat=remat, scan_layers=scan_layers, activation_sharding=sharding)
 
@@ -335,7 +335,6 @@ def state_shardings(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *,
                     scan_layers: bool = False) -> TrainState:
     """Where every leaf of the TrainState lives on `mesh`: parameters and their Adam moments
     along their largest fsdp-divisible dimension, scalars and the RNG key replicated."""
-    from gpt_jax.sharding import tree_shardings
     return tree_shardings(abstract_state(cfg, tx, scan_layers=scan_layers), mesh)
 
 
@@ -389,7 +388,6 @@ def make_train_step(cfg: GPTConfig, tx: optax.GradientTransformation,
     donate_argnums = (0,) if donate else ()
     if mesh is None:
         return jax.jit(fn, donate_argnums=donate_argnums)
-    from gpt_jax.sharding import batch_sharding, replicated
     if shardings is None:
         shardings = state_shardings(cfg, tx, mesh, scan_layers=scan_layers)
     return jax.jit(fn, in_shardings=(shardings, batch_sharding(mesh)),
@@ -404,7 +402,6 @@ def make_eval_step(cfg: GPTConfig, *, mesh=None, param_shardings=None, remat: bo
     fn = lambda params, tokens: loss_fn(params, cfg, tokens, model=model)
     if mesh is None:
         return jax.jit(fn)
-    from gpt_jax.sharding import batch_sharding, replicated
     return jax.jit(fn, in_shardings=(param_shardings, batch_sharding(mesh, 2, 0)),
                    out_shardings=replicated(mesh))
 
