@@ -3,13 +3,30 @@
 With no flags: the `cpu-small` config on the built-in corpus (Python's standard library,
 tokenised into data/builtin on first use), a few minutes on a laptop CPU; writes out/ with
 checkpoints/, metrics.jsonl and loss.png, which `python sample.py` reads. Precedence:
-defaults < --config < flags. Every flag is a TrainConfig field (gpt_jax/train.py).
+defaults < --config < flags. Every flag is a TrainConfig field (gpt_jax/train.py), except the
+multi-host launch flags.
+
+Several processes (hosts): run the same command in each with --coordinator_address HOST:PORT
+(where process 0 listens), --num_processes N and --process_id i, or the environment
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (GPT_JAX_DISTRIBUTED=1 on clusters
+that JAX detects by itself; GPT_JAX_DISTRIBUTED_TIMEOUT=seconds bounds start-up). --mesh then
+spans the devices of all processes; only process 0 prints and writes metrics.
 """
 import argparse
 import sys
 
+# Launch settings, not training hyperparameters: kept out of TrainConfig, config files and
+# checkpoints (a resumed run may use another cluster).
+LAUNCH_FLAGS = {
+    "coordinator_address": (str, "HOST:PORT", "multi-host: where process 0's coordinator "
+                            "listens (env JAX_COORDINATOR_ADDRESS)"),
+    "num_processes": (int, "INT", "multi-host: number of processes (env JAX_NUM_PROCESSES)"),
+    "process_id": (int, "INT", "multi-host: this process's index; 0 logs (env JAX_PROCESS_ID)"),
+}
+
 
 def parse_args(argv=None):
+    """-> (config, TrainConfig overrides, launch settings)."""
     from gpt_jax.cli import str2bool
     from gpt_jax.train import HELP, TRAIN_PRESETS, TrainConfig
     p = argparse.ArgumentParser(description=__doc__,
@@ -23,15 +40,22 @@ def parse_args(argv=None):
         p.add_argument(f"--{name}", type=types[field.type], default=None,
                        metavar=field.type.upper(),
                        help=f"{HELP[name]} (default {getattr(defaults, name)!r})")
-    args = p.parse_args(argv)
-    return args.config, {k: v for k, v in vars(args).items() if k != "config"}
+    for name, (type_, metavar, help_) in LAUNCH_FLAGS.items():
+        p.add_argument(f"--{name}", type=type_, default=None, metavar=metavar, help=help_)
+    args = vars(p.parse_args(argv))
+    launch = {k: args.pop(k) for k in LAUNCH_FLAGS}
+    return args.pop("config"), args, launch
 
 
 def main(argv=None):
-    config, overrides = parse_args(argv)
+    config, overrides, launch = parse_args(argv)
+    # Before anything touches a device: jax.distributed must start first.
+    from gpt_jax.sharding import is_main_process, maybe_initialize_distributed
+    maybe_initialize_distributed(**launch)
     from gpt_jax.trainer import Trainer, format_config, resolve_config
     tc = resolve_config(config, overrides)
-    print(f"config ({config} + flags):\n{format_config(tc)}", flush=True)
+    say = print if is_main_process() else (lambda *a, **k: None)
+    say(f"config ({config} + flags):\n{format_config(tc)}", flush=True)
     if tc.eval_only and tc.init_from == "scratch":
         from gpt_jax.errors import UserError
         raise UserError("--eval_only needs weights: --init_from resume (a checkpoint in "
@@ -42,11 +66,11 @@ def main(argv=None):
         return 0
     out = trainer.fit()
     if out.get("stopped_by_signal"):
-        print(f"stopped at step {out['step']} (checkpoint saved)", flush=True)
+        say(f"stopped at step {out['step']} (checkpoint saved)", flush=True)
     elif out.get("val_loss") is not None:
-        print(f"done: step {out['step']}, val loss {out['val_loss']:.4f}, "
-              f"{out['elapsed']:.0f}s of training; checkpoints in {tc.out_dir}/checkpoints",
-              flush=True)
+        say(f"done: step {out['step']}, val loss {out['val_loss']:.4f}, "
+            f"{out['elapsed']:.0f}s of training; checkpoints in {tc.out_dir}/checkpoints",
+            flush=True)
     return 0
 
 

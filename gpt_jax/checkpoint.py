@@ -98,8 +98,9 @@ def check_config(found: GPTConfig, expected: GPTConfig, where: str) -> None:
 
 def abstract_tree(tree, sharding=None):
     """ShapeDtypeStructs that orbax restores onto: each leaf keeps its own sharding when it has
-    one (arrays, sharded structs), else goes to `sharding` (default: the first device)."""
-    default = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    one (arrays, sharded structs), else goes to `sharding` (default: this process's first
+    device; jax.devices()[0] belongs to process 0 only)."""
+    default = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def leaf(x):
         s = getattr(x, "sharding", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +122,13 @@ class MLP(nn.Module):
         return _dense(cfg, cfg.n_embd, "c_proj", _residual_std(cfg))(x)
 
 
+def constrain(x, sharding):
+    """Pin activations (B, T, C) to `sharding` (a NamedSharding; None: no-op). Under FSDP this
+    keeps the batch split over every device, so XLA all-gathers each weight where it is used
+    rather than splitting the activations along the weight's sharded dimension."""
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
@@ -129,6 +136,7 @@ class Block(nn.Module):
     (argument 2, `deterministic`, is a static Python bool).
     """
     config: GPTConfig
+    activation_sharding: Any = None
 
     @nn.compact
     def __call__(self, x, deterministic=True, mask=None, kv_cache=None, cache_index=None):
@@ -140,7 +148,7 @@ class Block(nn.Module):
         x = x + drop(y, deterministic=deterministic)
         x = x + drop(MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x)),
                      deterministic=deterministic)
-        return x, kv_cache
+        return constrain(x, self.activation_sharding), kv_cache
 
 
 class GPT(nn.Module):
@@ -155,10 +163,13 @@ class GPT(nn.Module):
     remat recomputes each block's activations in the backward pass instead of storing them;
     scan_layers runs one compiled block n_layer times (nn.scan) over parameters stacked under
     "h" (see stack_layers / unstack_layers), so compile time stops growing with depth.
+    activation_sharding (a NamedSharding for (B, T, C) activations, set by the train step on a
+    mesh) pins the residual stream at block boundaries.
     """
     config: GPTConfig
     remat: bool = False
     scan_layers: bool = False
+    activation_sharding: Any = None
 
     @nn.compact
     def __call__(self, tokens, *, deterministic=True, positions=None, mask=None, kv_cache=None,
@@ -175,6 +186,7 @@ class GPT(nn.Module):
         wte = embed(cfg.vocab_size, name="wte")
         x = wte(tokens) + embed(cfg.block_size, name="wpe")(positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = constrain(x, self.activation_sharding)
 
         # prevent_cse=False: inside scan, XLA cannot merge the recomputation away anyway.
         block = (nn.remat(Block, static_argnums=(2,), prevent_cse=not self.scan_layers)
@@ -186,10 +198,10 @@ class GPT(nn.Module):
             blocks = nn.scan(block, variable_axes={"params": 0},
                              split_rngs={"params": True, "dropout": True},
                              in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)
-            x, _ = blocks(cfg, name="h")(x, deterministic, mask)
+            x, _ = blocks(cfg, self.activation_sharding, name="h")(x, deterministic, mask)
         for i in range(0 if self.scan_layers else cfg.n_layer):
             layer_cache = None if kv_cache is None else kv_cache[i]
-            x, layer_cache = block(cfg, name=f"h_{i}")(
+            x, layer_cache = block(cfg, self.activation_sharding, name=f"h_{i}")(
                 x, deterministic, mask, layer_cache, cache_index)
             new_cache.append(layer_cache)
         if logits_at is not None:

@@ -22,11 +22,12 @@ AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
 
 
-def parse_mesh(spec: Optional[str], n_devices: int) -> dict[str, int]:
+def parse_mesh(spec: Optional[str], n_devices: Optional[int]) -> dict[str, int]:
     """`data=2,fsdp=4` -> {"data": 2, "fsdp": 4}. One size may be -1 (the rest of the devices);
-    the product must equal n_devices. None or "" puts every device on `data`."""
+    the product must equal n_devices. None or "" puts every device on `data`.
+    n_devices=None checks the grammar only (and leaves -1 in place)."""
     if not spec:
-        return {"data": n_devices, "fsdp": 1}
+        return {"data": -1 if n_devices is None else n_devices, "fsdp": 1}
     sizes: dict[str, int] = {}
     for part in spec.split(","):
         name, sep, value = part.strip().partition("=")
@@ -45,6 +46,8 @@ def parse_mesh(spec: Optional[str], n_devices: int) -> dict[str, int]:
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
         raise ConfigError(f"--mesh {spec!r}: only one axis may be -1")
+    if n_devices is None:
+        return sizes
     known = math.prod(s for s in sizes.values() if s != -1)
     if free:
         if n_devices % known:
@@ -92,6 +95,11 @@ def batch_sharding(mesh: Mesh, ndim: int = 3, batch_axis: int = 1) -> NamedShard
     spec = [None] * ndim
     spec[batch_axis] = BATCH_AXES
     return NamedSharding(mesh, P(*spec))
+
+
+def activation_sharding(mesh: Mesh) -> NamedSharding:
+    """Activations (B, T, C) inside the model: rows over every device, like the batch."""
+    return NamedSharding(mesh, P(BATCH_AXES, None, None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

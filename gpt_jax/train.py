@@ -6,10 +6,22 @@ No I/O here (gpt_jax/trainer.py holds the loop with files, signals and progress 
     state = init_state(params, tx, jax.random.key(seed))
     train_step = make_train_step(cfg, tx, schedule)    # jitted, state donated
     state, metrics = train_step(state, batch)          # batch int32 (accum, B, T + 1)
+
+On a mesh (any number of devices or hosts) the same functions run with explicit shardings:
+
+    mesh = make_mesh("data=2,fsdp=4")                  # gpt_jax/sharding.py
+    state = new_state(cfg, tx, mesh, seed=seed)        # built directly in its shards
+    train_step = make_train_step(cfg, tx, schedule, mesh=mesh)
+    state, metrics = train_step(state, make_global_batch(rows, mesh, (accum, B, T + 1)))
+
+`remat` and `scan_layers` (run settings of the GPT module) change memory and compile time,
+not the losses. With scan_layers the state holds the layers stacked under "h"; checkpoints
+always hold the GPT-2 layout (see checkpoint_layout / place_state).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -17,11 +29,14 @@ from typing import Any, Callable, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gpt_jax.config import DTYPES, GPTConfig
 from gpt_jax.errors import ConfigError
-from gpt_jax.model import GPT
+from gpt_jax.model import GPT, init_params, map_param_trees, stack_layers, unstack_layers
+from gpt_jax.sharding import (activation_sharding, batch_sharding, parse_mesh, replicated,
+                              tree_shardings)
 
 
 # -- run configuration -----------------------------------------------------------------------
@@ -62,8 +77,8 @@ class TrainConfig:
     eval_only: bool = False
     log_interval: int = 5
     seed: int = 1337
-    # parallelism and memory (a later issue implements them)
-    mesh: str = ""
+    # parallelism and memory: none of them changes the losses (up to rounding)
+    mesh: str = ""                # axis=int[,axis=int] over data and fsdp; "" = all on data
     remat: bool = False
     scan_layers: bool = False
 
@@ -97,9 +112,10 @@ class TrainConfig:
         for name in ("bias", "eval_only", "remat", "scan_layers"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.mesh or self.remat or self.scan_layers:
-            raise ConfigError("--mesh, --remat and --scan_layers are not implemented yet "
-                              "(single-device training); leave them at their defaults")
+        if not isinstance(self.mesh, str):
+            raise ConfigError(f"mesh must be a string such as data=-1 or data=2,fsdp=4, "
+                              f"got {self.mesh!r}")
+        parse_mesh(self.mesh, None)  # the grammar now; the device count when the mesh is built
         self.model_config()  # validates n_embd % n_head etc.
 
     def model_config(self) -> GPTConfig:
@@ -147,9 +163,10 @@ HELP = {
     "eval_only": "evaluate the --init_from weights and exit",
     "log_interval": "steps between metrics.jsonl train rows",
     "seed": "parameter init, dropout and batch sampling",
-    "mesh": "device mesh, e.g. data=-1 (not implemented yet)",
-    "remat": "rematerialise blocks in backward (not implemented yet)",
-    "scan_layers": "lax.scan over stacked layers (not implemented yet)",
+    "mesh": "device mesh over data and fsdp, e.g. data=2,fsdp=4 or fsdp=-1 (one size may be "
+            "-1; default: all devices on data); fsdp shards parameters and Adam state",
+    "remat": "recompute each block's activations in the backward pass (less memory)",
+    "scan_layers": "one compiled block scanned over stacked layers (faster compiles)",
 }
 
 # Built-in --config values: overrides on top of the defaults (= cpu-small).
@@ -180,11 +197,23 @@ def cross_entropy(logits, targets):
         logits.astype(jnp.float32), targets).mean()
 
 
-def loss_fn(params, cfg: GPTConfig, tokens, dropout_key=None):
-    """tokens int32 (B, T + 1): predict tokens[:, 1:] from tokens[:, :-1]."""
+def make_model(cfg: GPTConfig, *, remat: bool = False, scan_layers: bool = False,
+               mesh=None) -> GPT:
+    """The GPT module with the run's settings (none of which changes the function): remat,
+    scan_layers (params stacked under "h"), and on a mesh activations kept split by rows."""
+    sharding = None
+    if mesh is not None:
+        sharding = activation_sharding(mesh)
+    return GPT(cfg, remat=remat, scan_layers=scan_layers, activation_sharding=sharding)
+
+
+def loss_fn(params, cfg: GPTConfig, tokens, dropout_key=None, *, model: Optional[GPT] = None):
+    """tokens int32 (B, T + 1): predict tokens[:, 1:] from tokens[:, :-1]. model: the GPT
+    module to apply (make_model; default GPT(cfg))."""
+    model = GPT(cfg) if model is None else model
     rngs = None if dropout_key is None else {"dropout": dropout_key}
-    logits = GPT(cfg).apply({"params": params}, tokens[:, :-1],
-                            deterministic=dropout_key is None, rngs=rngs)
+    logits = model.apply({"params": params}, tokens[:, :-1], deterministic=dropout_key is None,
+                         rngs=rngs)
     return cross_entropy(logits, tokens[:, 1:])
 
 
@@ -236,14 +265,15 @@ def init_state(params, tx: optax.GradientTransformation, rng) -> TrainState:
                       opt_state=tx.init(params), rng=rng)
 
 
-def grads_and_loss(params, cfg: GPTConfig, batch, dropout_key):
+def grads_and_loss(params, cfg: GPTConfig, batch, dropout_key, *,
+                   model: Optional[GPT] = None):
     """Mean loss and gradient over the micro-batches of batch (accum, B, T + 1).
 
     The micro-batches run one after another in a lax.scan (memory of one micro-batch), their
     gradients summed and divided by accum: equal (up to rounding) to one batch of accum * B.
     """
     use_dropout = cfg.dropout > 0
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model))
 
     def micro(i, tokens):
         key = jax.random.fold_in(dropout_key, i) if use_dropout else None
@@ -263,11 +293,12 @@ def grads_and_loss(params, cfg: GPTConfig, batch, dropout_key):
 
 
 def train_step(state: TrainState, batch, *, cfg: GPTConfig, tx: optax.GradientTransformation,
-               schedule: optax.Schedule) -> tuple[TrainState, dict]:
+               schedule: optax.Schedule, model: Optional[GPT] = None
+               ) -> tuple[TrainState, dict]:
     """One optimizer update from batch int32 (accum, B, T + 1). Metrics: loss (mean over the
     step's tokens, before the update), grad_norm (global, before clipping), lr (of this update)."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
-    loss, grads = grads_and_loss(state.params, cfg, batch, dropout_key)
+    loss, grads = grads_and_loss(state.params, cfg, batch, dropout_key, model=model)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -275,17 +306,104 @@ def train_step(state: TrainState, batch, *, cfg: GPTConfig, tx: optax.GradientTr
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+# -- layouts and shardings -------------------------------------------------------------------
+# Checkpoints, HF files and sample.py see the GPT-2 layout (h_0, h_1, ...); a scan_layers run
+# keeps its parameters and Adam moments stacked under "h". These convert at the boundary.
+
+def run_layout(tree, cfg: GPTConfig, scan_layers: bool):
+    """Params, or anything holding params-shaped dicts (an optax state), in the layout the run
+    computes with."""
+    if not scan_layers:
+        return tree
+    return map_param_trees(lambda p: p if "h" in p else stack_layers(p, cfg.n_layer), tree)
+
+
+def checkpoint_layout(tree):
+    """The inverse of run_layout: the GPT-2 layout that checkpoints hold."""
+    return map_param_trees(unstack_layers, tree)
+
+
+def abstract_state(cfg: GPTConfig, tx: optax.GradientTransformation, *,
+                   scan_layers: bool = False) -> TrainState:
+    """The TrainState as ShapeDtypeStructs (run layout), without allocating anything."""
+    return jax.eval_shape(lambda: init_state(
+        run_layout(init_params(cfg, jax.random.key(0)), cfg, scan_layers), tx,
+        jax.random.key(0)))
+
+
+def state_shardings(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *,
+                    scan_layers: bool = False) -> TrainState:
+    """Where every leaf of the TrainState lives on `mesh`: parameters and their Adam moments
+    along their largest fsdp-divisible dimension, scalars and the RNG key replicated."""
+    return tree_shardings(abstract_state(cfg, tx, scan_layers=scan_layers), mesh)
+
+
+def new_state(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *, seed: int,
+              params=None, scan_layers: bool = False) -> TrainState:
+    """A fresh TrainState placed on `mesh`: GPT-2 init from key(seed) (or the given params, in
+    the GPT-2 layout), dropout key key(seed + 1). Initialised inside jit with out_shardings,
+    so each device only ever materialises its own shards (the big-model path), and the values
+    do not depend on the mesh (JAX's partitionable threefry)."""
+    shardings = state_shardings(cfg, tx, mesh, scan_layers=scan_layers)
+    make = lambda p: init_state(run_layout(p, cfg, scan_layers), tx, jax.random.key(seed + 1))
+    if params is None:
+        return jax.jit(lambda: make(init_params(cfg, jax.random.key(seed))),
+                       out_shardings=shardings)()
+    # Host copies: every process holds the same values, which jit places as a global array.
+    return jax.jit(make, out_shardings=shardings)(jax.device_get(params))
+
+
+def place_state(params, opt_state, step: int, rng_key_data, shardings: TrainState, *,
+                cfg: GPTConfig, scan_layers: bool = False) -> TrainState:
+    """A TrainState from restored parts (GPT-2 layout, any sharding) on `shardings`, in the run
+    layout; params and opt_state are donated (no second copy of a big model)."""
+    def make(p, o, s, k):
+        return TrainState(step=s, params=run_layout(p, cfg, scan_layers),
+                          opt_state=run_layout(o, cfg, scan_layers),
+                          rng=jax.random.wrap_key_data(k))
+    return jax.jit(make, out_shardings=shardings, donate_argnums=(0, 1))(
+        params, opt_state, np.asarray(step, np.int32), np.asarray(rng_key_data, np.uint32))
+
+
+def place_params(params, param_shardings, *, cfg: GPTConfig, scan_layers: bool = False):
+    """Parameters (GPT-2 layout, any sharding or host arrays) on param_shardings, run layout."""
+    return jax.jit(lambda p: run_layout(p, cfg, scan_layers),
+                   out_shardings=param_shardings)(params)
+
+
 def make_train_step(cfg: GPTConfig, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, donate: bool = True) -> Callable:
+                    schedule: optax.Schedule, *, mesh=None, shardings: Optional[TrainState] = None,
+                    remat: bool = False, scan_layers: bool = False,
+                    donate: bool = True) -> Callable:
     """The jitted train step: (state, batch) -> (state, metrics), the state's buffers donated.
-    The one place where the step is jitted (shardings will go here)."""
-    fn = lambda state, batch: train_step(state, batch, cfg=cfg, tx=tx, schedule=schedule)
-    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+    The one place where the step is jitted.
+
+    With a mesh the step takes explicit shardings: the state on `shardings` (default
+    state_shardings(...)), the batch's rows over (data, fsdp), metrics replicated. XLA then
+    inserts the collectives: gradients all-reduced over data, fsdp weights all-gathered where
+    a layer uses them and their gradients reduce-scattered. Nothing else changes with the mesh.
+    """
+    model = make_model(cfg, remat=remat, scan_layers=scan_layers, mesh=mesh)
+    fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=schedule, model=model)
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=donate_argnums)
+    if shardings is None:
+        shardings = state_shardings(cfg, tx, mesh, scan_layers=scan_layers)
+    return jax.jit(fn, in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, replicated(mesh)), donate_argnums=donate_argnums)
 
 
-def make_eval_step(cfg: GPTConfig) -> Callable:
-    """Jitted (params, tokens (B, T + 1)) -> mean loss, dropout off."""
-    return jax.jit(lambda params, tokens: loss_fn(params, cfg, tokens))
+def make_eval_step(cfg: GPTConfig, *, mesh=None, param_shardings=None, remat: bool = False,
+                   scan_layers: bool = False) -> Callable:
+    """Jitted (params, tokens (B, T + 1)) -> mean loss, dropout off; on a mesh the params stay
+    where the train state keeps them and the rows split over (data, fsdp)."""
+    model = make_model(cfg, remat=remat, scan_layers=scan_layers, mesh=mesh)
+    fn = lambda params, tokens: loss_fn(params, cfg, tokens, model=model)
+    if mesh is None:
+        return jax.jit(fn)
+    return jax.jit(fn, in_shardings=(param_shardings, batch_sharding(mesh, 2, 0)),
+                   out_shardings=replicated(mesh))
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int, n_params_no_wpe: int) -> float:

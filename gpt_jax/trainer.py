@@ -3,6 +3,11 @@ progress bar, MFU, signals. The maths lives in gpt_jax/train.py; train.py is the
 
     tc = resolve_config("cpu-small", {"max_iters": 100})
     Trainer(tc).fit()      # or .evaluate_only()
+
+The same loop runs on one device, a mesh of many, and several processes (hosts): the state
+lives on the mesh from --mesh, every process draws the same global batch indices and feeds its
+own rows, all processes save and restore checkpoints together (orbax), and only process 0
+prints, plots and writes metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -20,11 +25,14 @@ import numpy as np
 
 from gpt_jax import checkpoint as ckpt
 from gpt_jax import data as data_lib
+from gpt_jax import sharding as sh
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import CheckpointError, ConfigError, UserError
-from gpt_jax.model import count_params, init_params
-from gpt_jax.train import (TRAIN_PRESETS, TrainConfig, TrainState, flops_per_token,
-                           init_state, make_eval_step, make_optimizer, make_train_step)
+from gpt_jax.model import count_params
+from gpt_jax.train import (TRAIN_PRESETS, TrainConfig, TrainState, abstract_state,
+                           checkpoint_layout, flops_per_token, make_eval_step, make_optimizer,
+                           make_train_step, new_state, place_params, place_state,
+                           state_shardings)
 
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -172,55 +180,87 @@ class Trainer:
     """Builds the model state (scratch, resume or HF weights), the data and the steps."""
 
     def __init__(self, tc: TrainConfig, *, progress: bool = True, log=print):
-        self.tc, self.progress, self.log = tc, progress, log
+        self.main = sh.is_main_process()
+        # Only process 0 talks; the others compute (and save their checkpoint shards).
+        self.tc, self.progress = tc, progress and self.main
+        self.log = log if self.main else (lambda *a, **k: None)
         self.out_dir = tc.out_dir
+        self.mesh = sh.make_mesh(tc.mesh)
+        sh.check_batch_divides(tc.batch_size, self.mesh)
+        sh.local_rows(tc.batch_size)  # each process feeds an equal share of the rows
         self.tx, self.schedule = make_optimizer(tc)
-        self.cfg, params, restored = self._model(tc)
+        self.run = dict(remat=tc.remat, scan_layers=tc.scan_layers)  # memory/compile only
+        self.cfg, self.state, meta = self._model(tc)
         if tc.block_size > self.cfg.block_size:
             raise ConfigError(f"block_size {tc.block_size} exceeds the model's "
                               f"{self.cfg.block_size}")
-        data_dir = data_lib.resolve(tc.data, cache_dir=os.path.join(self.out_dir, "data"),
-                                    progress=progress)
-        self.data = data_lib.TokenData(data_dir, block_size=tc.block_size,
+        self.data = data_lib.TokenData(self._data_dir(), block_size=tc.block_size,
                                        vocab_size=self.cfg.vocab_size)
         self.elapsed = 0.0
         seed = tc.seed
-        if restored is not None:
-            meta = restored["meta"]
+        if meta is not None:
             self.elapsed = float(meta.get("elapsed", 0.0))
             seed = int(meta.get("sampler", {}).get("seed", seed))
-            rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32))
-            self.state = TrainState(step=jax.numpy.asarray(restored["step"], jax.numpy.int32),
-                                    params=restored["params"],
-                                    opt_state=restored["opt_state"], rng=rng)
-        elif params is not None:
-            self.state = init_state(params, self.tx, jax.random.key(tc.seed + 1))
         self.sampler = data_lib.BatchSampler(
             self.data, block_size=tc.block_size, batch_size=tc.batch_size,
             accum=tc.gradient_accumulation_steps, seed=seed)
-        self.eval_step = make_eval_step(self.cfg)
+        self.eval_step = make_eval_step(self.cfg, mesh=self.mesh,
+                                        param_shardings=self.shardings.params, **self.run)
         self.stop_signal: Optional[int] = None
 
+    def _data_dir(self) -> str:
+        """Process 0 prepares the data (if needed) while the others wait, so that processes
+        sharing a filesystem do not tokenise into the same files at once; a process that
+        still finds nothing (its own filesystem) prepares its own copy."""
+        resolve = lambda: data_lib.resolve(self.tc.data, progress=self.progress,
+                                           cache_dir=os.path.join(self.out_dir, "data"))
+        if jax.process_count() == 1:
+            return resolve()
+        from jax.experimental import multihost_utils
+        d = resolve() if self.main else None
+        multihost_utils.sync_global_devices("gpt_jax: data prepared")
+        return d or resolve()
+
+    def _global_batch(self, batch: np.ndarray, batch_axis: int = 1) -> jax.Array:
+        """The global batch (the same on every process) as one array over the mesh, each
+        process giving only its own rows."""
+        rows = [slice(None)] * batch.ndim
+        rows[batch_axis] = sh.local_rows(batch.shape[batch_axis])
+        return sh.make_global_batch(batch[tuple(rows)], self.mesh, batch.shape, batch_axis)
+
     def _model(self, tc: TrainConfig):
-        """(model cfg, fresh params or None, restored checkpoint dict or None)."""
-        cfg = tc.model_config()
+        """(model cfg, TrainState on the mesh, restored checkpoint meta or None). Also sets
+        self.shardings. Checkpoints hold the GPT-2 layout on whatever mesh saved them: they are
+        restored straight into this mesh's shards (GPT-2 layout), then put in the run layout."""
+        cfg, scan = tc.model_config(), tc.scan_layers
         if tc.init_from == "scratch":
             if ckpt.latest_step(self.out_dir) is not None and not tc.eval_only:
                 raise CheckpointError(
                     f"{self.out_dir} already holds checkpoints (latest step "
                     f"{ckpt.latest_step(self.out_dir)}): continue with --init_from resume, or "
                     f"pass another --out_dir (or delete it) to start from scratch")
-            return cfg, init_params(cfg, jax.random.key(tc.seed)), None
+            self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
+            return cfg, new_state(cfg, self.tx, self.mesh, seed=tc.seed, scan_layers=scan), None
         if tc.init_from == "resume":
+            # Restore targets: the GPT-2 layout, sharded by the same rule as the run.
+            saved = abstract_state(cfg, self.tx)
+            targets = sh.tree_shardings(saved, self.mesh)
+            with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+            saved = jax.tree_util.tree_map(with_sharding, saved, targets)
             if tc.eval_only:
-                r = ckpt.restore(self.out_dir, expected_config=cfg)
-                return r["config"].replace(dropout=tc.dropout, dtype=tc.dtype), r["params"], None
-            shapes = jax.eval_shape(lambda: init_state(init_params(cfg, jax.random.key(0)),
-                                                       self.tx, jax.random.key(0)))
-            r = ckpt.restore(self.out_dir, params_target=shapes.params,
-                             opt_state_target=shapes.opt_state, expected_config=cfg)
+                r = ckpt.restore(self.out_dir, params_target=saved.params, expected_config=cfg)
+                cfg = r["config"].replace(dropout=tc.dropout, dtype=tc.dtype)
+                self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
+                params = place_params(r["params"], self.shardings.params, cfg=cfg,
+                                      scan_layers=scan)
+                return cfg, TrainState(step=None, params=params, opt_state=None, rng=None), None
+            r = ckpt.restore(self.out_dir, params_target=saved.params,
+                             opt_state_target=saved.opt_state, expected_config=cfg)
             self.log(f"resuming from {ckpt.checkpoint_dir(self.out_dir)} at step {r['step']}")
-            return cfg, None, r
+            self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
+            state = place_state(r["params"], r["opt_state"], r["step"], r["meta"]["rng"],
+                                self.shardings, cfg=cfg, scan_layers=scan)
+            return cfg, state, r["meta"]
         params, hf_cfg = _load_hf(tc.init_from)
         self.log(f"initialised from {tc.init_from}: n_layer={hf_cfg.n_layer} "
                  f"n_head={hf_cfg.n_head} n_embd={hf_cfg.n_embd} (architecture flags ignored)")
@@ -228,14 +268,16 @@ class Trainer:
         if ckpt.latest_step(self.out_dir) is not None and not tc.eval_only:
             raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass another "
                                   f"--out_dir to fine-tune from {tc.init_from}")
-        return cfg, params, None
+        self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
+        return cfg, new_state(cfg, self.tx, self.mesh, seed=tc.seed, params=params,
+                              scan_layers=scan), None
 
     # -- evaluation --------------------------------------------------------------------------
     def estimate_loss(self, params, step: int) -> dict[str, float]:
         out = {}
         for split in data_lib.SPLITS:
             batches = self.sampler.eval_batches(split, step, self.tc.eval_iters)
-            losses = [self.eval_step(params, b) for b in batches]
+            losses = [self.eval_step(params, self._global_batch(b, 0)) for b in batches]
             out[split] = float(np.mean(jax.device_get(losses)))
         return out
 
@@ -248,17 +290,31 @@ class Trainer:
 
     # -- checkpoints and metrics -------------------------------------------------------------
     def _append(self, row: dict) -> None:
-        with open(os.path.join(self.out_dir, METRICS), "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.main:
+            with open(os.path.join(self.out_dir, METRICS), "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def save(self, mngr, step: int) -> None:
+        """Every process calls this: orbax writes each process's shards and process 0 the
+        JSON items. Saved in the GPT-2 layout (unstacked params and Adam moments)."""
         meta = {"rng": np.asarray(jax.random.key_data(self.state.rng)).tolist(),
                 "sampler": self.sampler.state(step), "elapsed": self.elapsed,
                 "tokens": step * self.tc.tokens_per_step, "train_config": self.tc.to_dict(),
                 "data": self.data.dir}
-        ckpt.save(mngr, step, self.state.params, self.cfg, opt_state=self.state.opt_state,
-                  meta=meta)
+        params, opt_state = self.state.params, self.state.opt_state
+        if self.tc.scan_layers:
+            params, opt_state = jax.jit(checkpoint_layout)((params, opt_state))
+        ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta)
         mngr.wait_until_finished()
+
+    def _stop_requested(self) -> bool:
+        """Whether a SIGINT/SIGTERM arrived, agreed by all processes (a signal may reach only
+        some of them; they must still stop, and save, at the same step)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            flags = multihost_utils.process_allgather(np.int32(self.stop_signal or 0))
+            self.stop_signal = int(np.max(flags)) or None
+        return self.stop_signal is not None
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -270,7 +326,9 @@ class Trainer:
         tc, state = self.tc, self.state
         os.makedirs(self.out_dir, exist_ok=True)
         start = int(state.step)
-        if start > 0:
+        if not self.main:
+            pass
+        elif start > 0:
             truncate_metrics(self.out_dir, start)
         elif os.path.exists(os.path.join(self.out_dir, METRICS)):
             os.remove(os.path.join(self.out_dir, METRICS))
@@ -279,10 +337,15 @@ class Trainer:
         peak, peak_src = peak_flops()
         self.log(f"model: {n_params / 1e6:.2f}M parameters; {tc.tokens_per_step:,} tokens/step; "
                  f"{fpt / 1e6:.1f} MFLOP/token; peak {peak / 1e12:.3g} TFLOP/s ({peak_src})")
+        self.log(f"mesh: {dict(self.mesh.shape)} over {jax.device_count()} device(s) in "
+                 f"{jax.process_count()} process(es); remat={tc.remat} "
+                 f"scan_layers={tc.scan_layers}")
 
-        batch = self.sampler.train_batch(start)
+        batch = self._global_batch(self.sampler.train_batch(start))
         t0 = time.perf_counter()
-        step_fn = make_train_step(self.cfg, self.tx, self.schedule).lower(state, batch).compile()
+        step_fn = make_train_step(self.cfg, self.tx, self.schedule, mesh=self.mesh,
+                                  shardings=self.shardings, **self.run)
+        step_fn = step_fn.lower(state, batch).compile()
         self.log(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
 
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -297,11 +360,11 @@ class Trainer:
                 last.update(self._eval_row(0))
             t_mark, step_mark, run_t0 = time.perf_counter(), start, time.perf_counter()
             elapsed0 = self.elapsed
-            while step < tc.max_iters and self.stop_signal is None:
+            while step < tc.max_iters and not self._stop_requested():
                 state, metrics = step_fn(state, batch)
                 self.state = state
                 if step + 1 < tc.max_iters:   # sample the next batch while the device works
-                    batch = self.sampler.train_batch(step + 1)
+                    batch = self._global_batch(self.sampler.train_batch(step + 1))
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
                     raise TrainingDiverged(
@@ -332,8 +395,10 @@ class Trainer:
                 if saved != step:
                     self.save(mngr, step)
                 name = signal.Signals(self.stop_signal).name
-                bar.write(f"{name}: saved step {step} in {ckpt.checkpoint_dir(self.out_dir)}; "
-                          f"continue with --init_from resume", file=sys.stderr)
+                if self.main:
+                    bar.write(f"{name}: saved step {step} in "
+                              f"{ckpt.checkpoint_dir(self.out_dir)}; continue with "
+                              f"--init_from resume", file=sys.stderr)
         finally:
             bar.close()
             mngr.wait_until_finished()
@@ -347,7 +412,8 @@ class Trainer:
         losses = self.estimate_loss(self.state.params, step)
         self._append({"kind": "eval", "step": step, "train_loss": losses["train"],
                       "val_loss": losses["val"], "time": round(self.elapsed, 3)})
-        plot_loss(self.out_dir)
+        if self.main:
+            plot_loss(self.out_dir)
         msg = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
         from tqdm import tqdm
         tqdm.write(msg) if self.progress else self.log(msg)

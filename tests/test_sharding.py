@@ -36,3 +36,11 @@ def test_single_device_mesh_has_both_axes():
     mesh = make_mesh(None)
     assert mesh.axis_names == ("data", "fsdp") and mesh.shape["fsdp"] == 1
     assert mesh.shape["data"] == len(jax.devices())
+
+
+def test_parse_mesh_grammar_only():
+    # TrainConfig checks --mesh before any device exists: n_devices=None skips the counts
+    assert parse_mesh("data=-1,fsdp=2", None) == {"data": -1, "fsdp": 2}
+    assert parse_mesh("", None) == {"data": -1, "fsdp": 1}
+    with pytest.raises(ConfigError, match="axes data and fsdp"):
+        parse_mesh("tensor=2", None)

@@ -153,8 +153,9 @@ def test_config_precedence(tmp_path):
     import train as train_cli
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"n_layer": 3, "batch_size": 5, "learning_rate": 1}))
-    config, flags = train_cli.parse_args(["--config", str(f), "--batch_size=7", "--bias",
-                                          "false"])
+    config, flags, launch = train_cli.parse_args(["--config", str(f), "--batch_size=7",
+                                                  "--bias", "false", "--process_id", "1"])
+    assert launch == {"coordinator_address": None, "num_processes": None, "process_id": 1}
     tc = resolve_config(config, flags)
     assert (tc.n_layer, tc.batch_size, tc.bias, tc.learning_rate) == (3, 7, False, 1.0)
     assert tc.n_embd == TrainConfig().n_embd                       # default
@@ -167,7 +168,8 @@ def test_config_precedence(tmp_path):
     f.write_text(json.dumps({"n_layers": 3}))
     with pytest.raises(ConfigError, match="unknown key.*n_layers"):
         resolve_config(str(f))
-    with pytest.raises(ConfigError, match="not implemented"):
-        resolve_config("cpu-small", {"remat": True})
+    assert resolve_config("cpu-small", {"remat": True, "mesh": "fsdp=-1"}).remat
+    with pytest.raises(ConfigError, match="axes data and fsdp"):
+        resolve_config("cpu-small", {"mesh": "model=2"})
     with pytest.raises(SystemExit):
         train_cli.parse_args(["--bias", "maybe"])
