@@ -302,8 +302,13 @@ def log_probs(params, cfg: GPTConfig, tokens, mask=None):
 # orientation. Tests check it against the module's full forward pass.
 
 def decode_weights(params, cfg: GPTConfig, batch: int) -> tuple[dict, bool]:
-    """(params with Dense kernels as (out, in) when that orientation is faster, transposed?)."""
-    transposed = batch > 1 and jax.default_backend() == "cpu"
+    """(params with Dense kernels as (out, in) when that orientation is faster, transposed?).
+
+    On XLA:CPU every decode product streams its weight faster as W (out, in) @ x: measured on a
+    2-core EPYC, 29-43 GB/s against 22-27 GB/s for x @ W (in, out) at batch 1 (the MLP's
+    3072->768 projection 33 vs 22), and ~1.5x at batch 8. batch is kept for other backends."""
+    del batch
+    transposed = jax.default_backend() == "cpu"
     if not transposed:
         return params, False
     def t(path, x):

@@ -28,6 +28,7 @@ from gpt_jax import data as data_lib
 from gpt_jax import sharding as sh
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import CheckpointError, ConfigError, UserError
+from gpt_jax.hf import from_hf
 from gpt_jax.model import count_params
 from gpt_jax.train import (TRAIN_PRESETS, TrainConfig, TrainState, abstract_state,
                            checkpoint_layout, flops_per_token, make_eval_step, make_optimizer,
@@ -167,15 +168,6 @@ def plot_loss(out_dir: str) -> None:
 
 # -- the trainer -----------------------------------------------------------------------------
 
-def _load_hf(init_from: str):
-    try:
-        from gpt_jax.hf import from_hf
-    except ImportError as e:
-        raise UserError(f"--init_from {init_from} needs gpt_jax/hf.py (Hugging Face import), "
-                        f"which this installation lacks ({e})") from None
-    return from_hf(init_from)
-
-
 class Trainer:
     """Builds the model state (scratch, resume or HF weights), the data and the steps."""
 
@@ -261,7 +253,7 @@ class Trainer:
             state = place_state(r["params"], r["opt_state"], r["step"], r["meta"]["rng"],
                                 self.shardings, cfg=cfg, scan_layers=scan)
             return cfg, state, r["meta"]
-        params, hf_cfg = _load_hf(tc.init_from)
+        params, hf_cfg = from_hf(tc.init_from)
         self.log(f"initialised from {tc.init_from}: n_layer={hf_cfg.n_layer} "
                  f"n_head={hf_cfg.n_head} n_embd={hf_cfg.n_embd} (architecture flags ignored)")
         cfg = hf_cfg.replace(dropout=tc.dropout, dtype=tc.dtype)

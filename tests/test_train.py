@@ -153,24 +153,23 @@ def test_nan_stops_and_keeps_last_checkpoint(builtin_data, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_init_from_hf_weights_is_wired(builtin_data, tmp_path, monkeypatch):
-    """--init_from gpt2*/HF dir goes through gpt_jax.hf.from_hf (stubbed here: hf.py is
-    written elsewhere); the architecture comes from the weights, dropout/dtype from the run."""
-    import sys
-    import types
+def test_init_from_hf_weights_is_wired(builtin_data, tmp_path):
+    """--init_from HF_DIR starts from exactly those weights (read by gpt_jax.hf.from_hf); the
+    architecture comes from the weights, dropout/dtype from the run."""
+    from gpt_jax.hf import to_hf
     from gpt_jax.trainer import Trainer
     hf_cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=128)
     hf_params = init_params(hf_cfg, jax.random.key(5))
-    calls = []
-    fake = types.ModuleType("gpt_jax.hf")
-    fake.from_hf = lambda src: (calls.append(src), (hf_params, hf_cfg))[1]
-    monkeypatch.setitem(sys.modules, "gpt_jax.hf", fake)
-    tc = trainer_tc(tmp_path, init_from="some/hf_dir", max_iters=2, eval_interval=2,
+    hf_dir = to_hf(hf_params, hf_cfg, str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    tc = trainer_tc(out, init_from=hf_dir, max_iters=2, eval_interval=2,
                     eval_iters=1, block_size=32, dropout=0.1)
     t = Trainer(tc, progress=False, log=lambda *a: None)
-    assert calls == ["some/hf_dir"] and t.cfg == hf_cfg.replace(dropout=0.1)
+    assert t.cfg == hf_cfg.replace(dropout=0.1)
+    for a, b in zip(jax.tree_util.tree_leaves(t.state.params), jax.tree_util.tree_leaves(hf_params)):
+        np.testing.assert_array_equal(a, b)
     before = ckpt.abstract_tree(hf_params)
     t.fit()
-    params, cfg = ckpt.load_checkpoint(str(tmp_path))
+    params, cfg = ckpt.load_checkpoint(str(out))
     assert cfg.n_layer == 1 and cfg.block_size == 128
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(before)

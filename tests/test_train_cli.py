@@ -123,13 +123,6 @@ def test_bad_data_one_line_errors(tmp_path):
     assert r.returncode == 1 and "learning_rate" in r.stderr
 
 
-@pytest.mark.skipif(os.path.exists(os.path.join(ROOT, "gpt_jax", "hf.py")),
-                    reason="hf.py is present: from_hf is tested with it")
-def test_init_from_gpt2_without_hf_module(tmp_path):
-    r = run_cli("train.py", "--init_from", "gpt2", "--out_dir", str(tmp_path / "o"))
-    assert r.returncode == 1 and "gpt_jax/hf.py" in r.stderr
-
-
 def test_prepare_end_to_end(tmp_path):
     src = tmp_path / "corpus"
     src.mkdir()
