@@ -14,6 +14,9 @@ def parse_args(argv=None):
     p.add_argument("--only", default=None,
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--json", default=None, help="write results as JSON to this path")
+    p.add_argument("--plot", default=None, help="draw the results as a PNG chart at this path")
+    p.add_argument("--peers", default="true", choices=["true", "false"],
+                   help="time Hugging Face PyTorch peers where torch/transformers are installed")
     p.add_argument("--preset", default="gpt2", help="model preset for the model sections")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=1024)
@@ -43,6 +46,7 @@ def main():
                         batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
                         tiny=args.tiny, options={"torch_threads": args.torch_threads})
     ctx.options["train_gpt2"] = args.train_gpt2 == "true"
+    ctx.options["peers"] = args.peers == "true"
     ctx.config()  # validates --preset and --dtype with a one-line error
     names = args.only.split(",") if args.only else list(bench.SECTIONS)
     results = bench.run_sections(ctx, [n.strip() for n in names if n.strip()])
@@ -50,6 +54,9 @@ def main():
     if args.json:
         bench.write_json(args.json, results)
         print(f"[bench] wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        bench.write_plot(args.plot, results)
+        print(f"[bench] wrote {args.plot}", file=sys.stderr)
 
 
 if __name__ == "__main__":

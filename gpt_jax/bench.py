@@ -256,9 +256,37 @@ def _torch_train_step(params, cfg: GPTConfig, tc, ctx_threads=None):
     return step
 
 
+def _have_peers(ctx: Context, section: str) -> bool:
+    """Whether to time the Hugging Face PyTorch peers (installed, and not --peers false)."""
+    if not ctx.options.get("peers", True):
+        return False
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        return True
+    except ImportError:
+        print(f"[bench] {section}: torch/transformers missing, skipping the Hugging Face peer "
+              f"rows (pip install 'gpt-jax[test]')", file=sys.stderr)
+        return False
+
+
+def train_variants(ctx: Context) -> list[tuple[str, dict]]:
+    """(label, GPTConfig overrides) of our train step: float32 always; bfloat16 on accelerators
+    (or when asked: XLA:CPU runs bfloat16 dots ~15x slower than float32); on a GPU, bfloat16
+    attention through cuDNN's fused kernel and through XLA."""
+    variants = [("float32", {})]
+    backend = jax.default_backend()
+    if backend != "cpu" or ctx.dtype == "bfloat16":
+        variants.append(("bfloat16", {"dtype": "bfloat16"}))
+    if backend == "gpu":
+        variants[-1] = ("bfloat16 cudnn attn", {"dtype": "bfloat16", "attn_impl": "cudnn"})
+        variants.append(("bfloat16 xla attn", {"dtype": "bfloat16", "attn_impl": "xla"}))
+    return variants
+
+
 def section_train(ctx: Context) -> list[Result]:
-    """Tokens/s and MFU of the full jitted train step (forward, backward, AdamW, clipping),
-    float32, against Hugging Face GPT2LMHeadModel + torch AdamW on the same weights and
+    """Tokens/s, step time and MFU of the full jitted train step (forward, backward, AdamW,
+    clipping) against Hugging Face GPT2LMHeadModel + torch AdamW on the same weights and
     batches, interleaved. FLOPs per token: 6N + 12 L C T (DESIGN.md)."""
     from gpt_jax.model import count_params, init_params
     from gpt_jax.train import TrainConfig, flops_per_token, init_state, make_optimizer, \
@@ -269,52 +297,54 @@ def section_train(ctx: Context) -> list[Result]:
     elif ctx.options.get("train_gpt2", True):
         sizes.append(("gpt2-small", dict(n_layer=12, n_head=12, n_embd=768), 4))
     T = 64 if ctx.tiny else 256
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        have_torch = True
-    except ImportError:
-        have_torch = False
-        print("[bench] train: torch/transformers missing, skipping the Hugging Face peer rows "
-              "(pip install 'gpt-jax[test]')", file=sys.stderr)
+    have_torch = _have_peers(ctx, "train")
     rows = []
     for name, arch, B in sizes:
         tc = TrainConfig(**arch, block_size=T, batch_size=B, vocab_size=50257)
-        cfg = tc.model_config()
+        base = tc.model_config()
         tx, sched = make_optimizer(tc)
-        params = init_params(cfg, jax.random.key(0))
+        params = init_params(base, jax.random.key(0))
         rng = np.random.default_rng(0)
-        batches = [rng.integers(0, cfg.n_real_vocab, (1, B, T + 1), dtype=np.int32)
+        batches = [rng.integers(0, base.n_real_vocab, (1, B, T + 1), dtype=np.int32)
                    for _ in range(4)]
-        peer = (_torch_train_step(params, cfg, tc, ctx.options.get("torch_threads"))
-                if have_torch else None)
-        state = init_state(params, tx, jax.random.key(1))
-        step, compile_s = compile_seconds(make_train_step(cfg, tx, sched), state, batches[0])
-        box = {"state": state, "i": 0}
+        fns, compile_s, configs = {}, {}, {}
+        for label, overrides in train_variants(ctx):
+            cfg = base.replace(**overrides)
+            state = init_state(params, tx, jax.random.key(1))
+            step, compile_s[label] = compile_seconds(make_train_step(cfg, tx, sched), state,
+                                                     batches[0])
+            box = {"state": state, "i": 0}
 
-        def ours():
-            box["i"] += 1
-            box["state"], m = step(box["state"], batches[box["i"] % 4])
-            return m["loss"]
-        fns = {"jax": ours}
-        if peer is not None:
-            fns["torch"] = lambda: peer(batches[box["i"] % 4][0])
+            def ours(step=step, box=box):
+                box["i"] += 1
+                box["state"], m = step(box["state"], batches[box["i"] % 4])
+                return m["loss"]
+            fns[label], configs[label] = ours, cfg
+        if have_torch:
+            peer = _torch_train_step(params, base, tc, ctx.options.get("torch_threads"))
+            fns["torch"] = lambda: peer(batches[0][0])
         timings = time_calls(fns, ctx.repeats, ctx.warmup)
-        conf = {**arch, "batch": B, "seq": T, "dtype": "float32", "vocab": cfg.vocab_size}
-        fpt = flops_per_token(cfg, T, count_params(cfg, non_embedding=True))
+        fpt = flops_per_token(base, T, count_params(base, non_embedding=True))
         res = {}
         for impl, t in timings.items():
-            label = "gpt_jax (jit, optax)" if impl == "jax" else "HF GPT2LMHeadModel + torch AdamW"
+            cfg = configs.get(impl, base)
+            label = f"gpt_jax {impl}" if impl != "torch" else "HF GPT2LMHeadModel + torch AdamW"
+            conf = {**arch, "batch": B, "seq": T, "dtype": cfg.dtype, "vocab": cfg.vocab_size,
+                    "attn_impl": cfg.attn_impl if impl != "torch" else "torch sdpa",
+                    "flops_per_token": fpt}
             res[impl] = result_from_timing("train", f"{name} {label}", t, work=B * T,
-                                           metric="tokens/s", unit="tokens/s",
-                                           config={**conf, "flops_per_token": fpt},
-                                           compile_s=compile_s if impl == "jax" else None)
+                                           metric="tokens/s", unit="tokens/s", config=conf,
+                                           compile_s=compile_s.get(impl))
             rows.append(res[impl])
-            if ctx.peak_flops:
+            peak = ctx.peak_flops
+            if cfg.dtype != "float32" and ctx.options.get("peak_flops_bf16"):
+                peak = ctx.options["peak_flops_bf16"]
+            if peak:
                 rows.append(Result("train", f"{name} {label}", "MFU (vs measured matmul)",
-                                   res[impl].value * fpt / ctx.peak_flops, "fraction", conf))
+                                   res[impl].value * fpt / peak, "fraction", conf))
         if "torch" in res:
-            rows.append(ratio_row("train", f"{name} gpt_jax / HF torch", res["jax"],
+            conf = {**arch, "batch": B, "seq": T, "dtype": "float32"}
+            rows.append(ratio_row("train", f"{name} gpt_jax / HF torch", res["float32"],
                                   res["torch"], conf))
     return rows
 
@@ -331,30 +361,26 @@ def params_to_hf(params, cfg: GPTConfig):
 
 def section_decode(ctx: Context) -> list[Result]:
     """Greedy decoding tokens/s: our cached lax.scan decoder vs our jitted no-cache recompute vs
-    Hugging Face PyTorch generate(use_cache=True), interleaved, at batch 1 and 8; plus the
-    read-bandwidth floor at batch 1 (all weights are read once per step)."""
+    Hugging Face PyTorch generate(use_cache=True), interleaved, at batch 1 and 8; the same
+    decoder op by op (jit disabled: what compiling buys); the read-bandwidth floor at batch 1
+    (all weights are read once per step)."""
     import importlib
-    import importlib.util
     from gpt_jax.model import count_params, init_params
-    G = importlib.import_module("gpt_jax.generate")
-    try:
+    G = importlib.import_module("gpt_jax.generate")  # the module (gpt_jax.generate is the fn)
+    params_to_hf_ok = _have_peers(ctx, "decode")
+    if params_to_hf_ok:
         import torch
         # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
         # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
         torch.set_num_threads(ctx.options.get("torch_threads") or os.cpu_count())
-        params_to_hf_ok = importlib.util.find_spec("transformers") is not None
-    except ImportError:
-        params_to_hf_ok = False
     cfg = GPTConfig.from_preset("gpt2-tiny", vocab_size=512) if ctx.tiny else ctx.config()
     P, N = (8, 16) if ctx.tiny else (32, 128)
     n_uncached = 8 if ctx.tiny else 16  # a full forward per token: fewer tokens, same method
+    n_eager = 2 if ctx.tiny else 4      # op by op: a few tokens (prefill + steps) tell the rate
     name = "gpt2-tiny" if ctx.tiny else ctx.preset
     params = init_params(cfg, jax.random.key(0))
     hf = params_to_hf(params, cfg) if params_to_hf_ok else None
     rows: list[Result] = []
-    if hf is None:
-        print("[bench] decode: torch/transformers missing, Hugging Face rows skipped",
-              file=sys.stderr)
     for B in (1, 8):
         prompts = np.random.default_rng(B).integers(0, cfg.n_real_vocab, (B, P))
         args, static = G.decode_args(params, cfg, prompts, N, temperature=0)
@@ -385,6 +411,14 @@ def section_decode(ctx: Context) -> list[Result]:
             "decode", f"ours uncached recompute b{B}", t["uncached"], work=B * n_uncached,
             metric="tokens/s", unit="tokens/s", config={**conf, "new_tokens": n_uncached},
             compile_s=unc_compile_s))
+        with jax.disable_jit():
+            eager = time_call(lambda: G.generate(params, cfg, prompts, n_eager, temperature=0),
+                              max(1, min(ctx.repeats, 3)), 0)
+        eager_row = result_from_timing("decode", f"ours op-by-op (jit disabled) b{B}", eager,
+                                       work=B * n_eager, metric="tokens/s", unit="tokens/s",
+                                       config={**conf, "new_tokens": n_eager})
+        rows += [eager_row, ratio_row("decode", f"ours jitted / op-by-op b{B}", row, eager_row,
+                                      conf)]
         if hf is not None:
             peer = result_from_timing("decode", f"HF PyTorch generate b{B}", t["hf"],
                                       work=B * N, metric="tokens/s", unit="tokens/s",
@@ -507,6 +541,38 @@ def format_table(results: list[Result]) -> str:
         lines.append(f"{r.section:<9} {r.name[:44]:<44} {r.metric[:28]:<28} "
                      f"{format_value(r.value, r.unit):>18} {med:>9} {comp:>9}{note}")
     return "\n".join(lines)
+
+
+def write_plot(path: str, results: list[Result]) -> None:
+    """A PNG: one panel per section, a horizontal bar per throughput row (log scale), the ratio
+    rows written under each panel's title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sections = [s for s in dict.fromkeys(r.section for r in results)
+                if any(r.section == s and r.unit in ("tokens/s", "FLOP/s", "B/s") for r in results)]
+    if not sections:
+        return
+    heights = [max(1, sum(r.section == s and r.unit in ("tokens/s", "FLOP/s", "B/s")
+                          for r in results)) for s in sections]
+    fig, axes = plt.subplots(len(sections), 1, figsize=(10, 1.2 + 0.45 * sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, section in zip(axes[:, 0], sections):
+        bars = [r for r in results if r.section == section and r.unit in ("tokens/s", "FLOP/s", "B/s")]
+        ax.barh([r.name for r in bars], [r.value for r in bars], color="tab:blue")
+        ax.errorbar([r.value for r in bars], range(len(bars)), fmt="none", ecolor="black",
+                    xerr=[[r.value - r.value * r.median / r.max if r.max else 0 for r in bars],
+                          [r.value * r.median / r.min - r.value if r.min else 0 for r in bars]])
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel(", ".join(dict.fromkeys(r.unit for r in bars)))
+        ratios = [f"{r.name}: {r.value:.2f}x" for r in results if r.section == section and r.unit == "x"]
+        ax.set_title(f"{section}" + ("\n" + "; ".join(ratios) if ratios else ""), fontsize=9)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def write_json(path: str, results: list[Result]) -> None:

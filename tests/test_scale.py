@@ -206,18 +206,3 @@ def test_two_processes_match_one(tmp_path, corpus, single):
     assert latest_step(out) == STEPS
     params, cfg = load_checkpoint(out)
     assert params["wte"]["embedding"].shape == (50257, 32)
-
-
-# -- bench -------------------------------------------------------------------------------------
-
-def test_bench_scale_section_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    r = run_cli("bench.py", "--tiny", "--repeats", "1", "--only", "scale", "--json", out)
-    assert r.returncode == 0, r.stderr
-    rows = [x for x in json.loads(out.read_text())["results"] if x["section"] == "scale"]
-    names = {x["name"] for x in rows}
-    assert {"plain", "remat", "scan_layers", "scan_layers+remat"} <= {
-        n.split(" ", 1)[1] for n in names if " " in n}
-    assert all(x["config"]["n_layer"] == 2 for x in rows)
-    assert any(x["unit"] == "bytes" and x["value"] > 0 for x in rows)
-    assert all(x["compile_s"] > 0 for x in rows if x["unit"] == "tokens/s")
