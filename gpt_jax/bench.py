@@ -206,24 +206,23 @@ def section_machine(ctx: Context) -> list[Result]:
 def section_forward(ctx: Context) -> list[Result]:
     """Tokens/s of the jitted forward pass (logits for every position) for one preset."""
     from gpt_jax.model import GPT, init_params
-    cfg = ctx.config()
-    if ctx.tiny:
-        cfg = cfg.replace(vocab_size=512)
+    preset = "gpt2-tiny" if ctx.tiny else ctx.preset
+    cfg = GPTConfig.from_preset(preset, vocab_size=512) if ctx.tiny else ctx.config()
     B, T = ctx.batch_size, min(ctx.seq_len, cfg.block_size)
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.n_real_vocab, jnp.int32)
     fwd = jax.jit(lambda p, x: GPT(cfg).apply({"params": p}, x))
     compiled, compile_s = compile_seconds(fwd, params, tokens)
     t = time_call(lambda: compiled(params, tokens), ctx.repeats, ctx.warmup)
-    conf = {"preset": ctx.preset, "batch": B, "seq": T, "dtype": cfg.dtype}
-    row = result_from_timing("forward", f"{ctx.preset} forward", t, work=B * T,
+    conf = {"preset": preset, "batch": B, "seq": T, "dtype": cfg.dtype}
+    row = result_from_timing("forward", f"{preset} forward", t, work=B * T,
                              metric="tokens/s", unit="tokens/s", config=conf,
                              compile_s=compile_s)
     rows = [row]
     if ctx.peak_flops:
         from gpt_jax.model import count_params
         flops_per_token = 2 * count_params(cfg, non_embedding=True) + 4 * cfg.n_layer * cfg.n_embd * T
-        rows.append(Result("forward", f"{ctx.preset} forward", "utilisation of matmul peak",
+        rows.append(Result("forward", f"{preset} forward", "utilisation of matmul peak",
                            row.value * flops_per_token / ctx.peak_flops, "fraction", conf))
     return rows
 
@@ -413,7 +412,7 @@ def section_decode(ctx: Context) -> list[Result]:
             compile_s=unc_compile_s))
         with jax.disable_jit():
             eager = time_call(lambda: G.generate(params, cfg, prompts, n_eager, temperature=0),
-                              max(1, min(ctx.repeats, 3)), 0)
+                              max(1, min(ctx.repeats, 2)), 1)
         eager_row = result_from_timing("decode", f"ours op-by-op (jit disabled) b{B}", eager,
                                        work=B * n_eager, metric="tokens/s", unit="tokens/s",
                                        config={**conf, "new_tokens": n_eager})
@@ -544,30 +543,38 @@ def format_table(results: list[Result]) -> str:
 
 
 def write_plot(path: str, results: list[Result]) -> None:
-    """A PNG: one panel per section, a horizontal bar per throughput row (log scale), the ratio
-    rows written under each panel's title."""
+    """A PNG: one panel per section, a bar per tokens/s row (whiskers: min-max over repeats),
+    the section's ratio rows in its title. Log scale where a panel spans over 50x."""
+    import textwrap
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sections = [s for s in dict.fromkeys(r.section for r in results)
-                if any(r.section == s and r.unit in ("tokens/s", "FLOP/s", "B/s") for r in results)]
-    if not sections:
+    panels = {}
+    for r in results:
+        if r.unit == "tokens/s":
+            panels.setdefault(r.section, []).append(r)
+    if not panels:
         return
-    heights = [max(1, sum(r.section == s and r.unit in ("tokens/s", "FLOP/s", "B/s")
-                          for r in results)) for s in sections]
-    fig, axes = plt.subplots(len(sections), 1, figsize=(10, 1.2 + 0.45 * sum(heights)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, section in zip(axes[:, 0], sections):
-        bars = [r for r in results if r.section == section and r.unit in ("tokens/s", "FLOP/s", "B/s")]
-        ax.barh([r.name for r in bars], [r.value for r in bars], color="tab:blue")
-        ax.errorbar([r.value for r in bars], range(len(bars)), fmt="none", ecolor="black",
-                    xerr=[[r.value - r.value * r.median / r.max if r.max else 0 for r in bars],
-                          [r.value * r.median / r.min - r.value if r.min else 0 for r in bars]])
-        ax.set_xscale("log")
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(10, 1.5 + 0.4 * sum(len(v) + 2 for v in panels.values())),
+                             gridspec_kw={"height_ratios": [len(v) + 1 for v in panels.values()]})
+    for ax, (section, bars) in zip(axes[:, 0], panels.items()):
+        values = [r.value for r in bars]
+        # value = work / median time, so the min-max times map to value * median / time.
+        lo = [v - v * r.median / r.max if r.max else 0 for v, r in zip(values, bars)]
+        hi = [v * r.median / r.min - v if r.min else 0 for v, r in zip(values, bars)]
+        ax.barh(range(len(bars)), values, xerr=[lo, hi], color="tab:blue", ecolor="black")
+        ax.set_yticks(range(len(bars)), [r.name for r in bars], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel(", ".join(dict.fromkeys(r.unit for r in bars)))
-        ratios = [f"{r.name}: {r.value:.2f}x" for r in results if r.section == section and r.unit == "x"]
-        ax.set_title(f"{section}" + ("\n" + "; ".join(ratios) if ratios else ""), fontsize=9)
+        if max(values) > 50 * min(values):
+            ax.set_xscale("log")
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:,.1f}", va="center", fontsize=7)
+        ax.set_xlabel("tokens/s", fontsize=8)
+        ratios = [f"{r.name}: {r.value:.2f}x" for r in results
+                  if r.section == section and r.unit == "x"]
+        title = section + ("\n" + "\n".join(textwrap.wrap("; ".join(ratios), 120)) if ratios else "")
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
