@@ -220,11 +220,26 @@ def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=Non
     top_k = None if greedy or top_k is None or top_k >= cfg.n_real_vocab else int(top_k)
     use_top_p = not greedy and top_p is not None and top_p < 1
     key = jax.random.key(0) if key is None else key
+    tokens, pad = _place_batch(params, tokens, pad)
     args = (params, tokens, pad, key, np.float32(temperature if not greedy else 1.0),
             np.float32(top_p if use_top_p else 1.0), np.int32(-1 if eos_id is None else eos_id))
     static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), top_k=top_k, greedy=greedy,
                   use_top_p=use_top_p, return_logits=return_logits)
     return args, static
+
+
+def _place_batch(params, tokens, pad):
+    """With parameters on a mesh (sharded over fsdp or replicated over data), split the prompt
+    rows over its devices too, so each decodes its own rows; otherwise leave them as they are."""
+    sharding = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return tokens, pad
+    mesh = sharding.mesh
+    if tokens.shape[0] % mesh.size:
+        return tokens, pad  # rows that do not divide stay replicated
+    rows = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+    return (jax.device_put(tokens, jax.sharding.NamedSharding(mesh, rows)),
+            jax.device_put(pad, jax.sharding.NamedSharding(mesh, rows)))
 
 
 # -- the reference: no cache, a full forward pass per new token (for tests and bench.py) -------
