@@ -44,7 +44,8 @@ from gpt_jax.sharding import (activation_sharding, batch_sharding, parse_mesh, r
 @dataclass(frozen=True)
 class TrainConfig:
     """Every train.py flag. The defaults are the `cpu-small` config: a 4-layer, 256-wide GPT
-    that learns the built-in corpus (Python's stdlib) on a 2-core laptop CPU in ~4 minutes."""
+    that learns the built-in corpus (Python's stdlib) on a 2-core laptop CPU in ~7 minutes
+    (val loss 10.4 -> 3.8 in 200 steps at lr 1e-3; 2e-3 stalled near 4.1)."""
     # I/O
     out_dir: str = "out"
     data: str = "builtin"         # builtin | prepared dir | text files/dirs (comma-separated)
@@ -63,8 +64,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_iters: int = 200
     # AdamW + warmup-cosine schedule + global-norm clipping
-    learning_rate: float = 2e-3
-    min_lr: float = 2e-4
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
     warmup_iters: int = 20
     lr_decay_iters: int = 200
     weight_decay: float = 0.1
