@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from gpt_jax.config import DTYPES, TOKENIZER_VOCAB_SIZE, GPTConfig
 from gpt_jax.errors import CheckpointError, ConfigError, UserError
@@ -197,16 +198,14 @@ def params_from_tensors(tensors: dict, cfg: GPTConfig, where: str) -> dict:
     if extra:
         raise CheckpointError(f"{where}: unexpected tensor(s) {_names(extra)}: not GPT-2 "
                               f"weights for this config.json (more layers? another model?)")
-    params: dict = {}
+    flat = {}
     for name, path, shape in table:
         got = found[name][0]
         if got != shape:
             raise CheckpointError(f"{where}: tensor {name} has shape {got}, expected {shape} "
                                   f"from config.json; the checkpoint does not match its config")
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(found[name][1](), jnp.float32)
+        flat[path] = jnp.asarray(found[name][1](), jnp.float32)
+    params = traverse_util.unflatten_dict(flat)
     if lm_head is not None:
         # Our head is wte itself; a separate lm_head would be silently replaced.
         head = np.asarray(lm_head[1](), np.float32)
@@ -275,17 +274,6 @@ def from_hf(source, dtype: Optional[str] = None) -> tuple[dict, GPTConfig]:
 
 
 # -- export ---------------------------------------------------------------------------------
-def _flat(tree, prefix=()) -> dict:
-    """{path tuple: leaf} of a nested mapping of arrays."""
-    out = {}
-    for k, v in tree.items():
-        if hasattr(v, "items"):
-            out.update(_flat(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
 def hf_tensors(params, cfg: GPTConfig) -> dict[str, np.ndarray]:
     """Our params as GPT-2's float32 tensors, named as GPT2LMHeadModel's state dict
     (`transformer.` prefix; padded vocab rows dropped; the head stays tied, so no lm_head)."""
@@ -293,7 +281,7 @@ def hf_tensors(params, cfg: GPTConfig) -> dict[str, np.ndarray]:
         raise ConfigError("cannot export a model with bias=false: GPT-2 (and transformers' "
                           "GPT2LMHeadModel) has biases in every Dense and LayerNorm; train "
                           "with bias=true to export")
-    flat = _flat(params)
+    flat = traverse_util.flatten_dict(params)
     table = tensor_table(cfg)
     extra = set(flat) - {path for _, path, _ in table}
     if extra:

@@ -53,6 +53,14 @@ def attention_with_dropout(q, k, v, mask, dropout=lambda probs: probs):
     return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
 
 
+def mask_padded_vocab(logits, cfg: GPTConfig):
+    """PADDED_LOGIT for the ids >= n_real_vocab that only pad the embedding (a no-op when
+    vocab_size is the tokenizer's): both the full forward and the decode step end here."""
+    if cfg.vocab_size <= cfg.n_real_vocab:
+        return logits
+    return jnp.where(jnp.arange(cfg.vocab_size) < cfg.n_real_vocab, logits, PADDED_LOGIT)
+
+
 def causal_mask(t: int, s: int | None = None):
     """(1, 1, T, S) bool: query i sees keys <= i (keys and queries aligned at the start)."""
     s = t if s is None else s
@@ -212,9 +220,7 @@ class GPT(nn.Module):
         # accumulation and output, since attend would round bfloat16 logits to bfloat16.
         logits = jnp.einsum("btc,vc->btv", x, wte.embedding.astype(x.dtype),
                             preferred_element_type=jnp.float32)
-        if cfg.vocab_size > cfg.n_real_vocab:
-            logits = jnp.where(jnp.arange(cfg.vocab_size) < cfg.n_real_vocab, logits,
-                               PADDED_LOGIT)
+        logits = mask_padded_vocab(logits, cfg)
         return logits if kv_cache is None else (logits, tuple(new_cache))
 
 
@@ -369,6 +375,5 @@ def decode_step(weights, cfg: GPTConfig, transposed: bool, tokens, positions, ma
             jnp.einsum("vc,bc->vb", wte, x, preferred_element_type=jnp.float32)).T
     else:
         logits = jnp.einsum("bc,vc->bv", x, wte, preferred_element_type=jnp.float32)
-    if cfg.vocab_size > cfg.n_real_vocab:
-        logits = jnp.where(jnp.arange(cfg.vocab_size) < cfg.n_real_vocab, logits, PADDED_LOGIT)
+    logits = mask_padded_vocab(logits, cfg)
     return logits, tuple(new_cache)

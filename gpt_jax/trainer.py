@@ -225,12 +225,15 @@ class Trainer:
         self.shardings. Checkpoints hold the GPT-2 layout on whatever mesh saved them: they are
         restored straight into this mesh's shards (GPT-2 layout), then put in the run layout."""
         cfg, scan = tc.model_config(), tc.scan_layers
+        # A new run never writes over an out_dir's checkpoints (checked before any HF download).
+        existing = None if tc.eval_only or tc.init_from == "resume" else \
+            ckpt.latest_step(self.out_dir)
         if tc.init_from == "scratch":
-            if ckpt.latest_step(self.out_dir) is not None and not tc.eval_only:
+            if existing is not None:
                 raise CheckpointError(
-                    f"{self.out_dir} already holds checkpoints (latest step "
-                    f"{ckpt.latest_step(self.out_dir)}): continue with --init_from resume, or "
-                    f"pass another --out_dir (or delete it) to start from scratch")
+                    f"{self.out_dir} already holds checkpoints (latest step {existing}): "
+                    f"continue with --init_from resume, or pass another --out_dir (or delete "
+                    f"it) to start from scratch")
             self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
             return cfg, new_state(cfg, self.tx, self.mesh, seed=tc.seed, scan_layers=scan), None
         if tc.init_from == "resume":
@@ -253,13 +256,13 @@ class Trainer:
             state = place_state(r["params"], r["opt_state"], r["step"], r["meta"]["rng"],
                                 self.shardings, cfg=cfg, scan_layers=scan)
             return cfg, state, r["meta"]
+        if existing is not None:
+            raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass another "
+                                  f"--out_dir to fine-tune from {tc.init_from}")
         params, hf_cfg = from_hf(tc.init_from)
         self.log(f"initialised from {tc.init_from}: n_layer={hf_cfg.n_layer} "
                  f"n_head={hf_cfg.n_head} n_embd={hf_cfg.n_embd} (architecture flags ignored)")
         cfg = hf_cfg.replace(dropout=tc.dropout, dtype=tc.dtype)
-        if ckpt.latest_step(self.out_dir) is not None and not tc.eval_only:
-            raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass another "
-                                  f"--out_dir to fine-tune from {tc.init_from}")
         self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)
         return cfg, new_state(cfg, self.tx, self.mesh, seed=tc.seed, params=params,
                               scan_layers=scan), None

@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers",
                                    reason="HF parity tests need transformers (pip install .[test])")
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 import gpt_jax
@@ -76,7 +77,7 @@ def random_tokens(vocab, shape, seed=0):
 
 
 def assert_trees_equal(a, b):
-    fa, fb = hf._flat(a), hf._flat(b)
+    fa, fb = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
     assert fa.keys() == fb.keys()
     for k in fa:
         x, y = np.asarray(fa[k]), np.asarray(fb[k])
