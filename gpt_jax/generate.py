@@ -6,6 +6,8 @@ the cache at the same index each step. Per-row positions (index - row padding) a
 mask (keys from the row's first real token up to the query) make each row compute exactly what it
 would alone. The cache, preallocated for P + max_new_tokens - 1 entries, is updated in place with
 dynamic_update_slice inside the scan carry: no Python loop over tokens, no growing concatenation.
+The prefill fills per-layer (B, S, H, D) caches (init_cache); the loop keeps them heads-major,
+(B*H, S, D), the layout in which XLA reads them without a copy per step (model.heads_major).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, KVCache, decode_step, decode_weights
+from gpt_jax.model import GPT, KVCache, decode_step, decode_weights, heads_major
 
 
 class PromptTooLongError(UserError, ValueError):
@@ -132,6 +134,7 @@ def _decode(params, tokens, pad, key, temperature, top_p, eos_id, *, cfg: GPTCon
     first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
 
     weights, transposed = decode_weights(params, cfg, B)  # laid out once, outside the loop
+    cache = heads_major(cache)                            # likewise the cache
 
     def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
         cache, tok, done = carry
