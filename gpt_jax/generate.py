@@ -12,6 +12,7 @@ The prefill fills per-layer (B, S, H, D) caches (init_cache); the loop keeps the
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Optional
 
 import jax
@@ -20,7 +21,8 @@ import numpy as np
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, KVCache, decode_step, decode_weights, heads_major
+from gpt_jax.model import (GPT, KVCache, decode_step, decode_transposed, decode_weights,
+                           heads_major)
 
 
 class PromptTooLongError(UserError, ValueError):
@@ -107,7 +109,7 @@ def trace_count() -> int:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "greedy",
                                              "use_top_p", "return_logits"))
-def _decode(params, tokens, pad, key, temperature, top_p, eos_id, *, cfg: GPTConfig,
+def _decode(params, weights, tokens, pad, key, temperature, top_p, eos_id, *, cfg: GPTConfig,
             max_new_tokens: int, top_k: Optional[int], greedy: bool, use_top_p: bool,
             return_logits: bool):
     global _traces
@@ -133,14 +135,13 @@ def _decode(params, tokens, pad, key, temperature, top_p, eos_id, *, cfg: GPTCon
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
     first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
 
-    weights, transposed = decode_weights(params, cfg, B)  # laid out once, outside the loop
-    cache = heads_major(cache)                            # likewise the cache
+    cache = heads_major(cache)               # laid out once for the loop, as are the weights
 
     def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
         cache, tok, done = carry
         i, key = xs
         index = P + i
-        logits, cache = decode_step(weights, cfg, transposed, tok, index - pad,
+        logits, cache = decode_step(weights, cfg, tok, index - pad,
                                     decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
         new, done = pick(logits, key, done)
         return (cache, new, done), (new, logits if return_logits else None)
@@ -224,11 +225,41 @@ def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=Non
     use_top_p = not greedy and top_p is not None and top_p < 1
     key = jax.random.key(0) if key is None else key
     tokens, pad = _place_batch(params, tokens, pad)
-    args = (params, tokens, pad, key, np.float32(temperature if not greedy else 1.0),
+    args = (params, decode_layout(params), tokens, pad, key, np.float32(temperature if not greedy else 1.0),
             np.float32(top_p if use_top_p else 1.0), np.int32(-1 if eos_id is None else eos_id))
     static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), top_k=top_k, greedy=greedy,
                   use_top_p=use_top_p, return_logits=return_logits)
     return args, static
+
+
+_transpose_kernels = jax.jit(decode_weights)
+_layout = None  # (weak references to the params' leaves, their decode layout): the last one made
+
+
+def decode_layout(params):
+    """The weights as decode_step reads them (model.decode_weights), made once per params.
+
+    On CPU that is a transposed copy of the Dense kernels (~70% of the weights; 0.1 s for GPT-2
+    small), kept for the most recent params only, and dropped with them: repeated generate()
+    calls with the same params skip it. Only immutable jax Arrays are cached (numpy arrays could
+    change in place)."""
+    global _layout
+    if not decode_transposed():
+        return params
+    leaves = jax.tree_util.tree_leaves(params)
+    if _layout is not None:
+        refs, weights = _layout
+        if len(refs) == len(leaves) and all(r() is x for r, x in zip(refs, leaves)):
+            return weights
+    _layout = None                           # free the old copy before making the new one
+    weights = _transpose_kernels(params)
+    if all(isinstance(x, jax.Array) for x in leaves):
+        def forget(_):                       # a leaf died: so did these params
+            global _layout
+            if _layout is not None and _layout[1] is weights:
+                _layout = None
+        _layout = ([weakref.ref(x, forget) for x in leaves], weights)
+    return weights
 
 
 def _place_batch(params, tokens, pad):

@@ -302,24 +302,25 @@ def log_probs(params, cfg: GPTConfig, tokens, mask=None):
 
 # -- one-token decode step, as a plain function --------------------------------------------------
 # The same math as GPT for T == 1 over a KV cache, written out so the weights' layout can suit a
-# step that is one matrix-vector product per weight: on XLA:CPU a GEMM with a few rows runs ~1.5x
-# faster as W^T x^T -> (out, B) than as x W -> (B, out), so for batch > 1 on CPU the kernels are
-# transposed once per generate call (outside the decode loop) and each product is computed in that
-# orientation. Tests check it against the module's full forward pass.
+# step that is one matrix-vector product per weight. Tests check it against the module's full
+# forward pass.
 
-def decode_weights(params, cfg: GPTConfig, batch: int) -> tuple[dict, bool]:
-    """(params with Dense kernels as (out, in) when that orientation is faster, transposed?).
+def decode_transposed() -> bool:
+    """Whether decode_step wants Dense kernels as (out, in) (see decode_weights)."""
+    return jax.default_backend() == "cpu"
+
+
+def decode_weights(params) -> dict:
+    """params with Dense kernels laid out as decode_step reads them: (out, in) on CPU.
 
     On XLA:CPU every decode product streams its weight faster as W (out, in) @ x: measured on a
     2-core EPYC, 29-43 GB/s against 22-27 GB/s for x @ W (in, out) at batch 1 (the MLP's
-    3072->768 projection 33 vs 22), and ~1.5x at batch 8. batch is kept for other backends."""
-    del batch
-    transposed = jax.default_backend() == "cpu"
-    if not transposed:
-        return params, False
+    3072->768 projection 33 vs 22), and ~1.5x at batch 8. Elsewhere: params as they are."""
+    if not decode_transposed():
+        return params
     def t(path, x):
         return x.T if path[-1].key == "kernel" else x
-    return jax.tree_util.tree_map_with_path(t, params), True
+    return jax.tree_util.tree_map_with_path(t, params)
 
 
 def _linear(x, p, transposed: bool, dtype):
@@ -353,12 +354,14 @@ def heads_major(kv_cache: KVCache) -> KVCache:
                  for kv in kv_cache)
 
 
-def decode_step(weights, cfg: GPTConfig, transposed: bool, tokens, positions, mask,
-                kv_cache: KVCache, cache_index):
-    """One new token per row. tokens, positions (B,); mask (B, S) bool over the cache;
+def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCache,
+                cache_index):
+    """One new token per row, with weights from decode_weights(params).
+    tokens, positions (B,); mask (B, S) bool over the cache;
     kv_cache: per layer (k, v), each (B*H, S, D) (see heads_major).
     Returns (logits float32 (B, V), new cache)."""
     dt = cfg.compute_dtype
+    transposed = decode_transposed()
     B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
     wte = weights["wte"]["embedding"].astype(dt)                          # (V, C)
     x = wte[tokens] + weights["wpe"]["embedding"].astype(dt)[positions]   # (B, C)

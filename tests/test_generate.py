@@ -235,3 +235,31 @@ def test_errors_are_user_errors(monkeypatch):
     for prompts, n in (([[1]], 0), ([[]], 4), ([], 4)):
         with pytest.raises(gpt_jax.UserError):
             G.generate(params, CFG, prompts, n)
+
+
+def test_decode_layout_is_made_once_per_params_and_dropped_with_them():
+    """The decode loop's weight layout (transposed kernels on CPU) is reused for the same params,
+    remade for new or mutable (numpy) params, freed when the params go, and never changes what
+    generate() returns."""
+    import gc
+    params = random_params(CFG, seed=11)
+    prompts = prompts_of(LENGTHS, CFG.vocab_size)
+    first = G.decode_layout(params)
+    assert G.decode_layout(params) is first
+    expected = jax.tree_util.tree_map_with_path(
+        lambda path, x: x.T if G.decode_transposed() and path[-1].key == "kernel" else x, params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, first, expected)
+    greedy = lambda p: np.asarray(G.generate(p, CFG, prompts, N_NEW, temperature=0))
+    before = greedy(params)
+    other = random_params(CFG, seed=12)
+    assert G.decode_layout(other) is not first
+    assert (greedy(other) != before).any()  # the other params' layout, not a stale one
+    np.testing.assert_array_equal(greedy(params), before)
+    as_numpy = jax.tree_util.tree_map(np.asarray, params)
+    assert G.decode_layout(as_numpy) is not G.decode_layout(as_numpy)  # not cached
+    if G.decode_transposed():
+        G.decode_layout(other)
+        assert G._layout is not None
+        del other
+        gc.collect()
+        assert G._layout is None
