@@ -60,6 +60,18 @@ def mask_vocab(logits, n_valid: int):
     return jnp.where(jnp.arange(logits.shape[-1]) < n_valid, logits, -jnp.inf)
 
 
+def first_argmax(logits):
+    """argmax over the last axis (the first index of the maximum), as int32.
+
+    Two plain reductions (max, then the smallest index holding it) instead of argmax's
+    (value, index) reduction, which XLA:CPU does not vectorise: 0.07 vs 0.22 ms over GPT-2's
+    50257 logits (0.24 vs 0.89 ms at batch 8), every decode step."""
+    V = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(logits == top, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+    return jnp.minimum(first, V - 1)  # NaN logits match nothing: stay a valid id
+
+
 def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, top_p=None,
                   greedy: bool = False):
     """int32 (...,) token ids from (..., V) logits: temperature, then top-k, then top-p.
@@ -68,7 +80,7 @@ def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, 
     sort) are the optional filters.
     """
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
     logits = apply_temperature(logits.astype(jnp.float32), temperature)
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
@@ -292,7 +304,7 @@ def generate_uncached(params, tokens, pad, *, cfg: GPTConfig, max_new_tokens: in
     def step(seq, i):                        # position P - 1 + i predicts the token at P + i
         logits = GPT(cfg).apply({"params": params}, seq, positions=positions, mask=mask,
                                 logits_at=P - 1 + i)
-        tok = jnp.argmax(mask_vocab(logits[:, 0], cfg.n_real_vocab), axis=-1).astype(jnp.int32)
+        tok = first_argmax(mask_vocab(logits[:, 0], cfg.n_real_vocab))
         seq = jax.lax.dynamic_update_slice(seq, tok[:, None], (0, jnp.minimum(P + i, S - 1)))
         return seq, tok
 

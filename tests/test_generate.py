@@ -88,6 +88,16 @@ def test_batch_of_unequal_prompts_equals_each_alone():
                                   G.generate(params, CFG, arr.tolist(), N_NEW, temperature=0))
 
 
+def test_first_argmax_equals_numpy_argmax_with_ties():
+    rng = np.random.default_rng(0)
+    for shape in ((7,), (3, 50257), (2, 4, 33)):
+        x = rng.integers(-3, 4, shape).astype(np.float32)   # many ties: the first index wins
+        x.flat[rng.integers(0, x.size, 5)] = -np.inf
+        got = np.asarray(jax.jit(G.first_argmax)(x))
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+
+
 def test_top_k_1_and_tiny_top_p_are_greedy():
     params = random_params(CFG, seed=4)
     prompts = prompts_of(LENGTHS, CFG.vocab_size, seed=4)
