@@ -21,8 +21,7 @@ import numpy as np
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import (GPT, KVCache, decode_step, decode_transposed, decode_weights,
-                           heads_major)
+from gpt_jax.model import GPT, KVCache, decode_step, decode_weights, heads_major
 
 
 class PromptTooLongError(UserError, ValueError):
@@ -237,40 +236,39 @@ def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=Non
     use_top_p = not greedy and top_p is not None and top_p < 1
     key = jax.random.key(0) if key is None else key
     tokens, pad = _place_batch(params, tokens, pad)
-    args = (params, decode_layout(params), tokens, pad, key, np.float32(temperature if not greedy else 1.0),
+    args = (params, decode_layout(params, cfg), tokens, pad, key,
+            np.float32(temperature if not greedy else 1.0),
             np.float32(top_p if use_top_p else 1.0), np.int32(-1 if eos_id is None else eos_id))
     static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), top_k=top_k, greedy=greedy,
                   use_top_p=use_top_p, return_logits=return_logits)
     return args, static
 
 
-_transpose_kernels = jax.jit(decode_weights)
-_layout = None  # (weak references to the params' leaves, their decode layout): the last one made
+_layout = None  # (weak references to the params' leaves, cfg, their decode layout): the last one
 
 
-def decode_layout(params):
+def decode_layout(params, cfg: GPTConfig):
     """The weights as decode_step reads them (model.decode_weights), made once per params.
 
     On CPU that is a transposed copy of the Dense kernels (~70% of the weights; 0.1 s for GPT-2
-    small), kept for the most recent params only, and dropped with them: repeated generate()
-    calls with the same params skip it. Only immutable jax Arrays are cached (numpy arrays could
-    change in place)."""
+    small), and in a bfloat16 run a bfloat16 copy. The last one made is kept while its params
+    live, so repeated generate() calls with the same params skip the work. Only immutable jax
+    Arrays are cached (numpy arrays could change in place)."""
     global _layout
-    if not decode_transposed():
-        return params
     leaves = jax.tree_util.tree_leaves(params)
     if _layout is not None:
-        refs, weights = _layout
-        if len(refs) == len(leaves) and all(r() is x for r, x in zip(refs, leaves)):
+        refs, for_cfg, weights = _layout
+        if for_cfg == cfg and len(refs) == len(leaves) and \
+                all(r() is x for r, x in zip(refs, leaves)):
             return weights
     _layout = None                           # free the old copy before making the new one
-    weights = _transpose_kernels(params)
+    weights = decode_weights(params, cfg)    # op by op: leaves it keeps are not copied
     if all(isinstance(x, jax.Array) for x in leaves):
         def forget(_):                       # a leaf died: so did these params
             global _layout
-            if _layout is not None and _layout[1] is weights:
+            if _layout is not None and _layout[2] is weights:
                 _layout = None
-        _layout = ([weakref.ref(x, forget) for x in leaves], weights)
+        _layout = ([weakref.ref(x, forget) for x in leaves], cfg, weights)
     return weights
 
 

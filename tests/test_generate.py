@@ -75,6 +75,24 @@ def test_cached_logits_equal_full_forward(cfg_kw, lengths, n_new):
             new, G.generate_uncached(params, tokens, pad, cfg=cfg, max_new_tokens=n_new))
 
 
+def test_bfloat16_decode_streams_bfloat16_weights_and_tracks_the_forward():
+    """With a bfloat16 compute dtype the loop reads weights cast once to bfloat16 (half the
+    bytes) and its logits follow a bfloat16 full forward pass within bfloat16 rounding."""
+    cfg = tiny(dtype="bfloat16")
+    params = random_params(cfg, seed=5)
+    layout = G.decode_layout(params, cfg)
+    assert layout["h_0"]["mlp"]["c_fc"]["kernel"].dtype == jnp.bfloat16
+    assert layout["wte"]["embedding"].dtype == jnp.bfloat16
+    assert layout["h_0"]["ln_1"]["scale"].dtype == jnp.float32   # LayerNorm runs in float32
+    prompts = prompts_of(LENGTHS, cfg.vocab_size)
+    new, logits = G.generate(params, cfg, prompts, N_NEW, temperature=0, return_logits=True)
+    ref = full_forward_logits(params, cfg, prompts, np.asarray(new))
+    err = np.abs(np.asarray(logits) - ref).max() / np.abs(ref).max()
+    assert err < 0.03, err
+    f32 = full_forward_logits(params, CFG, prompts, np.asarray(new))
+    assert np.abs(ref - f32).max() / np.abs(f32).max() > 1e-4  # bfloat16 really ran
+
+
 def test_batch_of_unequal_prompts_equals_each_alone():
     params = random_params(CFG, seed=3)
     prompts = prompts_of(LENGTHS, CFG.vocab_size, seed=1)
@@ -254,21 +272,23 @@ def test_decode_layout_is_made_once_per_params_and_dropped_with_them():
     import gc
     params = random_params(CFG, seed=11)
     prompts = prompts_of(LENGTHS, CFG.vocab_size)
-    first = G.decode_layout(params)
-    assert G.decode_layout(params) is first
+    transposed = jax.default_backend() == "cpu"
+    first = G.decode_layout(params, CFG)
+    assert G.decode_layout(params, CFG) is first
     expected = jax.tree_util.tree_map_with_path(
-        lambda path, x: x.T if G.decode_transposed() and path[-1].key == "kernel" else x, params)
+        lambda path, x: x.T if transposed and path[-1].key == "kernel" else x, params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, first, expected)
+    assert first["wte"]["embedding"] is params["wte"]["embedding"]  # kept, not copied
     greedy = lambda p: np.asarray(G.generate(p, CFG, prompts, N_NEW, temperature=0))
     before = greedy(params)
     other = random_params(CFG, seed=12)
-    assert G.decode_layout(other) is not first
+    assert G.decode_layout(other, CFG) is not first
     assert (greedy(other) != before).any()  # the other params' layout, not a stale one
     np.testing.assert_array_equal(greedy(params), before)
     as_numpy = jax.tree_util.tree_map(np.asarray, params)
-    assert G.decode_layout(as_numpy) is not G.decode_layout(as_numpy)  # not cached
-    if G.decode_transposed():
-        G.decode_layout(other)
+    assert G.decode_layout(as_numpy, CFG) is not G.decode_layout(as_numpy, CFG)  # not cached
+    if transposed:
+        G.decode_layout(other, CFG)
         assert G._layout is not None
         del other
         gc.collect()
