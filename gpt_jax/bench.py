@@ -159,7 +159,6 @@ class Context:
     dtype: str = "float32"
     tiny: bool = False                  # smoke-test sizes
     peak_flops: Optional[float] = None  # FLOP/s, from the matmul in the machine section
-    read_bandwidth: Optional[float] = None  # bytes/s, from the reduction
     options: dict = field(default_factory=dict)
 
     def config(self, **overrides) -> GPTConfig:
@@ -174,18 +173,27 @@ def measure_matmul_flops(ctx: Context, n: int, dtype=jnp.float32) -> tuple[Timin
     return t, 2.0 * n ** 3
 
 
-def measure_read_bandwidth(ctx: Context, nbytes: int) -> tuple[Timing, float]:
-    # A read-only reduction: every byte is read once and almost nothing is written, the floor
-    # that a memory-bound decode step (which reads all weights per token) can approach.
+def read_probe(nbytes: int) -> tuple[Callable[[], Any], float]:
+    """(fn, bytes): a read-only reduction, where every byte is read once and almost nothing is
+    written: the floor that a memory-bound decode step (reading all weights per token) can
+    approach."""
     x = jnp.ones((nbytes // 4,), jnp.float32)
     f = jax.jit(jnp.sum)
-    t = time_call(lambda: f(x), ctx.repeats, ctx.warmup)
-    return t, float(x.nbytes)
+    return (lambda: f(x)), float(x.nbytes)
+
+
+def read_probe_bytes(ctx: Context) -> int:
+    return (64 << 20) if ctx.tiny else (1 << 30) if jax.default_backend() == "cpu" else (4 << 30)
+
+
+def measure_read_bandwidth(ctx: Context, nbytes: int) -> tuple[Timing, float]:
+    fn, nb = read_probe(nbytes)
+    return time_call(fn, ctx.repeats, ctx.warmup), nb
 
 
 def section_machine(ctx: Context) -> list[Result]:
     n = 512 if ctx.tiny else (8192 if jax.default_backend() != "cpu" else 4096)
-    nbytes = (64 << 20) if ctx.tiny else (1 << 30) if jax.default_backend() == "cpu" else (4 << 30)
+    nbytes = read_probe_bytes(ctx)
     rows = []
     t, flops = measure_matmul_flops(ctx, n)
     rows.append(result_from_timing("machine", f"matmul f32 {n}x{n}", t, work=flops,
@@ -199,7 +207,6 @@ def section_machine(ctx: Context) -> list[Result]:
     t, nb = measure_read_bandwidth(ctx, nbytes)
     rows.append(result_from_timing("machine", f"read-only sum {nb / 2**30:.2f} GiB", t, work=nb,
                                    metric="read bandwidth", unit="B/s", config={"bytes": nb}))
-    ctx.read_bandwidth = rows[-1].value
     return rows
 
 
@@ -388,6 +395,8 @@ def section_decode(ctx: Context) -> list[Result]:
         unc, unc_compile_s = compile_seconds(G.generate_uncached, params, tokens, pad, cfg=cfg,
                                              max_new_tokens=n_uncached)
         fns = {"ours": lambda: ours(*args), "uncached": lambda: unc(params, tokens, pad)}
+        if B == 1:  # the read floor, timed between the same runs (bandwidth drifts by minutes)
+            fns["read"], read_bytes = read_probe(read_probe_bytes(ctx))
         conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
                 "greedy": True, "torch_threads": torch.get_num_threads() if hf is not None else None}
         if hf is not None:
@@ -423,15 +432,17 @@ def section_decode(ctx: Context) -> list[Result]:
                                       work=B * N, metric="tokens/s", unit="tokens/s",
                                       config=conf_hf)
             rows += [peer, ratio_row("decode", f"ours / HF PyTorch b{B}", row, peer, conf)]
-        if B == 1 and ctx.read_bandwidth:
+        if B == 1:
             # Per token the step reads every weight once (wte as the tied head; of wpe one row).
-            weight_bytes = count_params(cfg, non_embedding=True) * cfg.params_dtype(0).itemsize
-            floor = ctx.read_bandwidth / weight_bytes
-            bw_conf = {**conf, "weight_bytes_per_token": weight_bytes}
-            rows.append(Result("decode", "read-bandwidth floor b1", "max tokens/s", floor,
-                               "tokens/s", bw_conf))
+            weight_bytes = count_params(cfg, non_embedding=True) * cfg.compute_dtype(0).itemsize
+            bw_conf = {**conf, "weight_bytes_per_token": weight_bytes, "read_bytes": read_bytes,
+                       "read_bandwidth": read_bytes / t["read"].median}
+            floor = result_from_timing("decode", "read-bandwidth floor b1", t["read"],
+                                       work=read_bytes / weight_bytes, metric="max tokens/s",
+                                       unit="tokens/s", config=bw_conf)
+            rows.append(floor)
             rows.append(Result("decode", "ours cached scan b1", "fraction of bandwidth floor",
-                               row.value / floor, "fraction", bw_conf))
+                               row.value / floor.value, "fraction", bw_conf))
     return rows
 
 
