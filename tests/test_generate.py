@@ -116,6 +116,32 @@ def test_first_argmax_equals_numpy_argmax_with_ties():
         np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
 
 
+def test_top_k_and_top_p_filters_equal_sorted_references_with_ties():
+    """The bisection filters keep exactly what a sort would: the k largest (ties with the k-th
+    all kept) and the nucleus (tokens strictly more likely than it hold < p; ties kept)."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4, 5000)) * 3).astype(np.float32)
+    x[:, :300] = np.round(x[:, :300])                   # tied groups
+    x[:, -40:] = -np.inf                                # masked ids
+    x[1, :-40] = -x[1, :-40]                            # all signs of the float ordering
+    top_k = jax.jit(G.top_k_filter, static_argnums=1)
+    top_p = jax.jit(G.top_p_filter)
+    for row in x:
+        desc = np.sort(row)[::-1]
+        for k in (1, 2, 7, 299, 4960, 5000):
+            want = np.where(row >= desc[k - 1], row, -np.inf)
+            np.testing.assert_array_equal(top_k(row, k), want, err_msg=f"k={k}")
+        probs = np.exp(row.astype(np.float64) - row.max())
+        probs /= probs.sum()
+        above = np.array([probs[row > v].sum() for v in row])   # mass strictly more likely
+        for p in (1e-6, 0.3, 0.9, 0.99):
+            keep = above < p
+            margin = np.abs(above - p).min()    # float32 sums round at ~1e-7
+            assert margin > 5e-7, "a token sits on the boundary: pick another p"
+            np.testing.assert_array_equal(top_p(row, p), np.where(keep, row, -np.inf),
+                                          err_msg=f"p={p}")
+
+
 def test_top_k_1_and_tiny_top_p_are_greedy():
     params = random_params(CFG, seed=4)
     prompts = prompts_of(LENGTHS, CFG.vocab_size, seed=4)
