@@ -103,7 +103,9 @@ def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, 
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    # jax.random.categorical's Gumbel-max draw (the same noise, so the same samples), with the
+    # vectorised first_argmax in place of its argmax.
+    return first_argmax(logits + jax.random.gumbel(key, logits.shape, logits.dtype))
 
 
 # -- the KV cache and the compiled decoder ----------------------------------------------------

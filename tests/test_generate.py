@@ -142,6 +142,14 @@ def test_top_k_and_top_p_filters_equal_sorted_references_with_ties():
                                           err_msg=f"p={p}")
 
 
+def test_sampling_draws_what_jax_random_categorical_draws():
+    logits = jax.random.normal(jax.random.key(0), (4, 300)) * 2
+    draw = jax.jit(lambda k: G.sample_logits(logits, k, temperature=0.7))
+    for i in range(10):
+        key = jax.random.key(i)
+        np.testing.assert_array_equal(draw(key), jax.random.categorical(key, logits / 0.7))
+
+
 def test_top_k_1_and_tiny_top_p_are_greedy():
     params = random_params(CFG, seed=4)
     prompts = prompts_of(LENGTHS, CFG.vocab_size, seed=4)
