@@ -93,8 +93,8 @@ def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, 
                   greedy: bool = False):
     """int32 (...,) token ids from (..., V) logits: temperature, then top-k, then top-p.
 
-    greedy (static) is argmax and skips everything else; top_k (static) and top_p (None skips the
-    sort) are the optional filters.
+    greedy (static) is argmax and skips everything else; top_k and top_p (None skips either)
+    are the optional filters; both may be traced values.
     """
     if greedy:
         return first_argmax(logits)
@@ -138,10 +138,10 @@ def trace_count() -> int:
     return _traces
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "greedy",
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "use_top_k",
                                              "use_top_p", "return_logits"))
-def _decode(params, weights, tokens, pad, key, temperature, top_p, eos_id, *, cfg: GPTConfig,
-            max_new_tokens: int, top_k: Optional[int], greedy: bool, use_top_p: bool,
+def _decode(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id, *,
+            cfg: GPTConfig, max_new_tokens: int, greedy: bool, use_top_k: bool, use_top_p: bool,
             return_logits: bool):
     global _traces
     _traces += 1
@@ -152,7 +152,8 @@ def _decode(params, weights, tokens, pad, key, temperature, top_p, eos_id, *, cf
 
     def pick(logits, key, done):             # logits (B, V) -> tokens (B,), done (B,)
         logits = mask_vocab(logits, cfg.n_real_vocab)
-        tok = sample_logits(logits, key, temperature=temperature, top_k=top_k,
+        tok = sample_logits(logits, key, temperature=temperature,
+                            top_k=top_k if use_top_k else None,
                             top_p=top_p if use_top_p else None, greedy=greedy)
         tok = jnp.where(done, eos_id, tok)   # finished rows repeat eos_id
         return tok, done | (tok == eos_id)
@@ -219,7 +220,7 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     prompts: list of token lists (lengths may differ) or an int array (B, T). key: a jax PRNG
     key (default key(0)); the same key gives the same sample. temperature 0 (or top_k=1) is
     greedy. After a row emits eos_id, the rest of that row is eos_id. Compiled once per (batch,
-    bucketed prompt length, max_new_tokens, top_k, greedy or not, top_p or not).
+    bucketed prompt length, max_new_tokens, greedy or not, top_k or not, top_p or not).
     return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
     from (before temperature and filters).
     """
@@ -252,15 +253,15 @@ def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=Non
             f"{longest + max_new_tokens} exceeds the model's block_size {cfg.block_size}: "
             f"shorten the prompt or ask for fewer tokens")
     greedy = temperature == 0 or top_k == 1
-    top_k = None if greedy or top_k is None or top_k >= cfg.n_real_vocab else int(top_k)
+    use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
     use_top_p = not greedy and top_p is not None and top_p < 1
     key = jax.random.key(0) if key is None else key
     tokens, pad = _place_batch(params, tokens, pad)
     args = (params, decode_layout(params, cfg), tokens, pad, key,
-            np.float32(temperature if not greedy else 1.0),
+            np.float32(temperature if not greedy else 1.0), np.int32(top_k if use_top_k else 0),
             np.float32(top_p if use_top_p else 1.0), np.int32(-1 if eos_id is None else eos_id))
-    static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), top_k=top_k, greedy=greedy,
-                  use_top_p=use_top_p, return_logits=return_logits)
+    static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), greedy=greedy,
+                  use_top_k=use_top_k, use_top_p=use_top_p, return_logits=return_logits)
     return args, static
 
 

@@ -269,12 +269,14 @@ def test_seed_reproduces_and_different_seed_differs():
 def test_same_static_shapes_do_not_retrace():
     params = random_params(CFG, seed=9)
     G.generate(params, CFG, prompts_of(LENGTHS, CFG.vocab_size), N_NEW, temperature=0.8)
+    G.generate(params, CFG, prompts_of(LENGTHS, CFG.vocab_size), N_NEW, top_k=5)
     n = G.trace_count()
     # other prompts in the same bucket (9..16 tokens), temperatures, seeds and eos ids
     for i in range(3):
         prompts = prompts_of([16 - i, 2 + i, 5], CFG.vocab_size, seed=i)
         G.generate(params, CFG, prompts, N_NEW, temperature=0.5 + i, key=jax.random.key(i),
                    eos_id=i)
+        G.generate(params, CFG, prompts, N_NEW, top_k=2 + 10 * i)   # top_k is a runtime value
     assert G.trace_count() == n
     G.generate(params, CFG, prompts_of([17, 2, 5], CFG.vocab_size), N_NEW)  # next bucket
     assert G.trace_count() == n + 1
