@@ -21,7 +21,8 @@ import numpy as np
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, KVCache, decode_step, decode_weights, heads_major
+from gpt_jax.model import (GPT, KVCache, decode_step, decode_weights, heads_major,
+                           mask_vocab)
 
 
 class PromptTooLongError(UserError, ValueError):
@@ -68,13 +69,6 @@ def _keep_above(logits, weight, limit):
     bounds = (jnp.zeros(rows, jnp.uint32), jnp.full(rows, 0xFFFFFFFF, jnp.uint32))
     _, threshold = jax.lax.fori_loop(0, 32, halve, bounds)
     return keys >= threshold[..., None]
-
-
-def mask_vocab(logits, n_valid: int):
-    """-inf for ids >= n_valid (embedding rows that pad the vocab: never sampled)."""
-    if n_valid >= logits.shape[-1]:
-        return logits
-    return jnp.where(jnp.arange(logits.shape[-1]) < n_valid, logits, -jnp.inf)
 
 
 def first_argmax(logits):
@@ -151,6 +145,7 @@ def _decode(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id
     model = GPT(cfg)
 
     def pick(logits, key, done):             # logits (B, V) -> tokens (B,), done (B,)
+        # -inf, not the model's -1e9, for padded ids: no temperature can make them likely.
         logits = mask_vocab(logits, cfg.n_real_vocab)
         tok = sample_logits(logits, key, temperature=temperature,
                             top_k=top_k if use_top_k else None,
@@ -323,7 +318,7 @@ def generate_uncached(params, tokens, pad, *, cfg: GPTConfig, max_new_tokens: in
     def step(seq, i):                        # position P - 1 + i predicts the token at P + i
         logits = GPT(cfg).apply({"params": params}, seq, positions=positions, mask=mask,
                                 logits_at=P - 1 + i)
-        tok = first_argmax(mask_vocab(logits[:, 0], cfg.n_real_vocab))
+        tok = first_argmax(logits[:, 0])  # the model's padded ids are -1e9 already
         seq = jax.lax.dynamic_update_slice(seq, tok[:, None], (0, jnp.minimum(P + i, S - 1)))
         return seq, tok
 

@@ -53,12 +53,17 @@ def attention_with_dropout(q, k, v, mask, dropout=lambda probs: probs):
     return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
 
 
+def mask_vocab(logits, n_valid: int, fill=-jnp.inf):
+    """`fill` for the ids >= n_valid along the last axis (a no-op when there are none)."""
+    if n_valid >= logits.shape[-1]:
+        return logits
+    return jnp.where(jnp.arange(logits.shape[-1]) < n_valid, logits, fill)
+
+
 def mask_padded_vocab(logits, cfg: GPTConfig):
     """PADDED_LOGIT for the ids >= n_real_vocab that only pad the embedding (a no-op when
     vocab_size is the tokenizer's): both the full forward and the decode step end here."""
-    if cfg.vocab_size <= cfg.n_real_vocab:
-        return logits
-    return jnp.where(jnp.arange(cfg.vocab_size) < cfg.n_real_vocab, logits, PADDED_LOGIT)
+    return mask_vocab(logits, cfg.n_real_vocab, PADDED_LOGIT)
 
 
 def causal_mask(t: int, s: int | None = None):
@@ -327,24 +332,15 @@ def decode_weights(params, cfg: GPTConfig) -> dict:
     return jax.tree_util.tree_map_with_path(lay, params)
 
 
-def _linear(x, p, transposed: bool, dtype):
+def _linear(x, p, transposed: bool):
     """x (B, in) -> (B, out); p["kernel"] is (in, out), or (out, in) when transposed."""
-    w = p["kernel"].astype(dtype)
     if transposed:
         # The barrier keeps XLA from folding the transpose into the dot (and so back into the
         # slow (B, out) orientation); the transpose left is of a (out, B) activation: cheap.
-        y = jax.lax.optimization_barrier(w @ x.T).T
+        y = jax.lax.optimization_barrier(p["kernel"] @ x.T).T
     else:
-        y = x @ w
-    return y + p["bias"].astype(dtype) if "bias" in p else y
-
-
-def _layer_norm_fn(x, p, dtype):
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"].astype(jnp.float32)
-    return (y + p["bias"].astype(jnp.float32) if "bias" in p else y).astype(dtype)
+        y = x @ p["kernel"]
+    return y + p["bias"] if "bias" in p else y
 
 
 def heads_major(kv_cache: KVCache) -> KVCache:
@@ -367,12 +363,13 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
     dt = cfg.compute_dtype
     transposed = decode_transposed()
     B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
-    wte = weights["wte"]["embedding"].astype(dt)                          # (V, C)
-    x = wte[tokens] + weights["wpe"]["embedding"].astype(dt)[positions]   # (B, C)
+    layer_norm = lambda p, x: _layer_norm(cfg, None).apply({"params": p}, x)
+    wte = weights["wte"]["embedding"]                                     # (V, C)
+    x = wte[tokens] + weights["wpe"]["embedding"][positions]              # (B, C)
     new_cache = []
     for i in range(cfg.n_layer):
         p = weights[f"h_{i}"]
-        qkv = _linear(_layer_norm_fn(x, p["ln_1"], dt), p["attn"]["c_attn"], transposed, dt)
+        qkv = _linear(layer_norm(p["ln_1"], x), p["attn"]["c_attn"], transposed)
         q, k, v = (a.reshape(B, H, D) for a in jnp.split(qkv, 3, axis=-1))
         k_cache, v_cache = kv_cache[i]
         start = (0, cache_index, 0)
@@ -386,10 +383,10 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
         s = jnp.where(mask[:, None, :], s.reshape(B, H, -1), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(s, axis=-1).astype(dt).reshape(B * H, -1)
         y = jnp.einsum("ns,nsd->nd", probs, v_cache).reshape(B, cfg.n_embd)
-        x = x + _linear(y, p["attn"]["c_proj"], transposed, dt)
-        h = _linear(_layer_norm_fn(x, p["ln_2"], dt), p["mlp"]["c_fc"], transposed, dt)
-        x = x + _linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed, dt)
-    x = _layer_norm_fn(x, weights["ln_f"], dt)
+        x = x + _linear(y, p["attn"]["c_proj"], transposed)
+        h = _linear(layer_norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed)
+        x = x + _linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed)
+    x = layer_norm(weights["ln_f"], x)
     # The tied head: wte (V, C) is already the (out, in) orientation.
     if transposed:
         logits = jax.lax.optimization_barrier(
