@@ -66,9 +66,8 @@ def main():
     import numpy as np
     import gpt_jax
     from gpt_jax.errors import UserError
-    import importlib
-    # The module, not the gpt_jax.generate function that shadows it on the package.
-    G = importlib.import_module("gpt_jax.generate")
+    from gpt_jax.bench import compile_seconds
+    from gpt_jax.generate import _decode, decode_args
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
 
     text = read_prompt(args.start)
@@ -79,7 +78,7 @@ def main():
         raise UserError(f"the prompt has token id {max(ids)} but the model knows only ids below "
                         f"{cfg.vocab_size} (vocab_size): use a prompt within its vocabulary")
     eos_id = EOT_ID if args.eos and EOT_ID < cfg.vocab_size else None
-    dargs, static = G.decode_args(
+    dargs, static = decode_args(
         params, cfg, [ids] * args.num_samples, args.max_new_tokens,
         key=jax.random.key(args.seed), temperature=args.temperature,
         top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None, eos_id=eos_id)
@@ -88,9 +87,7 @@ def main():
           f"prompt {len(ids)} tokens, {args.num_samples} samples x {args.max_new_tokens} tokens, "
           f"temperature {args.temperature}, top_k {args.top_k or 'off'}, "
           f"top_p {args.top_p if args.top_p < 1 else 'off'}, seed {args.seed}", file=sys.stderr)
-    t0 = time.perf_counter()
-    decode = G._decode.lower(*dargs, **static).compile()
-    compile_s = time.perf_counter() - t0
+    decode, compile_s = compile_seconds(_decode, *dargs, **static)
     t0 = time.perf_counter()
     new = np.asarray(decode(*dargs))  # (num_samples, max_new_tokens)
     run_s = time.perf_counter() - t0

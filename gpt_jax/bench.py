@@ -159,10 +159,17 @@ class Context:
     dtype: str = "float32"
     tiny: bool = False                  # smoke-test sizes
     peak_flops: Optional[float] = None  # FLOP/s, from the matmul in the machine section
+    peak_flops_bf16: Optional[float] = None  # the same in bfloat16 (measured on accelerators)
     options: dict = field(default_factory=dict)
 
     def config(self, **overrides) -> GPTConfig:
         return GPTConfig.from_preset(self.preset, dtype=self.dtype, **overrides)
+
+    def model(self) -> tuple[str, GPTConfig]:
+        """(name, config) of the model the forward and decode sections run."""
+        if self.tiny:
+            return "gpt2-tiny", GPTConfig.from_preset("gpt2-tiny", vocab_size=512)
+        return self.preset, self.config()
 
 
 def measure_matmul_flops(ctx: Context, n: int, dtype=jnp.float32) -> tuple[Timing, float]:
@@ -173,27 +180,18 @@ def measure_matmul_flops(ctx: Context, n: int, dtype=jnp.float32) -> tuple[Timin
     return t, 2.0 * n ** 3
 
 
-def read_probe(nbytes: int) -> tuple[Callable[[], Any], float]:
-    """(fn, bytes): a read-only reduction, where every byte is read once and almost nothing is
-    written: the floor that a memory-bound decode step (reading all weights per token) can
-    approach."""
+def read_probe(ctx: Context) -> tuple[Callable[[], Any], float]:
+    """(fn, bytes): a read-only reduction over >= 1 GiB (64 MiB with --tiny), where every byte
+    is read once and almost nothing is written: the floor that a memory-bound decode step
+    (reading all weights per token) can approach."""
+    nbytes = (64 << 20) if ctx.tiny else (1 << 30) if jax.default_backend() == "cpu" else (4 << 30)
     x = jnp.ones((nbytes // 4,), jnp.float32)
     f = jax.jit(jnp.sum)
     return (lambda: f(x)), float(x.nbytes)
 
 
-def read_probe_bytes(ctx: Context) -> int:
-    return (64 << 20) if ctx.tiny else (1 << 30) if jax.default_backend() == "cpu" else (4 << 30)
-
-
-def measure_read_bandwidth(ctx: Context, nbytes: int) -> tuple[Timing, float]:
-    fn, nb = read_probe(nbytes)
-    return time_call(fn, ctx.repeats, ctx.warmup), nb
-
-
 def section_machine(ctx: Context) -> list[Result]:
     n = 512 if ctx.tiny else (8192 if jax.default_backend() != "cpu" else 4096)
-    nbytes = read_probe_bytes(ctx)
     rows = []
     t, flops = measure_matmul_flops(ctx, n)
     rows.append(result_from_timing("machine", f"matmul f32 {n}x{n}", t, work=flops,
@@ -203,8 +201,9 @@ def section_machine(ctx: Context) -> list[Result]:
         t, flops = measure_matmul_flops(ctx, n, jnp.bfloat16)
         rows.append(result_from_timing("machine", f"matmul bf16 {n}x{n}", t, work=flops,
                                        metric="FLOP/s", unit="FLOP/s", config={"n": n}))
-        ctx.options["peak_flops_bf16"] = rows[-1].value
-    t, nb = measure_read_bandwidth(ctx, nbytes)
+        ctx.peak_flops_bf16 = rows[-1].value
+    read, nb = read_probe(ctx)
+    t = time_call(read, ctx.repeats, ctx.warmup)
     rows.append(result_from_timing("machine", f"read-only sum {nb / 2**30:.2f} GiB", t, work=nb,
                                    metric="read bandwidth", unit="B/s", config={"bytes": nb}))
     return rows
@@ -213,8 +212,7 @@ def section_machine(ctx: Context) -> list[Result]:
 def section_forward(ctx: Context) -> list[Result]:
     """Tokens/s of the jitted forward pass (logits for every position) for one preset."""
     from gpt_jax.model import GPT, init_params
-    preset = "gpt2-tiny" if ctx.tiny else ctx.preset
-    cfg = GPTConfig.from_preset(preset, vocab_size=512) if ctx.tiny else ctx.config()
+    preset, cfg = ctx.model()
     B, T = ctx.batch_size, min(ctx.seq_len, cfg.block_size)
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.n_real_vocab, jnp.int32)
@@ -234,12 +232,11 @@ def section_forward(ctx: Context) -> list[Result]:
     return rows
 
 
-def _torch_train_step(params, cfg: GPTConfig, tc, ctx_threads=None):
+def _torch_train_step(params, cfg: GPTConfig, tc):
     """A Hugging Face GPT2LMHeadModel + torch AdamW step with our recipe (same weights, decay
     groups, clipping): the peer. Returns step(tokens (B, T + 1) numpy) -> loss float."""
     import torch
     from gpt_jax.hf import to_transformers
-    torch.set_num_threads(ctx_threads or os.cpu_count() or 1)
     model = to_transformers(params, cfg)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -267,13 +264,16 @@ def _have_peers(ctx: Context, section: str) -> bool:
     if not ctx.options.get("peers", True):
         return False
     try:
-        import torch  # noqa: F401
+        import torch
         import transformers  # noqa: F401
-        return True
     except ImportError:
         print(f"[bench] {section}: torch/transformers missing, skipping the Hugging Face peer "
               f"rows (pip install 'gpt-jax[test]')", file=sys.stderr)
         return False
+    # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
+    # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
+    torch.set_num_threads(ctx.options.get("torch_threads") or os.cpu_count() or 1)
+    return True
 
 
 def train_variants(ctx: Context) -> list[tuple[str, dict]]:
@@ -316,7 +316,8 @@ def section_train(ctx: Context) -> list[Result]:
         fns, compile_s, configs = {}, {}, {}
         for label, overrides in train_variants(ctx):
             cfg = base.replace(**overrides)
-            state = init_state(params, tx, jax.random.key(1))
+            # The step donates its state: each variant gets its own copy of the weights.
+            state = init_state(jax.tree_util.tree_map(jnp.copy, params), tx, jax.random.key(1))
             step, compile_s[label] = compile_seconds(make_train_step(cfg, tx, sched), state,
                                                      batches[0])
             box = {"state": state, "i": 0}
@@ -327,7 +328,7 @@ def section_train(ctx: Context) -> list[Result]:
                 return m["loss"]
             fns[label], configs[label] = ours, cfg
         if have_torch:
-            peer = _torch_train_step(params, base, tc, ctx.options.get("torch_threads"))
+            peer = _torch_train_step(params, base, tc)
             fns["torch"] = lambda: peer(batches[0][0])
         timings = time_calls(fns, ctx.repeats, ctx.warmup)
         fpt = flops_per_token(base, T, count_params(base, non_embedding=True))
@@ -343,8 +344,8 @@ def section_train(ctx: Context) -> list[Result]:
                                            compile_s=compile_s.get(impl))
             rows.append(res[impl])
             peak = ctx.peak_flops
-            if cfg.dtype != "float32" and ctx.options.get("peak_flops_bf16"):
-                peak = ctx.options["peak_flops_bf16"]
+            if cfg.dtype != "float32" and ctx.peak_flops_bf16:
+                peak = ctx.peak_flops_bf16
             if peak:
                 rows.append(Result("train", f"{name} {label}", "MFU (vs measured matmul)",
                                    res[impl].value * fpt / peak, "fraction", conf))
@@ -370,33 +371,28 @@ def section_decode(ctx: Context) -> list[Result]:
     Hugging Face PyTorch generate(use_cache=True), interleaved, at batch 1 and 8; the same
     decoder op by op (jit disabled: what compiling buys); the read-bandwidth floor at batch 1
     (all weights are read once per step)."""
-    import importlib
+    from gpt_jax.generate import _decode, decode_args, generate, generate_uncached
     from gpt_jax.model import count_params, init_params
-    G = importlib.import_module("gpt_jax.generate")  # the module (gpt_jax.generate is the fn)
-    params_to_hf_ok = _have_peers(ctx, "decode")
-    if params_to_hf_ok:
+    peers = _have_peers(ctx, "decode")
+    if peers:
         import torch
-        # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
-        # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
-        torch.set_num_threads(ctx.options.get("torch_threads") or os.cpu_count())
-    cfg = GPTConfig.from_preset("gpt2-tiny", vocab_size=512) if ctx.tiny else ctx.config()
+    name, cfg = ctx.model()
     P, N = (8, 16) if ctx.tiny else (32, 128)
     n_uncached = 8 if ctx.tiny else 16  # a full forward per token: fewer tokens, same method
     n_eager = 2 if ctx.tiny else 4      # op by op: a few tokens (prefill + steps) tell the rate
-    name = "gpt2-tiny" if ctx.tiny else ctx.preset
     params = init_params(cfg, jax.random.key(0))
-    hf = params_to_hf(params, cfg) if params_to_hf_ok else None
+    hf = params_to_hf(params, cfg) if peers else None
     rows: list[Result] = []
     for B in (1, 8):
         prompts = np.random.default_rng(B).integers(0, cfg.n_real_vocab, (B, P))
-        args, static = G.decode_args(params, cfg, prompts, N, temperature=0)
-        ours, compile_s = compile_seconds(G._decode, *args, **static)
-        tokens, pad = G.left_pad(prompts, cfg)
-        unc, unc_compile_s = compile_seconds(G.generate_uncached, params, tokens, pad, cfg=cfg,
+        args, static = decode_args(params, cfg, prompts, N, temperature=0)
+        ours, compile_s = compile_seconds(_decode, *args, **static)
+        tokens, pad = args[2:4]                 # left-padded, as decode_args placed them
+        unc, unc_compile_s = compile_seconds(generate_uncached, params, tokens, pad, cfg=cfg,
                                              max_new_tokens=n_uncached)
         fns = {"ours": lambda: ours(*args), "uncached": lambda: unc(params, tokens, pad)}
         if B == 1:  # the read floor, timed between the same runs (bandwidth drifts by minutes)
-            fns["read"], read_bytes = read_probe(read_probe_bytes(ctx))
+            fns["read"], read_bytes = read_probe(ctx)
         conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
                 "greedy": True, "torch_threads": torch.get_num_threads() if hf is not None else None}
         if hf is not None:
@@ -420,7 +416,7 @@ def section_decode(ctx: Context) -> list[Result]:
             metric="tokens/s", unit="tokens/s", config={**conf, "new_tokens": n_uncached},
             compile_s=unc_compile_s))
         with jax.disable_jit():
-            eager = time_call(lambda: G.generate(params, cfg, prompts, n_eager, temperature=0),
+            eager = time_call(lambda: generate(params, cfg, prompts, n_eager, temperature=0),
                               max(1, min(ctx.repeats, 2)), 1)
         eager_row = result_from_timing("decode", f"ours op-by-op (jit disabled) b{B}", eager,
                                        work=B * n_eager, metric="tokens/s", unit="tokens/s",

@@ -85,20 +85,22 @@ def assert_trees_equal(a, b):
 
 
 # -- fixtures: reference checkpoints -------------------------------------------------------
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    model = make_hf_model(0, **SMALL)
-    path = tmp_path_factory.mktemp("small")
+def saved_reference(tmp_path_factory, name, seed, arch):
+    """(randomised transformers model, the directory it was saved to)."""
+    model = make_hf_model(seed, **arch)
+    path = tmp_path_factory.mktemp(name)
     model.save_pretrained(path)
     return model, str(path)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return saved_reference(tmp_path_factory, "small", 0, SMALL)
 
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
-    model = make_hf_model(1, **WIDE)
-    path = tmp_path_factory.mktemp("wide")
-    model.save_pretrained(path)
-    return model, str(path)
+    return saved_reference(tmp_path_factory, "wide", 1, WIDE)
 
 
 def hub_layout(model, path):
