@@ -85,6 +85,8 @@ def check_options(*, batch_docs: int = 1, num_threads: Optional[int] = None) -> 
 
 def check_out_dir(out_dir: str) -> None:
     """out_dir is a directory we may write to, or one we may create."""
+    if not out_dir:
+        raise DataError("--out_dir is empty: name a directory for the token files")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"{out_dir} exists and is not a directory: pass a directory for the "
                         f"token files")
@@ -159,6 +161,12 @@ def _is_prepared_file(path: str) -> bool:
             and os.path.isfile(os.path.join(d, "train.bin")))
 
 
+def _unreadable_dir(e: OSError) -> None:
+    # os.walk would skip it silently, and the corpus would quietly lack its files
+    raise DataError(f"cannot read the directory {e.filename} ({e.strerror or e}): make it "
+                    f"readable or leave it out")
+
+
 def candidate_files(paths: Sequence[str]) -> list[tuple[str, bool]]:
     """(path, named explicitly) for the files named directly plus the text-like files under
     directories (sorted, recursive; hidden ones and prepared token files left out), each once.
@@ -182,7 +190,7 @@ def candidate_files(paths: Sequence[str]) -> list[tuple[str, bool]]:
                 raise DataError(f"{p} holds token files but no {META}: a prepare that did not "
                                 f"finish; prepare it again (python prepare.py --input TEXT... "
                                 f"--out_dir {p})")
-            for d, dirs, names in os.walk(p):
+            for d, dirs, names in os.walk(p, onerror=_unreadable_dir):
                 dirs[:] = sorted(x for x in dirs if not x.startswith("."))
                 for n in sorted(names):
                     path = os.path.join(d, n)
@@ -364,8 +372,12 @@ def prepare(documents: Iterable[str], n_docs: int, out_dir: str, *, sources: Seq
         raise DataError(f"cannot write to {out_dir} ({e.strerror or e}): choose an --out_dir "
                         f"you may write to") from None
     try:
-        meta = _tokenise(documents, n_docs, stage, sources=sources, batch_docs=batch_docs,
-                         num_threads=num_threads, progress=progress, extra_meta=extra_meta)
+        try:
+            meta = _tokenise(documents, n_docs, stage, sources=sources, batch_docs=batch_docs,
+                             num_threads=num_threads, progress=progress, extra_meta=extra_meta)
+        except OSError as e:   # e.g. the disk filled up: the old data is still whole
+            raise DataError(f"could not write the token files in {out_dir} "
+                            f"({e.strerror or e}); nothing there was changed") from None
         with _signals_deferred():
             _swap_in(stage, out_dir)
             os.rmdir(stage)

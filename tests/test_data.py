@@ -383,3 +383,33 @@ def test_latin1_file_warns_and_counts(tmp_path, capsys):
     g = write(str(tmp_path / "ok.txt"), "replacement char \ufffd is fine " * 20)
     data.prepare_files([g], str(tmp_path / "out2"), progress=False)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_keeps_the_old_data(tmp_path, monkeypatch):
+    before = good_dir(tmp_path)
+
+    def full(path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(data, "_fsync", full)
+    with pytest.raises(DataError, match="No space left on device.*nothing there was changed"):
+        data.prepare(["new text " * 40], 1, str(tmp_path), sources=["y"], progress=False)
+    assert snapshot(tmp_path) == before
+
+
+def test_unreadable_subdirectory_is_an_error(tmp_path, monkeypatch):
+    write(str(tmp_path / "src" / "a.txt"), "text " * 50)
+    write(str(tmp_path / "src" / "locked" / "b.txt"), "more text " * 50)
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match="cannot read the directory .*locked"):
+        data.text_sources([str(tmp_path / "src")])
+
+
+def test_empty_out_dir_name(tmp_path):
+    with pytest.raises(DataError, match="--out_dir is empty"):
+        data.prepare(["text " * 20], 1, "", sources=["x"], progress=False)
