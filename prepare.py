@@ -81,8 +81,11 @@ def main(argv=None):
     else:
         meta = data.prepare_files(args.input, args.out_dir, batch_docs=args.batch_docs,
                                   num_threads=args.num_threads)
+    skipped = meta.get("skipped") or []
     print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} "
-          f"val tokens from {meta['documents']} document(s)")
+          f"val tokens from {meta['documents']} document(s)"
+          + (f" ({len(skipped)} file(s) skipped as not text: see the warnings above)"
+             if skipped else ""))
     return 0
 
 

@@ -115,6 +115,11 @@ def check_text(raw: bytes, text: str) -> Optional[str]:
     return None
 
 
+def _warn(message: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(f"warning: {message}", file=sys.stderr)   # on its own line, under a live bar
+
+
 def _read_bytes(path: str, n: int = -1) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -218,7 +223,7 @@ def select_text_files(paths: Sequence[str]) -> tuple[list[str], list[dict]]:
             raise DataError(f"{path} is not UTF-8 text ({why}): convert it (e.g. iconv -f "
                             f"latin1 -t utf-8) or leave it out")
         else:
-            print(f"warning: skipping {path}: not UTF-8 text ({why})", file=sys.stderr)
+            _warn(f"skipping {path}: not UTF-8 text ({why})")
             skipped.append({"path": path, "reason": why})
     if not files:
         more = f"; skipped {len(skipped)} that are not UTF-8 text" if skipped else ""
@@ -259,8 +264,8 @@ def read_source(path: str, replaced: Optional[dict] = None) -> str:
                         f"-t utf-8) or leave it out")
     n = undecodable(raw, text)
     if n:
-        print(f"warning: {path}: {n} byte sequence(s) are not UTF-8 and became U+FFFD "
-              f"(Latin-1? convert it first: iconv -f latin1 -t utf-8)", file=sys.stderr)
+        _warn(f"{path}: {n} byte sequence(s) are not UTF-8 and became U+FFFD (Latin-1? "
+              f"convert it first: iconv -f latin1 -t utf-8)")
         if replaced is not None:
             replaced[path] = n
     return _newlines(text)
@@ -303,7 +308,11 @@ _STAGE = f".prepare-{socket.gethostname()}-"
 
 def _remove_stale_stages(out_dir: str) -> None:
     """Staging dirs left by a prepare on this host that was killed outright (SIGKILL)."""
-    for name in os.listdir(out_dir):
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return   # unreadable: creating the staging dir will say what is wrong
+    for name in names:
         if not name.startswith(_STAGE):
             continue
         try:
