@@ -49,7 +49,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json", ".html", ".c", ".h", ".t
 
 # A file is not text when it holds a NUL byte (binary, UTF-16, ...) or when more than
 # NOT_TEXT_FRACTION of its characters are undecodable UTF-8 or control characters: random
-# bytes come to about 60%, Latin-1 prose in a Western language to a few percent (that is
+# bytes come to about 55%, Latin-1 prose in a Western language to a few percent (that is
 # tokenised, with a warning that names the count of replaced bytes). Decided up front from the
 # first SNIFF_BYTES of each file, and again over the whole file when it is read.
 NOT_TEXT_FRACTION = 0.3
