@@ -5,10 +5,15 @@
     python prepare.py --hf_dataset Skylion007/openwebtext --out_dir data/owt   # needs `datasets`
 
 Documents (files, or dataset rows) are GPT-2 BPE tokens, each followed by <|endoftext|>; every
-10th document goes to val (with < 20 documents: the last 10% of the tokens). meta.json is
-written last, so a directory with one is complete.
+10th document goes to val (with < 20 documents: the last 10% of the tokens). Everything is
+checked before anything is written, and the new files replace an old prepared --out_dir only
+once they are complete: a failed or interrupted prepare leaves the old data as it was.
+A file named with --input that is not UTF-8 text is an error; one found in a directory is
+skipped with a warning.
 """
 import argparse
+import signal
+import sys
 
 
 def parse_args(argv=None):
@@ -34,25 +39,40 @@ def parse_args(argv=None):
 
 
 def hf_documents(name, config, split, field, max_docs):
+    from gpt_jax.errors import UserError
     try:
         import datasets
     except ImportError:
-        from gpt_jax.errors import UserError
         raise UserError("--hf_dataset needs the `datasets` package: pip install 'gpt-jax[data]'")
     ds = datasets.load_dataset(name, config, split=split, streaming=True)
-    return (row[field] for _, row in zip(range(max_docs), ds))
+    return row_texts(ds, name, field, max_docs)
+
+
+def row_texts(rows, name, field, max_docs):
+    """The `field` of each row, up to max_docs; a row without a text there is an error."""
+    from gpt_jax.errors import DataError
+    for i, row in zip(range(max_docs), rows):
+        text = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            fields = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"row {i} of {name} has no text field {field!r} (it has: "
+                            f"{fields}): pass --hf_text_field")
+        yield text
 
 
 def main(argv=None):
     args = parse_args(argv)
     from gpt_jax import data
+    from gpt_jax.errors import UserError
+    # All checks first: a bad option must not cost the old data (or a long download).
+    data.check_options(batch_docs=args.batch_docs, num_threads=args.num_threads)
+    data.check_out_dir(args.out_dir)
+    if args.hf_dataset and (args.hf_max_docs is None or args.hf_max_docs < 1):
+        raise UserError("--hf_dataset needs --hf_max_docs N >= 1 (documents to take from the "
+                        "stream; e.g. 8013769 is all of OpenWebText)")
     if args.builtin:
         meta = data.prepare_builtin(args.out_dir)
     elif args.hf_dataset:
-        if not args.hf_max_docs:
-            from gpt_jax.errors import UserError
-            raise UserError("--hf_dataset needs --hf_max_docs N (documents to take from the "
-                            "stream; e.g. 8013769 is all of OpenWebText)")
         docs = hf_documents(args.hf_dataset, args.hf_config, args.hf_split,
                             args.hf_text_field, args.hf_max_docs)
         meta = data.prepare(docs, args.hf_max_docs, args.out_dir,
@@ -61,11 +81,16 @@ def main(argv=None):
     else:
         meta = data.prepare_files(args.input, args.out_dir, batch_docs=args.batch_docs,
                                   num_threads=args.num_threads)
+    skipped = meta.get("skipped") or []
     print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} "
-          f"val tokens from {meta['documents']} document(s)")
+          f"val tokens from {meta['documents']} document(s)"
+          + (f" ({len(skipped)} file(s) skipped as not text: see the warnings above)"
+             if skipped else ""))
     return 0
 
 
 if __name__ == "__main__":
     from gpt_jax.cli import run
+    # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so the staging files go too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     run(main)

@@ -74,6 +74,7 @@ def main(out_dir):
             state, m = step(state, make_global_batch(b, mesh, b.shape))
             losses.append(float(m["loss"]))
         info["losses"] = losses
+        info["loss0_after"] = float(grad_fn(state.params, first)[0])
         result[name] = info
         print(name, info, flush=True)
     with open(os.path.join(out_dir, "result.json"), "w") as f:

