@@ -49,11 +49,11 @@ def checkpoint_dir(out_dir: str) -> str:
 def manager(out_dir: str, *, max_to_keep: Optional[int] = 3, create: bool = True,
             async_save: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager over out_dir/checkpoints (async saves are opt-in: the caller must
-    then call wait_until_finished() before it exits). create=False opens it read-only; a
-    writing manager first removes the partial step directories a killed save left behind."""
+    then call wait_until_finished() before it exits). create=False is for reading (orbax's
+    read_only option logs a warning each time); a writing manager first removes the partial
+    step directories a killed save left behind."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                            enable_async_checkpointing=async_save,
-                                           read_only=not create,
                                            cleanup_tmp_directories=create)
     return ocp.CheckpointManager(checkpoint_dir(out_dir), options=options)
 
@@ -295,21 +295,31 @@ def resolve_step(mngr: ocp.CheckpointManager, out_dir: str, step: Optional[int])
 def _read_config(mngr, step: int, out_dir: str) -> GPTConfig:
     try:
         raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable JSON item
+        raise _Damaged(f"its config cannot be read ({type(e).__name__})") from None
+    try:
         if not isinstance(raw, dict):
             raise ConfigError(f"it is a {type(raw).__name__}, not an object")
         return GPTConfig.from_dict(raw)
-    except ConfigError as e:
+    except (ConfigError, TypeError) as e:
         raise CheckpointError(f"checkpoint step {step} in {out_dir} has an invalid config: {e}")
-    except Exception as e:  # missing or unreadable JSON item
-        raise CheckpointError(f"checkpoint step {step} in {out_dir} has no readable config "
-                              f"({type(e).__name__}): it is damaged or not a gpt_jax checkpoint")
 
 
-def read_config(out_dir: str, step: Optional[int] = None) -> tuple[int, GPTConfig]:
-    """(step, GPTConfig) of the latest (or given) step, without reading any weights."""
+def read_header(out_dir: str, step: Optional[int] = None, *,
+                step_hint: str = "load one of them by its step") -> tuple[int, GPTConfig, dict]:
+    """(step, GPTConfig, meta) of the latest (or given) step, without reading any weights."""
     with _existing_manager(out_dir) as mngr:
         step = resolve_step(mngr, out_dir, step)
-        return step, _read_config(mngr, step, out_dir)
+        try:
+            cfg = _read_config(mngr, step, out_dir)
+            meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            return step, cfg, (meta if isinstance(meta, dict) else {})
+        except _Damaged as e:
+            damage, others = str(e), [s for s in mngr.all_steps() if s != step]
+        except Exception as e:  # noqa: BLE001 - the meta item
+            damage = f"its meta cannot be read ({type(e).__name__})"
+            others = [s for s in mngr.all_steps() if s != step]
+    raise _damaged_error(out_dir, step, damage, others, step_hint=step_hint)
 
 
 def check_config(found: GPTConfig, expected: GPTConfig, where: str) -> None:
@@ -401,6 +411,20 @@ def intact_steps(out_dir: str, steps, *, params_target=None, opt_state_target=No
     return sorted(good)
 
 
+def _damaged_error(out_dir: str, step: int, damage: str, others, *, params_target=None,
+                   opt_state_target=None, step_hint: str) -> CheckpointError:
+    """"step N is damaged: why; intact steps: ..." (the others each restored to check)."""
+    good = intact_steps(out_dir, others, params_target=params_target,
+                        opt_state_target=opt_state_target)
+    if good:
+        tail = f"intact steps: {', '.join(map(str, good))} ({step_hint})"
+    else:
+        tail = "no other intact step is on disk" + (
+            f" (steps {', '.join(map(str, sorted(others)))} are damaged too)" if others else "")
+    return CheckpointError(f"checkpoint step {step} in {checkpoint_dir(out_dir)} is damaged: "
+                           f"{damage}; {tail}")
+
+
 def restore(out_dir: str, step: Optional[int] = None, *, params_target=None,
             opt_state_target=None, expected_config: Optional[GPTConfig] = None,
             step_hint: str = "load one of them by its step") -> dict[str, Any]:
@@ -413,25 +437,17 @@ def restore(out_dir: str, step: Optional[int] = None, *, params_target=None,
     """
     with _existing_manager(out_dir) as mngr:
         step = resolve_step(mngr, out_dir, step)
-        cfg = _read_config(mngr, step, out_dir)
-        if expected_config is not None:
-            check_config(cfg, expected_config, out_dir)
         try:
+            cfg = _read_config(mngr, step, out_dir)
+            if expected_config is not None:
+                check_config(cfg, expected_config, out_dir)
             restored = _restore_step(mngr, step, out_dir, cfg, params_target, opt_state_target)
             damage = None
         except _Damaged as e:
             damage, others = str(e), [s for s in mngr.all_steps() if s != step]
     if damage is not None:
-        good = intact_steps(out_dir, others, params_target=params_target,
-                            opt_state_target=opt_state_target)
-        if good:
-            tail = f"intact steps: {', '.join(map(str, good))} ({step_hint})"
-        else:
-            tail = "no other intact step is on disk" + (
-                f" (steps {', '.join(map(str, sorted(others)))} are damaged too)" if others
-                else "")
-        raise CheckpointError(f"checkpoint step {step} in {checkpoint_dir(out_dir)} is damaged: "
-                              f"{damage}; {tail}")
+        raise _damaged_error(out_dir, step, damage, others, params_target=params_target,
+                             opt_state_target=opt_state_target, step_hint=step_hint)
     out = {"step": step, "config": cfg, "params": restored.params, "meta": restored.meta}
     if opt_state_target is not None:
         out["opt_state"] = restored.opt_state

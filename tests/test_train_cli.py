@@ -139,7 +139,7 @@ def test_prepare_end_to_end(tmp_path):
 
 
 def test_config_precedence(tmp_path):
-    from gpt_jax.errors import ConfigError
+    from gpt_jax.errors import ConfigError, UserError
     from gpt_jax.train import TrainConfig
     from gpt_jax.trainer import resolve_config
     sys.path.insert(0, ROOT)
@@ -164,5 +164,5 @@ def test_config_precedence(tmp_path):
     assert resolve_config("cpu-small", {"remat": True, "mesh": "fsdp=-1"}).remat
     with pytest.raises(ConfigError, match="axes data and fsdp"):
         resolve_config("cpu-small", {"mesh": "model=2"})
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--bias.*expected true or false"):
         train_cli.parse_args(["--bias", "maybe"])
