@@ -17,11 +17,13 @@ What the disk can be trusted to hold:
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import logging
 import os
 import re
 import shutil
+import sys
 import threading
 from typing import Any, Optional
 
@@ -348,8 +350,9 @@ class _Damaged(Exception):
 
 
 def _stored_shapes(mngr, step: int, item: str) -> dict:
-    path = os.path.join(str(mngr.directory), str(step), item)
-    md = ocp.StandardCheckpointer().metadata(path).item_metadata
+    from etils import epath   # orbax's own path type (a dependency of orbax)
+    path = epath.Path(os.path.join(str(mngr.directory), str(step), item))
+    md = ocp.StandardCheckpointHandler().metadata(path)
     md = getattr(md, "tree", md)
     return {_path_name(p): tuple(x.shape)
             for p, x in jax.tree_util.tree_leaves_with_path(md)}
@@ -360,6 +363,17 @@ def _unreadable(e: BaseException) -> str:
     text = f"{e} {e.__cause__ or ''}"
     m = re.search(r'Error reading "([^"/]+)', text) or re.search(r"'path': '([^'/]+)/?'", text)
     return f"{m.group(1)} cannot be read" if m else f"its files cannot be read ({type(e).__name__})"
+
+
+def _collect_quietly() -> None:
+    """Finalise the read coroutines a failed restore abandons now, without their "Exception
+    ignored in ..." dumps of TensorStore specs (the failure is reported in one line)."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda *_: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
@@ -387,8 +401,12 @@ def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(),
                                                               **args))
+        why = None
     except Exception as e:  # noqa: BLE001 - truncated or overwritten files
-        raise _Damaged(_unreadable(e)) from None
+        why = _unreadable(e)
+    if why is not None:
+        _collect_quietly()
+        raise _Damaged(why)
     for k in items:
         bad = first_non_finite(restored[k])
         if bad is not None:

@@ -211,14 +211,23 @@ class Trainer:
             defaults = TrainConfig()
             explicit = {k for k in TrainConfig.fields() if getattr(tc, k) != getattr(defaults, k)}
         self.explicit = set(explicit)
-        # before any download, tokenising or compiling: one line if out_dir cannot be written
-        writable_dir(self.out_dir, create=not tc.eval_only)
+        # One line for what can be told from the flags, before out_dir is created or anything
+        # downloaded, tokenised or compiled.
+        if tc.init_from != "resume":
+            self._check_steps_left(0, self.out_dir)
+            self._check_source(tc.init_from)
+        if tc.eval_only:   # reads only: the directory may be read-only
+            writable_dir(self.out_dir, create=False, probe=False)
+        else:              # resume: it must exist (said below) and be writable
+            writable_dir(self.out_dir, create=tc.init_from != "resume")
         self.mesh = sh.make_mesh(tc.mesh)
         sh.check_batch_divides(tc.batch_size, self.mesh)
         sh.local_rows(tc.batch_size)  # each process feeds an equal share of the rows
         self.tx, self.schedule = make_optimizer(tc)
         self.run = dict(remat=tc.remat, scan_layers=tc.scan_layers)  # memory/compile only
         self.resumed_step: Optional[int] = None   # the checkpoint step this run continues
+        self.saved_step: Optional[int] = None     # the latest step of this run on disk
+        self._stale: list[int] = []               # steps after resumed_step (--resume_step)
         self.cfg, self.state, meta = self._model(tc)
         tc = self.tc   # the architecture fields may now come from the weights
         self.data = data_lib.TokenData(self._data_dir(), block_size=tc.block_size,
@@ -290,19 +299,23 @@ class Trainer:
                           f"nothing to train; pass a --max_iters above {start} to continue "
                           f"(--max_iters counts steps from the start of the run)")
 
+    @staticmethod
+    def _check_source(source: str) -> None:
+        if source in ("scratch", "resume") or os.path.isdir(source) or hub_name_ok(source):
+            return
+        raise ConfigError(
+            f"--init_from {source!r} is not scratch, resume, a directory (a train.py out_dir "
+            f"or a Hugging Face GPT-2 dir), a known model name ({', '.join(KNOWN_MODELS)}) or "
+            f"an org/name hub id")
+
     def _load_weights(self, source: str) -> tuple[dict, GPTConfig]:
         """(params, cfg) from another run's out_dir (its latest checkpoint) or a Hugging Face
         GPT-2 dir or hub name; anything else is a one-line error before any download."""
-        if os.path.isdir(ckpt.checkpoint_dir(source)):
+        if os.path.isdir(ckpt.checkpoint_dir(source)) and source not in ("scratch", "resume"):
             r = ckpt.restore(source, step_hint=f"export one with python -m gpt_jax.hf export "
                                                f"{source} HF_DIR --step N")
             self.log(f"initialised from {source} (step {r['step']}), a fresh optimizer")
             return r["params"], r["config"]
-        if not os.path.isdir(source) and not hub_name_ok(source):
-            raise ConfigError(
-                f"--init_from {source!r} is not scratch, resume, a directory (a train.py "
-                f"out_dir or a Hugging Face GPT-2 dir), a known model name "
-                f"({', '.join(KNOWN_MODELS)}) or an org/name hub id")
         params, cfg = from_hf(source)
         self.log(f"initialised from {source}")
         return params, cfg
@@ -324,7 +337,6 @@ class Trainer:
                 f"pass another --out_dir to fine-tune from {tc.init_from}"
             raise CheckpointError(f"{self.out_dir} already holds checkpoints (latest step "
                                   f"{existing}): {how}")
-        self._check_steps_left(0, self.out_dir)
         if tc.init_from == "scratch":
             cfg = tc.model_config()
             self.shardings = state_shardings(cfg, self.tx, self.mesh, scan_layers=scan)

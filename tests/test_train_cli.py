@@ -166,3 +166,48 @@ def test_config_precedence(tmp_path):
         resolve_config("cpu-small", {"mesh": "model=2"})
     with pytest.raises(UserError, match="--bias.*expected true or false"):
         train_cli.parse_args(["--bias", "maybe"])
+
+
+def run_main(capsys, *argv):
+    """train.py's main in process, through cli.run: (exit code, stderr)."""
+    import train as train_cli
+    from gpt_jax.cli import run
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(lambda: train_cli.main([str(a) for a in argv]))
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", [
+    "bogus", "seed", "nan", "inf", "max_iters", "resme", "out_file", "out_under_file",
+    "config_out_dir", "config_data", "resume_step", "resume_missing_step"])
+def test_one_line_errors(tmp_path, capsys, case):
+    """Each is one `error:` line and exit 1, before any data is read or anything compiled."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "out_dir.json").write_text('{"out_dir": 5}')
+    (tmp_path / "data.json").write_text('{"data": ["x"]}')
+    out = ["--out_dir", tmp_path / "o"]
+    args, words = {
+        "bogus": (["--bogus", "1"], "unrecognized arguments: --bogus 1 (see python train.py"),
+        "seed": (["--seed", "99999999999999999999", *out], "seed must be at most"),
+        "nan": (["--learning_rate", "nan", *out], "learning_rate must be a finite"),
+        "inf": (["--min_lr", "inf", *out], "min_lr must be a finite"),
+        "max_iters": (["--max_iters", "0", *out], "--max_iters 0 trains nothing"),
+        "resme": (["--init_from", "resme", *out], "'resme' is not scratch, resume, a dir"),
+        "out_file": (["--out_dir", tmp_path / "file"], "is a file, not a directory"),
+        "out_under_file": (["--out_dir", tmp_path / "file" / "o"], "not a writable directory"),
+        "config_out_dir": (["--config", tmp_path / "out_dir.json"], "out_dir must be a non-"),
+        "config_data": (["--config", tmp_path / "data.json", *out], "data must be a non-empty"),
+        "resume_step": (["--resume_step", "3", *out], "needs init_from resume"),
+        "resume_missing_step": (["--init_from", "resume", *out], "does not exist: train a"),
+    }[case]
+    code, err = run_main(capsys, *args)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert words in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_flag_exit_code_as_a_subprocess(tmp_path):
+    r = run_cli("train.py", "--n_layer", "two")
+    assert r.returncode == 1 and r.stderr.startswith("error: argument --n_layer"), r.stderr
+    assert r.stderr.count("\n") == 1 and "usage:" not in r.stderr
