@@ -85,8 +85,10 @@ def config_from_hf(hf: dict, where: str, dtype: Optional[str] = None) -> GPTConf
                           f"implement; use a standard GPT-2 checkpoint")
 
     if not isinstance(hf, dict):
-        raise CheckpointError(f"{where}/{CONFIG_FILE} holds a JSON {type(hf).__name__}, not an "
-                              f"object: it is not a GPT-2 config")
+        kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(
+            type(hf), "a number")
+        raise CheckpointError(f"{where}/{CONFIG_FILE} holds {kind}, not an object: it is not "
+                              f"a GPT-2 config")
     if hf.get("model_type", "gpt2") != "gpt2":
         bad(f"model_type is {hf['model_type']!r}, not 'gpt2'")
     for key in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
