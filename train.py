@@ -44,7 +44,24 @@ def parse_args(argv=None):
         p.add_argument(f"--{name}", type=type_, default=None, metavar=metavar, help=help_)
     args = vars(p.parse_args(argv))
     launch = {k: args.pop(k) for k in LAUNCH_FLAGS}
+    check_launch(**launch)
     return args.pop("config"), args, launch
+
+
+def check_launch(coordinator_address=None, num_processes=None, process_id=None):
+    """Launch flags that would be ignored or fail deep inside jax.distributed: one line."""
+    import os
+    from gpt_jax.errors import UserError
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num_processes must be at least 1, got {num_processes}")
+    if process_id is not None and (process_id < 0 or (num_processes is not None
+                                                      and process_id >= num_processes)):
+        raise UserError(f"--process_id must be in [0, --num_processes), got {process_id}")
+    coordinator = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    auto = os.environ.get("GPT_JAX_DISTRIBUTED", "").lower() in ("1", "true")
+    if (num_processes is not None or process_id is not None) and not (coordinator or auto):
+        raise UserError("--num_processes and --process_id need --coordinator_address HOST:PORT "
+                        "(or JAX_COORDINATOR_ADDRESS) too: without it they would be ignored")
 
 
 def main(argv=None):

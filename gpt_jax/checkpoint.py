@@ -256,6 +256,8 @@ def save_checkpoint(out_dir: str, step: int, params, cfg: GPTConfig, *,
     CheckpointError, nothing written) a negative or existing step, params that do not fit
     cfg and NaN/inf values."""
     step = check_savable(step, params, cfg)   # before out_dir is created
+    from gpt_jax.cli import writable_dir
+    writable_dir(out_dir, "out_dir")
     with manager(out_dir, max_to_keep=max_to_keep) as mngr:
         save(mngr, step, params, cfg, checked=True)
 

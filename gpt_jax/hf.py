@@ -149,11 +149,17 @@ def _read_tensors(directory: str) -> dict:
         if os.path.isfile(single):
             files = [single]
         else:
-            with open(index) as f:
-                files = sorted({os.path.join(directory, v)
-                                for v in json.load(f)["weight_map"].values()})
+            try:
+                with open(index) as f:
+                    files = sorted({os.path.join(directory, str(v))
+                                    for v in json.load(f)["weight_map"].values()})
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+                raise CheckpointError(f"cannot read {index} ({type(e).__name__}): it needs a "
+                                      f"\"weight_map\" object of tensor -> file") from None
         out = {}
         for path in files:
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{path}, listed in {SAFETENSORS_INDEX}, is missing")
             try:
                 handle = safe_open(path, framework="flax")
             except Exception as e:
@@ -171,7 +177,14 @@ def _read_tensors(directory: str) -> dict:
             raise CheckpointError(f"{directory} holds only {TORCH_FILE}: install torch to read "
                                   f"it, or convert it to {SAFETENSORS_FILE}") from None
         # weights_only=True: a pickle from the internet must not be able to run code.
-        state = torch.load(torch_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(torch_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        except Exception as e:  # noqa: BLE001 - unpickling errors of every kind
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
+            raise CheckpointError(f"cannot read {torch_path} ({type(e).__name__}: {why}): it is "
+                                  f"damaged, or not a plain state dict of tensors") from None
         return {k: (tuple(v.shape), lambda v=v: v.float().numpy()) for k, v in state.items()}
     raise CheckpointError(f"{directory} holds no {SAFETENSORS_FILE} (or {TORCH_FILE}): "
                           f"pass a Hugging Face GPT-2 directory")

@@ -49,7 +49,8 @@ class TrainingDiverged(UserError):
 
 def load_config_file(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist; pass a built-in config "
+        what = "is not a file" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"config file {path} {what}; pass a built-in config "
                           f"({', '.join(TRAIN_PRESETS)}) or a .json/.toml file")
     try:
         if path.endswith(".toml"):

@@ -207,3 +207,11 @@ def test_single_line_error_from_cli_helper(tmp_path, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint directory") and err.count("\n") == 1
+
+
+def test_save_into_a_file_is_one_line(tmp_path, tiny_cfg):
+    from gpt_jax.errors import UserError
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="out_dir .*is a file"):
+        save_checkpoint(str(tmp_path / "f"), 1, init_params(tiny_cfg, jax.random.key(0)),
+                        tiny_cfg)

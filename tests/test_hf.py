@@ -448,3 +448,24 @@ def test_zz_report_measured():
     """Print the observed differences together (pytest -s shows them)."""
     for label, (diff, scale) in MEASURED.items():
         print(f"{label:24s} max|Δ| {diff:.3g}  max|logits| {scale:.3g}  relative {diff / scale:.3g}")
+
+
+def test_damaged_weight_files_are_one_line(small, tmp_path):
+    bad = rewrite(small[1], tmp_path / "trunc")
+    path = os.path.join(bad, "model.safetensors")
+    os.truncate(path, os.path.getsize(path) - 1000)
+    one_line_error(CheckpointError, bad, "damaged")
+    sharded = rewrite(small[1], tmp_path / "sharded")
+    os.rename(os.path.join(sharded, "model.safetensors"),
+              os.path.join(sharded, "model-00001-of-00001.safetensors"))
+    index = os.path.join(sharded, "model.safetensors.index.json")
+    for content, words in (("[1]", "weight_map"), ('{"weight_map": {"x": "gone.safetensors"}}',
+                                                   "gone.safetensors, listed in")):
+        with open(index, "w") as f:
+            f.write(content)
+        one_line_error(CheckpointError, sharded, words)
+    pt = tmp_path / "pt"
+    pt.mkdir()
+    shutil.copy(os.path.join(small[1], "config.json"), pt)
+    (pt / "pytorch_model.bin").write_bytes(b"not a pickle")
+    one_line_error(CheckpointError, str(pt), "pytorch_model.bin", "damaged")

@@ -180,9 +180,12 @@ def run_main(capsys, *argv):
 
 @pytest.mark.parametrize("case", [
     "bogus", "seed", "nan", "inf", "max_iters", "resme", "out_file", "out_under_file",
-    "config_out_dir", "config_data", "resume_step", "resume_missing_step"])
-def test_one_line_errors(tmp_path, capsys, case):
+    "config_out_dir", "config_data", "config_dir", "resume_step", "resume_missing_step",
+    "num_processes", "process_id", "no_coordinator"])
+def test_one_line_errors(tmp_path, capsys, monkeypatch, case):
     """Each is one `error:` line and exit 1, before any data is read or anything compiled."""
+    for var in ("JAX_COORDINATOR_ADDRESS", "GPT_JAX_DISTRIBUTED"):
+        monkeypatch.delenv(var, raising=False)
     (tmp_path / "file").write_text("x")
     (tmp_path / "out_dir.json").write_text('{"out_dir": 5}')
     (tmp_path / "data.json").write_text('{"data": ["x"]}')
@@ -198,7 +201,13 @@ def test_one_line_errors(tmp_path, capsys, case):
         "out_under_file": (["--out_dir", tmp_path / "file" / "o"], "not a writable directory"),
         "config_out_dir": (["--config", tmp_path / "out_dir.json"], "out_dir must be a non-"),
         "config_data": (["--config", tmp_path / "data.json", *out], "data must be a non-empty"),
+        "config_dir": (["--config", tmp_path, *out], "is not a file"),
         "resume_step": (["--resume_step", "3", *out], "needs init_from resume"),
+        "num_processes": (["--num_processes", "0", *out], "--num_processes must be at least 1"),
+        "process_id": (["--num_processes", "2", "--process_id", "2",
+                        "--coordinator_address", "localhost:1", *out], "--process_id must be"),
+        "no_coordinator": (["--num_processes", "2", "--process_id", "1", *out],
+                           "need --coordinator_address"),
         "resume_missing_step": (["--init_from", "resume", *out], "does not exist: train a"),
     }[case]
     code, err = run_main(capsys, *args)
