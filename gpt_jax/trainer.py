@@ -312,7 +312,7 @@ class Trainer:
     def _load_weights(self, source: str) -> tuple[dict, GPTConfig]:
         """(params, cfg) from another run's out_dir (its latest checkpoint) or a Hugging Face
         GPT-2 dir or hub name; anything else is a one-line error before any download."""
-        if os.path.isdir(ckpt.checkpoint_dir(source)) and source not in ("scratch", "resume"):
+        if os.path.isdir(ckpt.checkpoint_dir(source)):
             r = ckpt.restore(source, step_hint=f"export one with python -m gpt_jax.hf export "
                                                f"{source} HF_DIR --step N")
             self.log(f"initialised from {source} (step {r['step']}), a fresh optimizer")
@@ -402,17 +402,18 @@ class Trainer:
     def _diverged(self, what: str, step: int) -> TrainingDiverged:
         """The error for a NaN/inf at `step`, saying what the disk holds now."""
         steps = ckpt.all_steps(self.out_dir)
+        lower = "Lower --learning_rate" + (" (or use --dtype float32)"
+                                           if self.tc.dtype != "float32" else "")
         if step == 0:
-            advice = ("the initial weights already give it, so the learning rate is not the "
+            advice = ("The initial weights already give it, so the learning rate is not the "
                       "cause: check the data (token ids within the vocabulary) and the weights")
         elif steps:
-            advice = ("lower --learning_rate (or use --dtype float32), then continue with "
-                      "--init_from resume")
+            advice = f"{lower}, then continue with --init_from resume"
         else:
-            advice = "lower --learning_rate (or use --dtype float32) and start again"
+            advice = f"{lower} and start again"
         return TrainingDiverged(f"{what} at step {step}: training stopped and step {step} was "
                                 f"not saved; {ckpt.describe_steps(steps)} in "
-                                f"{ckpt.checkpoint_dir(self.out_dir)}. {advice.capitalize()}")
+                                f"{ckpt.checkpoint_dir(self.out_dir)}. {advice}")
 
     def save(self, mngr, step: int) -> None:
         """Every process calls this: orbax writes each process's shards and process 0 the
