@@ -44,7 +44,6 @@ def parse_args(argv=None):
         p.add_argument(f"--{name}", type=type_, default=None, metavar=metavar, help=help_)
     args = vars(p.parse_args(argv))
     launch = {k: args.pop(k) for k in LAUNCH_FLAGS}
-    check_launch(**launch)
     return args.pop("config"), args, launch
 
 
@@ -66,6 +65,7 @@ def check_launch(coordinator_address=None, num_processes=None, process_id=None):
 
 def main(argv=None):
     config, overrides, launch = parse_args(argv)
+    check_launch(**launch)
     # Before anything touches a device: jax.distributed must start first.
     from gpt_jax.sharding import is_main_process, maybe_initialize_distributed
     maybe_initialize_distributed(**launch)

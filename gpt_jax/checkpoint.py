@@ -290,6 +290,7 @@ def resolve_step(mngr: ocp.CheckpointManager, out_dir: str, step: Optional[int])
                               f"train (or resume) until one is saved")
     if step is None:
         return max(steps)
+    step = check_step(step)
     if step not in steps:
         raise CheckpointError(f"no checkpoint for step {step} in {out_dir}; "
                               f"available: {sorted(steps)}")
@@ -386,6 +387,13 @@ def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
     if opt_state_target is not None:
         items["opt_state"] = opt_state_target
     for item, target in items.items():
+        if not os.path.isdir(os.path.join(str(mngr.directory), str(step), item)):
+            if item == "opt_state":
+                raise CheckpointError(
+                    f"step {step} in {out_dir} holds no optimizer state (a params-only "
+                    f"checkpoint, as save_checkpoint writes): it cannot be resumed; fine-tune "
+                    f"from it instead (train.py --init_from {out_dir} --out_dir NEW_DIR)")
+            raise _Damaged(f"its {item} directory is missing")
         try:
             stored = _stored_shapes(mngr, step, item)
         except Exception as e:  # noqa: BLE001 - missing or unreadable metadata

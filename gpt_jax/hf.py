@@ -290,6 +290,10 @@ def from_hf(source, dtype: Optional[str] = None) -> tuple[dict, GPTConfig]:
     directory = resolve_source(source)
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
+        if os.path.isdir(os.path.join(directory, "checkpoints")):
+            raise CheckpointError(f"{directory} is a train.py out_dir, not a Hugging Face "
+                                  f"directory: load it with gpt_jax.load_checkpoint, or export "
+                                  f"it (python -m gpt_jax.hf export {directory} HF_DIR)")
         raise CheckpointError(f"{directory} has no {CONFIG_FILE}: pass a Hugging Face GPT-2 "
                               f"directory (as written by save_pretrained or to_hf)")
     try:
@@ -363,7 +367,11 @@ def to_hf(params, cfg: GPTConfig, out_dir: str, *, overwrite: bool = False) -> s
     and renamed, so a failed export (a full disk) never leaves half a file under the real
     name, and gets the usual permissions (0666 less the umask)."""
     from safetensors.numpy import save_file
+    from gpt_jax.checkpoint import first_non_finite
     tensors = hf_tensors(params, cfg)
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"tensor {bad} holds NaN or inf values: nothing exported")
     _check_target(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     mode = 0o666 & ~_umask()

@@ -215,3 +215,16 @@ def test_save_into_a_file_is_one_line(tmp_path, tiny_cfg):
     with pytest.raises(UserError, match="out_dir .*is a file"):
         save_checkpoint(str(tmp_path / "f"), 1, init_params(tiny_cfg, jax.random.key(0)),
                         tiny_cfg)
+
+
+def test_resuming_a_params_only_checkpoint_says_what_it_is(tmp_path, tiny_cfg):
+    """save_checkpoint writes no optimizer state: that is not damage, and the message says
+    how to use it."""
+    from gpt_jax.train import TrainConfig, abstract_state, make_optimizer
+    save_checkpoint(str(tmp_path), 1, init_params(tiny_cfg, jax.random.key(0)), tiny_cfg)
+    tx, _ = make_optimizer(TrainConfig())
+    with pytest.raises(CheckpointError, match="holds no optimizer state.*--init_from") as e:
+        ckpt.restore(str(tmp_path), opt_state_target=abstract_state(tiny_cfg, tx).opt_state)
+    assert "damaged" not in str(e.value)
+    with pytest.raises(CheckpointError, match="non-negative integer, got True"):
+        load_checkpoint(str(tmp_path), step=True)

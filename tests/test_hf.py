@@ -469,3 +469,15 @@ def test_damaged_weight_files_are_one_line(small, tmp_path):
     shutil.copy(os.path.join(small[1], "config.json"), pt)
     (pt / "pytorch_model.bin").write_bytes(b"not a pickle")
     one_line_error(CheckpointError, str(pt), "pytorch_model.bin", "damaged")
+
+
+def test_from_hf_on_a_train_out_dir_and_to_hf_of_nan(tmp_path):
+    cfg = gpt_jax.GPTConfig(vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=32)
+    params = randomised_params(cfg, 1)
+    gpt_jax.save_checkpoint(str(tmp_path / "out"), 1, params, cfg)
+    one_line_error(CheckpointError, str(tmp_path / "out"), "is a train.py out_dir",
+                   "load_checkpoint", "gpt_jax.hf export")
+    params["wpe"]["embedding"] = params["wpe"]["embedding"].at[0, 0].set(np.inf)
+    with pytest.raises(CheckpointError, match="wpe.weight holds NaN or inf"):
+        gpt_jax.to_hf(params, cfg, str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
