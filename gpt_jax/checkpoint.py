@@ -79,8 +79,8 @@ def _finite_flags(leaves):
 
 
 def first_non_finite(tree) -> Optional[str]:
-    """The name of the first floating-point leaf of tree holding NaN or inf, or None. One
-    jitted reduction per leaf, on the devices that hold the leaves."""
+    """The name of the first floating-point leaf of tree holding NaN or inf, or None (one
+    jitted call reduces every leaf where it lives: no copy to the host)."""
     named = [(_path_name(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     if not named:
@@ -105,10 +105,9 @@ def params_mismatch(params, cfg: GPTConfig) -> Optional[str]:
     want = shapes(param_shapes(cfg))
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
-        parts = ([f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")]
-                 if missing else []) + \
-                ([f"unexpected {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else "")]
-                 if extra else [])
+        listing = lambda kind, names: \
+            f"{kind} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        parts = [listing(k, n) for k, n in (("missing", missing), ("unexpected", extra)) if n]
         return "; ".join(parts) + " (params must be in the unstacked GPT-2 layout)"
     for name in want:
         if got[name] != want[name]:
