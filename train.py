@@ -27,10 +27,10 @@ LAUNCH_FLAGS = {
 
 def parse_args(argv=None):
     """-> (config, TrainConfig overrides, launch settings)."""
-    from gpt_jax.cli import str2bool
+    from gpt_jax.cli import ArgumentParser, str2bool
     from gpt_jax.train import HELP, TRAIN_PRESETS, TrainConfig
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="train.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="cpu-small",
                    help=f"built-in ({', '.join(TRAIN_PRESETS)}) or a .json/.toml file")
     types = {"bool": str2bool, "int": int, "float": float, "str": str}
@@ -47,30 +47,52 @@ def parse_args(argv=None):
     return args.pop("config"), args, launch
 
 
+def check_launch(coordinator_address=None, num_processes=None, process_id=None):
+    """Launch flags that would be ignored or fail deep inside jax.distributed: one line."""
+    import os
+    from gpt_jax.errors import UserError
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num_processes must be at least 1, got {num_processes}")
+    if process_id is not None and (process_id < 0 or (num_processes is not None
+                                                      and process_id >= num_processes)):
+        raise UserError(f"--process_id must be in [0, --num_processes), got {process_id}")
+    coordinator = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    auto = os.environ.get("GPT_JAX_DISTRIBUTED", "").lower() in ("1", "true")
+    if (num_processes is not None or process_id is not None) and not (coordinator or auto):
+        raise UserError("--num_processes and --process_id need --coordinator_address HOST:PORT "
+                        "(or JAX_COORDINATOR_ADDRESS) too: without it they would be ignored")
+
+
 def main(argv=None):
     config, overrides, launch = parse_args(argv)
+    check_launch(**launch)
     # Before anything touches a device: jax.distributed must start first.
     from gpt_jax.sharding import is_main_process, maybe_initialize_distributed
     maybe_initialize_distributed(**launch)
-    from gpt_jax.trainer import Trainer, format_config, resolve_config
+    from gpt_jax.trainer import Trainer, format_config, given_fields, resolve_config
     tc = resolve_config(config, overrides)
     say = print if is_main_process() else (lambda *a, **k: None)
-    say(f"config ({config} + flags):\n{format_config(tc)}", flush=True)
     if tc.eval_only and tc.init_from == "scratch":
         from gpt_jax.errors import UserError
         raise UserError("--eval_only needs weights: --init_from resume (a checkpoint in "
                         "--out_dir), gpt2* or a Hugging Face directory")
-    trainer = Trainer(tc)
+    trainer = Trainer(tc, explicit=given_fields(config, overrides))
+    # printed once the weights are known: resume and fine-tunes take their architecture
+    # from the weights, so the flags alone would not say what runs
+    say(f"config ({config} + flags):\n{format_config(trainer.tc)}", flush=True)
     if tc.eval_only:
         trainer.evaluate_only()
         return 0
     out = trainer.fit()
+    where = f"{tc.out_dir}/checkpoints"
     if out.get("stopped_by_signal"):
-        say(f"stopped at step {out['step']} (checkpoint saved)", flush=True)
-    elif out.get("val_loss") is not None:
+        saved = out.get("saved_step")
+        say(f"stopped at step {out['step']} "
+            + (f"(latest checkpoint: step {saved} in {where})" if saved is not None
+               else "(no checkpoint saved)"), flush=True)
+    else:
         say(f"done: step {out['step']}, val loss {out['val_loss']:.4f}, "
-            f"{out['elapsed']:.0f}s of training; checkpoints in {tc.out_dir}/checkpoints",
-            flush=True)
+            f"{out['elapsed']:.0f}s of training; checkpoints in {where}", flush=True)
     return 0
 
 

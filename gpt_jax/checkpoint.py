@@ -2,16 +2,34 @@
 
 Each step is a Composite of `params` (StandardSave), `opt_state` (StandardSave, training only),
 `meta` (JsonSave: step, rng key data, sampler state) and `config` (JsonSave: GPTConfig fields).
-Parameters are always stored in the unstacked GPT-2 layout (h_0, h_1, ...). Orbax writes each
-step to a temporary directory and renames it when complete, so a crash mid-save never leaves a
-step that looks finished; restore ignores the unfinished ones.
+Parameters are always stored in the unstacked GPT-2 layout (h_0, h_1, ...).
+
+What the disk can be trusted to hold:
+- save refuses what could never be loaded (params that do not fit their config, a negative or
+  existing step) and what is not worth loading (NaN or inf values), before writing anything;
+- orbax writes each step to a temporary directory and renames it when complete, so a crash
+  mid-save never leaves a step that looks finished; a save that fails (a full disk) removes its
+  partial directory and says so in one line, and the older steps stay; a manager opened for
+  writing removes partial directories that a killed process left;
+- restore names a damaged step (unreadable files, or NaN/inf values) as damaged, together with
+  the steps that do restore, instead of passing on storage-library internals or NaN weights.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import glob
+import logging
 import os
+import re
+import shutil
+import sys
+import threading
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from gpt_jax.config import GPTConfig
@@ -19,6 +37,11 @@ from gpt_jax.errors import CheckpointError, ConfigError
 from gpt_jax.model import param_shapes
 
 CHECKPOINT_DIR = "checkpoints"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"   # orbax's name for a step being written
+
+
+class NonFiniteError(CheckpointError):
+    """Parameters (or optimizer state) hold NaN or inf: refused at save, damaged at restore."""
 
 
 def checkpoint_dir(out_dir: str) -> str:
@@ -28,30 +51,225 @@ def checkpoint_dir(out_dir: str) -> str:
 def manager(out_dir: str, *, max_to_keep: Optional[int] = 3, create: bool = True,
             async_save: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager over out_dir/checkpoints (async saves are opt-in: the caller must
-    then call wait_until_finished() before it exits)."""
+    then call wait_until_finished() before it exits). create=False is for reading (orbax's
+    read_only option logs a warning each time); a writing manager first removes the partial
+    step directories a killed save left behind."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=create)
     return ocp.CheckpointManager(checkpoint_dir(out_dir), options=options)
 
 
+# -- checks ----------------------------------------------------------------------------------
+
+def _path_name(path) -> str:
+    """'h_0/attn/c_attn/kernel' for a tree path (dict keys, sequence indices and namedtuple
+    fields alike, so a tree and orbax's metadata of it give the same names)."""
+    def part(k):
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    return "/".join(part(k) for k in path)
+
+
+@jax.jit
+def _finite_flags(leaves):
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def first_non_finite(tree) -> Optional[str]:
+    """The name of the first floating-point leaf of tree holding NaN or inf, or None (one
+    jitted call reduces every leaf where it lives: no copy to the host)."""
+    named = [(_path_name(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not named:
+        return None
+    flags = _finite_flags([x for _, x in named])
+    # replicated over the devices of every process: each reads its own copy
+    flags = np.asarray(flags.addressable_data(0)) if hasattr(flags, "addressable_data") \
+        else np.asarray(flags)
+    bad = [name for (name, _), ok in zip(named, flags) if not ok]
+    return bad[0] if bad else None
+
+
+def params_mismatch(params, cfg: GPTConfig) -> Optional[str]:
+    """Why params do not have the GPT-2-layout shapes cfg describes (None when they do)."""
+    def shapes(tree):
+        return {_path_name(p): tuple(np.shape(x))
+                for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    try:
+        got = shapes(params)
+    except Exception:  # noqa: BLE001 - not a pytree of arrays
+        return f"params is a {type(params).__name__}, not a dict of arrays"
+    want = shapes(param_shapes(cfg))
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        listing = lambda kind, names: \
+            f"{kind} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        parts = [listing(k, n) for k, n in (("missing", missing), ("unexpected", extra)) if n]
+        return "; ".join(parts) + " (params must be in the unstacked GPT-2 layout)"
+    for name in want:
+        if got[name] != want[name]:
+            return f"{name} has shape {got[name]}, the config gives {want[name]}"
+    return None
+
+
+# -- save ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _orbax_errors_held():
+    """Hold back the ERROR records (with tracebacks, one per failed thread) that orbax logs
+    while a save fails: the caller reports the failure in one line. Re-emitted if the save
+    went through after all."""
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Filter):
+        def filter(self, record):
+            if record.levelno >= logging.ERROR:
+                held.append(record)
+                return False
+            return True
+
+    logger, hold = logging.getLogger("absl"), Hold()
+    logger.addFilter(hold)
+    try:
+        yield
+    except BaseException:
+        held.clear()
+        raise
+    finally:
+        logger.removeFilter(hold)
+        for record in held:
+            logger.handle(record)
+
+
+def _join_new_threads(before: set, timeout: float = 60.0) -> None:
+    """Wait for the writer threads a failed save started, so that none of them writes into
+    the partial directory after it is removed."""
+    for t in threading.enumerate():
+        if t not in before and t is not threading.current_thread():
+            t.join(timeout)
+
+
+def remove_partial(out_dir_or_path: str, step: int) -> list[str]:
+    """Remove what an unfinished save of `step` left (process 0; paths removed)."""
+    root = out_dir_or_path if os.path.basename(out_dir_or_path) == CHECKPOINT_DIR else \
+        checkpoint_dir(out_dir_or_path)
+    paths = glob.glob(os.path.join(root, f"{int(step)}{TMP_SUFFIX}*"))
+    if jax.process_index() == 0:
+        for p in paths:
+            shutil.rmtree(p, ignore_errors=True)
+    return paths
+
+
+def _oserror_text(e: BaseException) -> str:
+    """The first useful line of a save error: an OSError's strerror, else the first line."""
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    text = str(e).strip().splitlines()
+    return (text[0][:200] if text else type(e).__name__)
+
+
+def describe_steps(steps) -> str:
+    steps = sorted(steps)
+    if not steps:
+        return "no checkpoint is on disk"
+    return (f"the latest checkpoint on disk is step {steps[-1]}"
+            + (f" (steps {', '.join(map(str, steps))})" if len(steps) > 1 else ""))
+
+
+def check_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise CheckpointError(f"a checkpoint step must be a non-negative integer, got {step!r}")
+    return int(step)
+
+
+def check_savable(step, params, cfg: GPTConfig, opt_state=None) -> int:
+    """The step as an int, or an error for what must never reach the disk: a negative step
+    ("no finished checkpoint" later), params that do not fit cfg (a checkpoint that could
+    never be loaded) and NaN/inf values (NonFiniteError)."""
+    step = check_step(step)
+    if not isinstance(cfg, GPTConfig):
+        raise ConfigError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
+    why = params_mismatch(params, cfg)
+    if why:
+        raise CheckpointError(f"params do not fit the config ({why}); nothing saved: such a "
+                              f"checkpoint could never be loaded")
+    bad, what = first_non_finite(params), "params"
+    if bad is None and opt_state is not None:
+        bad, what = first_non_finite(opt_state), "optimizer state"
+    if bad is not None:
+        raise NonFiniteError(f"the {what} hold NaN or inf (first in {bad}); step {step} was "
+                             f"not saved")
+    return step
+
+
 def save(mngr: ocp.CheckpointManager, step: int, params, cfg: GPTConfig, *,
-         opt_state=None, meta: Optional[dict] = None, force: bool = True) -> None:
-    """Save one step. meta must be JSON-serialisable (store RNG keys as key_data lists)."""
+         opt_state=None, meta: Optional[dict] = None, force: bool = True,
+         checked: bool = False) -> None:
+    """Save one step and wait for it. meta must be JSON-serialisable (store RNG keys as
+    key_data lists). Refuses, writing nothing, what check_savable refuses (unless `checked`:
+    the caller just did) and an existing step; when writing fails (a full disk) the partial
+    step is removed, the older steps stay, and a one-line CheckpointError says so."""
+    if not checked:
+        step = check_savable(step, params, cfg, opt_state)
+    where = str(mngr.directory)
+    if step in mngr.all_steps():
+        raise CheckpointError(f"{where} already holds step {step}: pass another step, or "
+                              f"delete that step's directory first")
     items = dict(params=ocp.args.StandardSave(params),
-                 meta=ocp.args.JsonSave({"step": int(step), **(meta or {})}),
+                 meta=ocp.args.JsonSave({"step": step, **(meta or {})}),
                  config=ocp.args.JsonSave(cfg.to_dict()))
     if opt_state is not None:
         items["opt_state"] = ocp.args.StandardSave(opt_state)
-    mngr.save(int(step), args=ocp.args.Composite(**items), force=force)
+    before = set(threading.enumerate())
+    try:
+        with _orbax_errors_held():
+            mngr.save(step, args=ocp.args.Composite(**items), force=force)
+            mngr.wait_until_finished()
+    except Exception as e:  # a full disk, a lost mount, permissions: orbax's threads fail
+        _join_new_threads(before)
+        remove_partial(where, step)
+        kept = [s for s in _listed_steps(where) if s != step]
+        raise CheckpointError(f"could not save step {step} in {where}: {_oserror_text(e)}; "
+                              f"the partial step was removed and older checkpoints are kept "
+                              f"({describe_steps(kept)})") from None
+
+
+def _listed_steps(root: str) -> list[int]:
+    try:
+        return sorted(int(n) for n in os.listdir(root) if n.isdigit())
+    except OSError:
+        return []
 
 
 def save_checkpoint(out_dir: str, step: int, params, cfg: GPTConfig, *,
                     max_to_keep: Optional[int] = 3) -> None:
-    """A params-only checkpoint that sample.py and load_checkpoint can read."""
+    """A params-only checkpoint that sample.py and load_checkpoint can read. Refuses (one
+    CheckpointError, nothing written) a negative or existing step, params that do not fit
+    cfg and NaN/inf values."""
+    step = check_savable(step, params, cfg)   # before out_dir is created
+    from gpt_jax.cli import writable_dir
+    writable_dir(out_dir, "out_dir")
     with manager(out_dir, max_to_keep=max_to_keep) as mngr:
-        save(mngr, step, params, cfg)
-        mngr.wait_until_finished()
+        save(mngr, step, params, cfg, checked=True)
 
+
+def delete_steps_after(mngr: ocp.CheckpointManager, step: int) -> list[int]:
+    """Delete the steps after `step` (a run resumed from an earlier step rewrites them)."""
+    later = [s for s in mngr.all_steps() if s > step]
+    for s in sorted(later, reverse=True):
+        mngr.delete(s)
+    return later
+
+
+# -- restore ---------------------------------------------------------------------------------
 
 def _existing_manager(out_dir: str) -> ocp.CheckpointManager:
     path = checkpoint_dir(out_dir)
@@ -71,6 +289,7 @@ def resolve_step(mngr: ocp.CheckpointManager, out_dir: str, step: Optional[int])
                               f"train (or resume) until one is saved")
     if step is None:
         return max(steps)
+    step = check_step(step)
     if step not in steps:
         raise CheckpointError(f"no checkpoint for step {step} in {out_dir}; "
                               f"available: {sorted(steps)}")
@@ -80,12 +299,31 @@ def resolve_step(mngr: ocp.CheckpointManager, out_dir: str, step: Optional[int])
 def _read_config(mngr, step: int, out_dir: str) -> GPTConfig:
     try:
         raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable JSON item
+        raise _Damaged(f"its config cannot be read ({type(e).__name__})") from None
+    try:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"it is a {type(raw).__name__}, not an object")
         return GPTConfig.from_dict(raw)
-    except ConfigError as e:
+    except (ConfigError, TypeError) as e:
         raise CheckpointError(f"checkpoint step {step} in {out_dir} has an invalid config: {e}")
-    except Exception as e:  # missing or unreadable JSON item
-        raise CheckpointError(f"checkpoint step {step} in {out_dir} has no readable config "
-                              f"({type(e).__name__}): it is damaged or not a gpt_jax checkpoint")
+
+
+def read_header(out_dir: str, step: Optional[int] = None, *,
+                step_hint: str = "load one of them by its step") -> tuple[int, GPTConfig, dict]:
+    """(step, GPTConfig, meta) of the latest (or given) step, without reading any weights."""
+    with _existing_manager(out_dir) as mngr:
+        step = resolve_step(mngr, out_dir, step)
+        try:
+            cfg = _read_config(mngr, step, out_dir)
+            meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            return step, cfg, (meta if isinstance(meta, dict) else {})
+        except _Damaged as e:
+            damage, others = str(e), [s for s in mngr.all_steps() if s != step]
+        except Exception as e:  # noqa: BLE001 - the meta item
+            damage = f"its meta cannot be read ({type(e).__name__})"
+            others = [s for s in mngr.all_steps() if s != step]
+    raise _damaged_error(out_dir, step, damage, others, step_hint=step_hint)
 
 
 def check_config(found: GPTConfig, expected: GPTConfig, where: str) -> None:
@@ -109,45 +347,156 @@ def abstract_tree(tree, sharding=None):
     return jax.tree_util.tree_map(leaf, tree)
 
 
+class _Damaged(Exception):
+    """A step whose files cannot be read, or whose values are NaN/inf (message: why)."""
+
+
+def _stored_shapes(mngr, step: int, item: str) -> dict:
+    from etils import epath   # orbax's own path type (a dependency of orbax)
+    path = epath.Path(os.path.join(str(mngr.directory), str(step), item))
+    md = ocp.StandardCheckpointHandler().metadata(path)
+    md = getattr(md, "tree", md)
+    return {_path_name(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(md)}
+
+
+def _unreadable(e: BaseException) -> str:
+    """Why a restore failed, without TensorStore's spec dump: the tensor it could not read."""
+    text = f"{e} {e.__cause__ or ''}"
+    m = re.search(r'Error reading "([^"/]+)', text) or re.search(r"'path': '([^'/]+)/?'", text)
+    return f"{m.group(1)} cannot be read" if m else f"its files cannot be read ({type(e).__name__})"
+
+
+def _collect_quietly() -> None:
+    """Finalise the read coroutines a failed restore abandons now, without their "Exception
+    ignored in ..." dumps of TensorStore specs (the failure is reported in one line)."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda *_: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
+                  opt_state_target):
+    """The restored Composite of one step; CheckpointError when the stored tensors do not
+    fit cfg (a mismatch, not damage); _Damaged when files are unreadable or values NaN/inf."""
+    items = dict(params=(params_target if params_target is not None else param_shapes(cfg)))
+    if opt_state_target is not None:
+        items["opt_state"] = opt_state_target
+    for item, target in items.items():
+        if not os.path.isdir(os.path.join(str(mngr.directory), str(step), item)):
+            if item == "opt_state":
+                raise CheckpointError(
+                    f"step {step} in {out_dir} holds no optimizer state (a params-only "
+                    f"checkpoint, as save_checkpoint writes): it cannot be resumed; fine-tune "
+                    f"from it instead (train.py --init_from {out_dir} --out_dir NEW_DIR)")
+            raise _Damaged(f"its {item} directory is missing")
+        try:
+            stored = _stored_shapes(mngr, step, item)
+        except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
+            raise _Damaged(f"its {item} metadata cannot be read ({type(e).__name__})") from None
+        wanted = {_path_name(p): tuple(x.shape)
+                  for p, x in jax.tree_util.tree_leaves_with_path(target)}
+        if stored != wanted:
+            diff = sorted(set(stored) ^ set(wanted)) or \
+                [n for n in wanted if stored[n] != wanted[n]]
+            whose = ("the model its config describes" if item == "params" else
+                     "this run's optimizer (was --grad_clip switched on or off?)")
+            raise CheckpointError(f"cannot restore step {step} from {out_dir}: its {item} do "
+                                  f"not fit {whose} (first difference: {diff[0]})")
+    args = {k: ocp.args.StandardRestore(abstract_tree(v)) for k, v in items.items()}
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(),
+                                                              **args))
+        why = None
+    except Exception as e:  # noqa: BLE001 - truncated or overwritten files
+        why = _unreadable(e)
+    if why is not None:
+        _collect_quietly()
+        raise _Damaged(why)
+    for k in items:
+        bad = first_non_finite(restored[k])
+        if bad is not None:
+            raise _Damaged(f"its {k} hold NaN or inf values (first in {bad})")
+    return restored
+
+
+def intact_steps(out_dir: str, steps, *, params_target=None, opt_state_target=None) -> list:
+    """Those of `steps` that restore completely with finite values (each read in full, one at
+    a time: meant for the error path)."""
+    good = []
+    with _existing_manager(out_dir) as mngr:
+        for s in sorted(steps, reverse=True):
+            try:
+                cfg = _read_config(mngr, s, out_dir)
+                _restore_step(mngr, s, out_dir, cfg, params_target, opt_state_target)
+                good.append(s)
+            except (CheckpointError, _Damaged):
+                pass
+    return sorted(good)
+
+
+def _damaged_error(out_dir: str, step: int, damage: str, others, *, params_target=None,
+                   opt_state_target=None, step_hint: str) -> CheckpointError:
+    """"step N is damaged: why; intact steps: ..." (the others each restored to check)."""
+    good = intact_steps(out_dir, others, params_target=params_target,
+                        opt_state_target=opt_state_target)
+    if good:
+        tail = f"intact steps: {', '.join(map(str, good))} ({step_hint})"
+    else:
+        tail = "no other intact step is on disk" + (
+            f" (steps {', '.join(map(str, sorted(others)))} are damaged too)" if others else "")
+    return CheckpointError(f"checkpoint step {step} in {checkpoint_dir(out_dir)} is damaged: "
+                           f"{damage}; {tail}")
+
+
 def restore(out_dir: str, step: Optional[int] = None, *, params_target=None,
-            opt_state_target=None, expected_config: Optional[GPTConfig] = None
-            ) -> dict[str, Any]:
+            opt_state_target=None, expected_config: Optional[GPTConfig] = None,
+            step_hint: str = "load one of them by its step") -> dict[str, Any]:
     """Restore {"step", "config", "params", "meta"[, "opt_state"]} from out_dir.
 
     params_target / opt_state_target: pytrees of arrays or ShapeDtypeStructs (with shardings)
-    to restore onto; params default to the config's shapes on the first device.
+    to restore onto; params default to the config's shapes on the first device. A damaged
+    step (unreadable, or NaN/inf values) is a CheckpointError that names the intact steps;
+    step_hint says how the caller picks one (e.g. "--resume_step N").
     """
     with _existing_manager(out_dir) as mngr:
         step = resolve_step(mngr, out_dir, step)
-        cfg = _read_config(mngr, step, out_dir)
-        if expected_config is not None:
-            check_config(cfg, expected_config, out_dir)
-        target = params_target if params_target is not None else param_shapes(cfg)
-        items = dict(params=ocp.args.StandardRestore(abstract_tree(target)),
-                     meta=ocp.args.JsonRestore())
-        if opt_state_target is not None:
-            items["opt_state"] = ocp.args.StandardRestore(abstract_tree(opt_state_target))
         try:
-            restored = mngr.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"cannot restore step {step} from {out_dir}: it does not fit "
-                                  f"the model its config describes ({first[:300]})") from e
+            cfg = _read_config(mngr, step, out_dir)
+            if expected_config is not None:
+                check_config(cfg, expected_config, out_dir)
+            restored = _restore_step(mngr, step, out_dir, cfg, params_target, opt_state_target)
+            damage = None
+        except _Damaged as e:
+            damage, others = str(e), [s for s in mngr.all_steps() if s != step]
+    if damage is not None:
+        raise _damaged_error(out_dir, step, damage, others, params_target=params_target,
+                             opt_state_target=opt_state_target, step_hint=step_hint)
     out = {"step": step, "config": cfg, "params": restored.params, "meta": restored.meta}
     if opt_state_target is not None:
         out["opt_state"] = restored.opt_state
     return out
 
 
-def latest_step(out_dir: str) -> Optional[int]:
+def all_steps(out_dir: str) -> list[int]:
+    """The finished steps in out_dir/checkpoints (none when it does not exist)."""
     if not os.path.isdir(checkpoint_dir(out_dir)):
-        return None
+        return []
     with manager(out_dir, max_to_keep=None, create=False) as mngr:
-        return mngr.latest_step()
+        return sorted(mngr.all_steps())
+
+
+def latest_step(out_dir: str) -> Optional[int]:
+    steps = all_steps(out_dir)
+    return steps[-1] if steps else None
 
 
 def load_checkpoint(out_dir: str, step: Optional[int] = None, *,
                     expected_config: Optional[GPTConfig] = None) -> tuple[dict, GPTConfig]:
     """(params, cfg) of the latest (or the given) step of a train.py out_dir."""
-    r = restore(out_dir, step, expected_config=expected_config)
+    r = restore(out_dir, step, expected_config=expected_config,
+                step_hint=f"load_checkpoint({out_dir!r}, step=N)")
     return r["params"], r["config"]

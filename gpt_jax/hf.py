@@ -15,7 +15,6 @@ output axis in both). What needs care is everything around the tensors:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -85,6 +84,11 @@ def config_from_hf(hf: dict, where: str, dtype: Optional[str] = None) -> GPTConf
         raise ConfigError(f"{where}/{CONFIG_FILE}: {what}, which gpt_jax's GPT-2 does not "
                           f"implement; use a standard GPT-2 checkpoint")
 
+    if not isinstance(hf, dict):
+        kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(
+            type(hf), "a number")
+        raise CheckpointError(f"{where}/{CONFIG_FILE} holds {kind}, not an object: it is not "
+                              f"a GPT-2 config")
     if hf.get("model_type", "gpt2") != "gpt2":
         bad(f"model_type is {hf['model_type']!r}, not 'gpt2'")
     for key in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
@@ -145,11 +149,17 @@ def _read_tensors(directory: str) -> dict:
         if os.path.isfile(single):
             files = [single]
         else:
-            with open(index) as f:
-                files = sorted({os.path.join(directory, v)
-                                for v in json.load(f)["weight_map"].values()})
+            try:
+                with open(index) as f:
+                    files = sorted({os.path.join(directory, str(v))
+                                    for v in json.load(f)["weight_map"].values()})
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+                raise CheckpointError(f"cannot read {index} ({type(e).__name__}): it needs a "
+                                      f"\"weight_map\" object of tensor -> file") from None
         out = {}
         for path in files:
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{path}, listed in {SAFETENSORS_INDEX}, is missing")
             try:
                 handle = safe_open(path, framework="flax")
             except Exception as e:
@@ -167,7 +177,14 @@ def _read_tensors(directory: str) -> dict:
             raise CheckpointError(f"{directory} holds only {TORCH_FILE}: install torch to read "
                                   f"it, or convert it to {SAFETENSORS_FILE}") from None
         # weights_only=True: a pickle from the internet must not be able to run code.
-        state = torch.load(torch_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(torch_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        except Exception as e:  # noqa: BLE001 - unpickling errors of every kind
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
+            raise CheckpointError(f"cannot read {torch_path} ({type(e).__name__}: {why}): it is "
+                                  f"damaged, or not a plain state dict of tensors") from None
         return {k: (tuple(v.shape), lambda v=v: v.float().numpy()) for k, v in state.items()}
     raise CheckpointError(f"{directory} holds no {SAFETENSORS_FILE} (or {TORCH_FILE}): "
                           f"pass a Hugging Face GPT-2 directory")
@@ -217,7 +234,15 @@ def params_from_tensors(tensors: dict, cfg: GPTConfig, where: str) -> dict:
 
 
 # -- import ---------------------------------------------------------------------------------
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")   # "gpt2", "openai-community/gpt2"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")   # "openai-community/gpt2"
+# The hub's GPT-2 models without an org prefix; any other bare word is a typo, not a hub id
+# (asking the hub about it would wait on the network, then blame the network).
+KNOWN_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+
+
+def hub_name_ok(source: str) -> bool:
+    """Whether source may name a hub model: a known GPT-2 name or an org/name id."""
+    return source in KNOWN_MODELS or bool(HUB_ID.match(source))
 
 
 def _download(repo_id: str) -> str:
@@ -246,9 +271,12 @@ def resolve_source(source) -> str:
     if os.path.exists(path):
         raise CheckpointError(f"{source} is a file: pass the directory that holds "
                               f"{CONFIG_FILE} and {SAFETENSORS_FILE}")
-    if source.startswith((".", "/", "~")) or source.count("/") > 1 or not HUB_ID.match(source):
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise CheckpointError(f"no directory {source}: pass a Hugging Face GPT-2 directory "
                               f"or a hub id such as 'gpt2'")
+    if not hub_name_ok(source):
+        raise CheckpointError(f"{source!r} is neither a directory nor a known model name "
+                              f"({', '.join(KNOWN_MODELS)}) nor an org/name hub id")
     return _download(source)
 
 
@@ -262,6 +290,10 @@ def from_hf(source, dtype: Optional[str] = None) -> tuple[dict, GPTConfig]:
     directory = resolve_source(source)
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(config_path):
+        if os.path.isdir(os.path.join(directory, "checkpoints")):
+            raise CheckpointError(f"{directory} is a train.py out_dir, not a Hugging Face "
+                                  f"directory: load it with gpt_jax.load_checkpoint, or export "
+                                  f"it (python -m gpt_jax.hf export {directory} HF_DIR)")
         raise CheckpointError(f"{directory} has no {CONFIG_FILE}: pass a Hugging Face GPT-2 "
                               f"directory (as written by save_pretrained or to_hf)")
     try:
@@ -270,7 +302,13 @@ def from_hf(source, dtype: Optional[str] = None) -> tuple[dict, GPTConfig]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {config_path}: {e}") from None
     cfg = config_from_hf(hf_config, directory, dtype)
-    return params_from_tensors(_read_tensors(directory), cfg, directory), cfg
+    params = params_from_tensors(_read_tensors(directory), cfg, directory)
+    from gpt_jax.checkpoint import first_non_finite
+    bad = first_non_finite(params)
+    if bad is not None:
+        raise CheckpointError(f"{directory}: tensor {bad} holds NaN or inf values; the weights "
+                              f"are damaged")
+    return params, cfg
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -305,16 +343,61 @@ def hf_tensors(params, cfg: GPTConfig) -> dict[str, np.ndarray]:
     return tensors
 
 
-def to_hf(params, cfg: GPTConfig, out_dir: str) -> str:
+def _check_target(out_dir: str, overwrite: bool) -> None:
+    """Refuse to write into a directory that holds anything, unless overwrite."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir} is a file, not a directory: pass a directory to write the "
+                        f"Hugging Face files to")
+    if not overwrite and os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise UserError(f"{out_dir} is not empty: pass an empty or new directory (or "
+                        f"overwrite=True / --overwrite to replace its {CONFIG_FILE} and "
+                        f"{SAFETENSORS_FILE})")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def to_hf(params, cfg: GPTConfig, out_dir: str, *, overwrite: bool = False) -> str:
     """Write config.json + model.safetensors (float32) that GPT2LMHeadModel.from_pretrained
-    loads with nothing missing or unexpected. Padded vocab rows (ids >= 50257) are dropped."""
+    loads with nothing missing or unexpected. Padded vocab rows (ids >= 50257) are dropped.
+    out_dir must be new or empty unless overwrite; each file is written to a temporary name
+    and renamed, so a failed export (a full disk) never leaves half a file under the real
+    name, and gets the usual permissions (0666 less the umask)."""
     from safetensors.numpy import save_file
+    from gpt_jax.checkpoint import first_non_finite
     tensors = hf_tensors(params, cfg)
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"tensor {bad} holds NaN or inf values: nothing exported")
+    _check_target(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
-    # format=pt: transformers reads this metadata to decide how to load the file.
-    save_file(tensors, os.path.join(out_dir, SAFETENSORS_FILE), metadata={"format": "pt"})
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(config_to_hf(cfg), f, indent=2)
+    mode = 0o666 & ~_umask()
+    written = []
+    try:
+        path = os.path.join(out_dir, SAFETENSORS_FILE)
+        # format=pt: transformers reads this metadata to decide how to load the file.
+        save_file(tensors, path + ".tmp", metadata={"format": "pt"})
+        written.append(path + ".tmp")
+        os.chmod(path + ".tmp", mode)   # safetensors creates its file 0600
+        cpath = os.path.join(out_dir, CONFIG_FILE)
+        with open(cpath + ".tmp", "w") as f:
+            written.append(cpath + ".tmp")
+            json.dump(config_to_hf(cfg), f, indent=2)
+        os.replace(path + ".tmp", path)
+        os.replace(cpath + ".tmp", cpath)
+    except OSError as e:
+        for tmp in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise UserError(f"cannot write {out_dir}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors reports I/O errors as its own type
+        for tmp in written + [os.path.join(out_dir, SAFETENSORS_FILE + ".tmp")]:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise UserError(f"cannot write {out_dir}: {str(e).strip()[:200]}") from None
     return out_dir
 
 
@@ -336,19 +419,26 @@ def to_transformers(params, cfg: GPTConfig):
 
 # -- command line ---------------------------------------------------------------------------
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gpt_jax.hf",
-                                description="Hugging Face GPT-2 import/export.")
+    from gpt_jax.cli import ArgumentParser, writable_dir
+    p = ArgumentParser(prog="python -m gpt_jax.hf",
+                       description="Hugging Face GPT-2 import/export.")
     sub = p.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="a train.py checkpoint -> a Hugging Face directory")
     ex.add_argument("out_dir", help="train.py out_dir (holds checkpoints/)")
-    ex.add_argument("hf_dir", help="directory to write config.json + model.safetensors to")
+    ex.add_argument("hf_dir", help="new or empty directory to write config.json + "
+                                   "model.safetensors to")
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace config.json and model.safetensors in a non-empty hf_dir")
     args = p.parse_args(argv)
-    from gpt_jax.checkpoint import load_checkpoint
-    params, cfg = load_checkpoint(args.out_dir, args.step)
-    to_hf(params, cfg, args.hf_dir)
+    _check_target(args.hf_dir, args.overwrite)   # before reading a large checkpoint
+    from gpt_jax.checkpoint import restore
+    r = restore(args.out_dir, args.step, step_hint="export one of them with --step N")
+    params, cfg = r["params"], r["config"]
+    writable_dir(args.hf_dir, "hf_dir")
+    to_hf(params, cfg, args.hf_dir, overwrite=args.overwrite)
     print(f"wrote {args.hf_dir} (config.json, model.safetensors: {cfg.n_layer} layers, "
-          f"n_embd {cfg.n_embd}, vocab {cfg.n_real_vocab})")
+          f"n_embd {cfg.n_embd}, vocab {cfg.n_real_vocab}) from step {r['step']}")
     return 0
 
 

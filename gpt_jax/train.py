@@ -41,6 +41,8 @@ from gpt_jax.sharding import (activation_sharding, batch_sharding, parse_mesh, r
 
 # -- run configuration -----------------------------------------------------------------------
 
+MAX_SEED = 2**31 - 1   # the dropout key is key(seed + 1); keys keep the low 32 bits of a seed
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every train.py flag. The defaults are the `cpu-small` config: a 4-layer, 256-wide GPT
@@ -49,7 +51,8 @@ class TrainConfig:
     # I/O
     out_dir: str = "out"
     data: str = "builtin"         # builtin | prepared dir | text files/dirs (comma-separated)
-    init_from: str = "scratch"    # scratch | resume | gpt2* | HF dir
+    init_from: str = "scratch"    # scratch | resume | gpt2* | HF dir | another run's out_dir
+    resume_step: int = -1         # with init_from=resume: the step to continue from; -1: latest
     # model
     n_layer: int = 4
     n_head: int = 4
@@ -84,6 +87,11 @@ class TrainConfig:
     scan_layers: bool = False
 
     def __post_init__(self):
+        for name in ("out_dir", "data", "init_from"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.strip():
+                raise ConfigError(f"{name} must be a non-empty string (a path or a name), "
+                                  f"got {v!r}")
         pos = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
                "gradient_accumulation_steps", "lr_decay_iters", "eval_interval", "eval_iters",
                "log_interval")
@@ -95,11 +103,21 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.seed > MAX_SEED:   # JAX keys keep 32 bits: larger seeds would alias smaller ones
+            raise ConfigError(f"seed must be at most {MAX_SEED}, got {self.seed}")
+        if isinstance(self.resume_step, bool) or not isinstance(self.resume_step, int) or \
+                self.resume_step < -1:
+            raise ConfigError(f"resume_step must be a checkpoint step (or -1 for the latest), "
+                              f"got {self.resume_step!r}")
+        if self.resume_step != -1 and self.init_from != "resume":
+            raise ConfigError(f"resume_step {self.resume_step} needs init_from resume (it picks "
+                              f"the checkpoint in out_dir to continue from)")
         for name in ("learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip",
                      "dropout"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0:
+                raise ConfigError(f"{name} must be a finite non-negative number, got {v!r}")
         if self.learning_rate <= 0 or self.min_lr > self.learning_rate:
             raise ConfigError(f"need 0 < min_lr <= learning_rate, got learning_rate="
                               f"{self.learning_rate}, min_lr={self.min_lr}")
@@ -144,8 +162,10 @@ HELP = {
     "out_dir": "checkpoints/, metrics.jsonl and loss.png go here",
     "data": "builtin (Python stdlib, prepared on first use) | a prepare.py dir | text files/dirs, "
             "comma-separated (tokenised into OUT_DIR/data)",
-    "init_from": "scratch | resume (latest checkpoint in out_dir) | gpt2, gpt2-medium, ... | "
-                 "a Hugging Face GPT-2 dir",
+    "init_from": "scratch | resume (a checkpoint in out_dir) | gpt2, gpt2-medium, ... | "
+                 "a Hugging Face GPT-2 dir | another train.py out_dir (its latest weights)",
+    "resume_step": "with --init_from resume: the step to continue from (-1: the latest); "
+                   "later steps are removed when the run saves",
     "n_layer": "transformer blocks", "n_head": "attention heads", "n_embd": "model width",
     "block_size": "context length in tokens (each sample is block_size + 1 tokens)",
     "vocab_size": "50257 (GPT-2), or padded up (e.g. 50304) for faster matmuls",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gpt_jax import CheckpointError, init_params, load_checkpoint, save_checkpoint
+from gpt_jax import checkpoint as ckpt
 from gpt_jax.checkpoint import checkpoint_dir, latest_step
 
 
@@ -57,11 +58,138 @@ def test_mismatched_config_is_named(tmp_path, tiny_cfg):
     load_checkpoint(str(tmp_path), expected_config=tiny_cfg.replace(dropout=0.1))
 
 
-def test_params_that_do_not_fit_their_config(tmp_path, tiny_cfg):
+def raw_save(out_dir, step, params, cfg):
+    """What an older version, or another tool, could have written: orbax without our checks."""
+    import orbax.checkpoint as ocp
+    with ckpt.manager(out_dir) as m:
+        m.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave({"step": step}),
+            config=ocp.args.JsonSave(cfg.to_dict())))
+        m.wait_until_finished()
+
+
+def test_save_refuses_params_that_do_not_fit_their_config(tmp_path, tiny_cfg):
     wrong = init_params(tiny_cfg.replace(n_embd=32), jax.random.key(0))
-    save_checkpoint(str(tmp_path), 1, wrong, tiny_cfg)  # config says 64 wide, tensors are 32
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="do not fit the config.*could never be loaded"):
+        save_checkpoint(str(tmp_path / "o"), 1, wrong, tiny_cfg)  # config 64 wide, tensors 32
+    assert not (tmp_path / "o").exists()
+    stacked = {"wte": wrong["wte"], "h": {}}
+    with pytest.raises(CheckpointError, match="unstacked GPT-2 layout"):
+        save_checkpoint(str(tmp_path / "o"), 1, stacked, tiny_cfg)
+
+
+def test_restore_names_params_that_do_not_fit_their_config(tmp_path, tiny_cfg):
+    raw_save(str(tmp_path), 1, init_params(tiny_cfg.replace(n_embd=32), jax.random.key(0)),
+             tiny_cfg)
+    with pytest.raises(CheckpointError, match="does not fit|do not fit") as e:
         load_checkpoint(str(tmp_path))
+    assert "damaged" not in str(e.value)
+
+
+@pytest.mark.parametrize("step", [-1, True, 2.0, "3"])
+def test_save_refuses_bad_steps(tmp_path, tiny_cfg, step):
+    with pytest.raises(CheckpointError, match="non-negative integer"):
+        save_checkpoint(str(tmp_path / "o"), step, init_params(tiny_cfg, jax.random.key(0)),
+                        tiny_cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_save_refuses_an_existing_step(tmp_path, tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    save_checkpoint(str(tmp_path), 4, params, tiny_cfg)
+    with pytest.raises(CheckpointError, match="already holds step 4"):
+        save_checkpoint(str(tmp_path), 4, jax.tree_util.tree_map(lambda x: x + 1, params),
+                        tiny_cfg)
+    assert leaves_equal(load_checkpoint(str(tmp_path))[0], params)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_save_refuses_non_finite_values(tmp_path, tiny_cfg, bad):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    params["h_1"]["mlp"]["c_fc"]["kernel"] = params["h_1"]["mlp"]["c_fc"]["kernel"].at[3, 5].set(bad)
+    with pytest.raises(ckpt.NonFiniteError, match="NaN or inf.*h_1/mlp/c_fc/kernel"):
+        save_checkpoint(str(tmp_path / "o"), 1, params, tiny_cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def largest_data_file(out_dir, step):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(checkpoint_dir(out_dir),
+                                                                    str(step), "params"))
+             for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("how", ["truncate", "overwrite"])
+def test_damaged_step_is_named_with_the_intact_ones(tmp_path, tiny_cfg, how):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    for step in (1, 2, 3):
+        save_checkpoint(str(tmp_path), step, params, tiny_cfg)
+    path = largest_data_file(str(tmp_path), 3)
+    size = os.path.getsize(path)
+    if how == "truncate":
+        os.truncate(path, size // 2)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(size // 3)
+            f.write(np.random.default_rng(0).bytes(size // 3))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(tmp_path))
+    msg = str(e.value)
+    assert "step 3" in msg and "is damaged" in msg and "intact steps: 1, 2" in msg, msg
+    assert "\n" not in msg and "pybind11" not in msg and "TensorStore" not in msg, msg
+    assert leaves_equal(load_checkpoint(str(tmp_path), step=2)[0], params)
+
+
+def test_non_finite_values_on_disk_are_damage(tmp_path, tiny_cfg):
+    """Bytes that decode to NaN (or a checkpoint an older version saved from a diverged run)
+    must not load as weights: sample.py would print only <|endoftext|>."""
+    params = init_params(tiny_cfg, jax.random.key(0))
+    save_checkpoint(str(tmp_path), 1, params, tiny_cfg)
+    raw_save(str(tmp_path), 2, jax.tree_util.tree_map(lambda x: x * np.nan, params), tiny_cfg)
+    with pytest.raises(CheckpointError, match=r"step 2 .* is damaged: its params hold NaN or inf"
+                                              r".*intact steps: 1"):
+        load_checkpoint(str(tmp_path))
+    raw_save(str(tmp_path), 3, jax.tree_util.tree_map(lambda x: x * np.inf, params), tiny_cfg)
+    with pytest.raises(CheckpointError, match="no other intact step|intact steps: 1"):
+        load_checkpoint(str(tmp_path), step=3)
+
+
+def test_full_disk_during_save_is_one_line_and_keeps_older_steps(tmp_path, tiny_cfg,
+                                                                  monkeypatch, caplog, capfd):
+    """ENOSPC from inside orbax's writer threads (after the params are written): one
+    CheckpointError, no logged tracebacks, the partial step removed, step 1 still loads."""
+    import errno
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+    params = init_params(tiny_cfg, jax.random.key(0))
+    save_checkpoint(str(tmp_path), 1, params, tiny_cfg)
+
+    async def full_disk(self, x, directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", full_disk)
+    capfd.readouterr()
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint(str(tmp_path), 2, params, tiny_cfg)
+    msg = str(e.value)
+    assert "could not save step 2" in msg and "No space left on device" in msg, msg
+    assert "older checkpoints are kept (the latest checkpoint on disk is step 1)" in msg, msg
+    assert "\n" not in msg
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err + out, err
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.records
+    assert os.listdir(checkpoint_dir(str(tmp_path))) == ["1"]
+    monkeypatch.undo()
+    assert leaves_equal(load_checkpoint(str(tmp_path))[0], params)
+
+
+def test_a_writing_manager_removes_partial_steps(tmp_path, tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    save_checkpoint(str(tmp_path), 1, params, tiny_cfg)
+    partial = os.path.join(checkpoint_dir(str(tmp_path)), "5.orbax-checkpoint-tmp")
+    os.makedirs(os.path.join(partial, "params"))   # what a SIGKILL mid-save leaves
+    load_checkpoint(str(tmp_path))                  # readers leave it alone
+    assert os.path.isdir(partial)
+    save_checkpoint(str(tmp_path), 2, params, tiny_cfg)
+    assert sorted(os.listdir(checkpoint_dir(str(tmp_path)))) == ["1", "2"]
 
 
 def test_unfinished_save_is_ignored(tmp_path, tiny_cfg):
@@ -79,3 +207,24 @@ def test_single_line_error_from_cli_helper(tmp_path, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint directory") and err.count("\n") == 1
+
+
+def test_save_into_a_file_is_one_line(tmp_path, tiny_cfg):
+    from gpt_jax.errors import UserError
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="out_dir .*is a file"):
+        save_checkpoint(str(tmp_path / "f"), 1, init_params(tiny_cfg, jax.random.key(0)),
+                        tiny_cfg)
+
+
+def test_resuming_a_params_only_checkpoint_says_what_it_is(tmp_path, tiny_cfg):
+    """save_checkpoint writes no optimizer state: that is not damage, and the message says
+    how to use it."""
+    from gpt_jax.train import TrainConfig, abstract_state, make_optimizer
+    save_checkpoint(str(tmp_path), 1, init_params(tiny_cfg, jax.random.key(0)), tiny_cfg)
+    tx, _ = make_optimizer(TrainConfig())
+    with pytest.raises(CheckpointError, match="holds no optimizer state.*--init_from") as e:
+        ckpt.restore(str(tmp_path), opt_state_target=abstract_state(tiny_cfg, tx).opt_state)
+    assert "damaged" not in str(e.value)
+    with pytest.raises(CheckpointError, match="non-negative integer, got True"):
+        load_checkpoint(str(tmp_path), step=True)

@@ -252,6 +252,62 @@ def test_export_cli(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
+def export_error(capsys, *argv):
+    from gpt_jax.cli import run
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(lambda: hf.main([str(a) for a in argv]))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_export_refuses_to_overwrite_and_respects_the_umask(tmp_path, capsys):
+    cfg = gpt_jax.GPTConfig(vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=32)
+    out, dst = str(tmp_path / "out"), tmp_path / "hf"
+    gpt_jax.save_checkpoint(out, 1, randomised_params(cfg, 1), cfg)
+    gpt_jax.save_checkpoint(out, 2, randomised_params(cfg, 2), cfg)
+    dst.mkdir()
+    (dst / "README.md").write_text("mine")
+    old = os.umask(0o022)
+    try:
+        assert "is not empty" in export_error(capsys, "export", out, dst)
+        assert sorted(os.listdir(dst)) == ["README.md"]
+        assert hf.main(["export", out, str(dst), "--step", "1", "--overwrite"]) == 0
+        assert sorted(os.listdir(dst)) == ["README.md", "config.json", "model.safetensors"]
+        for name in ("config.json", "model.safetensors"):
+            assert os.stat(dst / name).st_mode & 0o777 == 0o644, name
+        assert_trees_equal(gpt_jax.from_hf(str(dst))[0], randomised_params(cfg, 1))
+        # a file where the directory should be, a directory under a file: one line each
+        (tmp_path / "file").write_text("x")
+        assert "is a file" in export_error(capsys, "export", out, tmp_path / "file")
+        assert "not a writable directory" in export_error(capsys, "export", out,
+                                                          tmp_path / "file" / "hf")
+        with pytest.raises(UserError, match="is not empty"):
+            gpt_jax.to_hf(randomised_params(cfg, 1), cfg, str(dst))
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["export"], "the following arguments are required: out_dir, hf_dir"),
+    (["export", "a", "b", "--step", "x"], "argument --step: invalid int value"),
+    (["import", "a"], "invalid choice: 'import'"),
+    ([], "the following arguments are required: command")])
+def test_hf_cli_bad_flags_are_one_line(capsys, argv, words):
+    assert words in export_error(capsys, *argv)
+
+
+def test_hf_cli_bad_flags_exit_1_as_a_subprocess():
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "gpt_jax.hf", "export"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: "), r.stderr
+    assert r.stderr.count("\n") == 1 and "usage:" not in r.stderr
+
+
 # -- greedy decoding -------------------------------------------------------------------------
 def greedy(params, cfg, prompt, max_new_tokens):
     """Full-recompute argmax decode: one fixed-shape buffer, so one compile. The model is
@@ -360,6 +416,28 @@ def test_bad_sources(tmp_path):
     one_line_error(CheckpointError, str(tmp_path), "config.json")
 
 
+@pytest.mark.parametrize("content", ["[1]", "1", '"gpt2"', "null"])
+def test_config_json_that_is_not_an_object(small, tmp_path, content):
+    bad = rewrite(small[1], tmp_path)
+    (tmp_path / "config.json").write_text(content)
+    one_line_error(CheckpointError, bad, "config.json", "not an object")
+
+
+def test_non_finite_weights_are_damage(small, tmp_path):
+    t = load_file(os.path.join(small[1], "model.safetensors"))["transformer.h.0.ln_1.bias"].copy()
+    t[3] = np.nan
+    bad = rewrite(small[1], tmp_path, change={"transformer.h.0.ln_1.bias": t})
+    one_line_error(CheckpointError, bad, "h_0/ln_1/bias", "NaN or inf", "damaged")
+
+
+@pytest.mark.parametrize("name", ["resme", "GPT2", "gpt-2"])
+def test_unknown_bare_names_are_not_sent_to_the_hub(name, monkeypatch):
+    """A typo is not a hub id: said at once, without a network round trip."""
+    monkeypatch.setattr(hf, "_download", lambda repo: pytest.fail(f"asked the hub for {repo}"))
+    one_line_error(CheckpointError, name, "neither a directory nor a known model name",
+                   "gpt2-medium", "distilgpt2", "org/name")
+
+
 def test_hub_id_offline_is_one_line(monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -370,3 +448,36 @@ def test_zz_report_measured():
     """Print the observed differences together (pytest -s shows them)."""
     for label, (diff, scale) in MEASURED.items():
         print(f"{label:24s} max|Δ| {diff:.3g}  max|logits| {scale:.3g}  relative {diff / scale:.3g}")
+
+
+def test_damaged_weight_files_are_one_line(small, tmp_path):
+    bad = rewrite(small[1], tmp_path / "trunc")
+    path = os.path.join(bad, "model.safetensors")
+    os.truncate(path, os.path.getsize(path) - 1000)
+    one_line_error(CheckpointError, bad, "damaged")
+    sharded = rewrite(small[1], tmp_path / "sharded")
+    os.rename(os.path.join(sharded, "model.safetensors"),
+              os.path.join(sharded, "model-00001-of-00001.safetensors"))
+    index = os.path.join(sharded, "model.safetensors.index.json")
+    for content, words in (("[1]", "weight_map"), ('{"weight_map": {"x": "gone.safetensors"}}',
+                                                   "gone.safetensors, listed in")):
+        with open(index, "w") as f:
+            f.write(content)
+        one_line_error(CheckpointError, sharded, words)
+    pt = tmp_path / "pt"
+    pt.mkdir()
+    shutil.copy(os.path.join(small[1], "config.json"), pt)
+    (pt / "pytorch_model.bin").write_bytes(b"not a pickle")
+    one_line_error(CheckpointError, str(pt), "pytorch_model.bin", "damaged")
+
+
+def test_from_hf_on_a_train_out_dir_and_to_hf_of_nan(tmp_path):
+    cfg = gpt_jax.GPTConfig(vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=32)
+    params = randomised_params(cfg, 1)
+    gpt_jax.save_checkpoint(str(tmp_path / "out"), 1, params, cfg)
+    one_line_error(CheckpointError, str(tmp_path / "out"), "is a train.py out_dir",
+                   "load_checkpoint", "gpt_jax.hf export")
+    params["wpe"]["embedding"] = params["wpe"]["embedding"].at[0, 0].set(np.inf)
+    with pytest.raises(CheckpointError, match="wpe.weight holds NaN or inf"):
+        gpt_jax.to_hf(params, cfg, str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()

@@ -139,7 +139,7 @@ def test_prepare_end_to_end(tmp_path):
 
 
 def test_config_precedence(tmp_path):
-    from gpt_jax.errors import ConfigError
+    from gpt_jax.errors import ConfigError, UserError
     from gpt_jax.train import TrainConfig
     from gpt_jax.trainer import resolve_config
     sys.path.insert(0, ROOT)
@@ -164,5 +164,59 @@ def test_config_precedence(tmp_path):
     assert resolve_config("cpu-small", {"remat": True, "mesh": "fsdp=-1"}).remat
     with pytest.raises(ConfigError, match="axes data and fsdp"):
         resolve_config("cpu-small", {"mesh": "model=2"})
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--bias.*expected true or false"):
         train_cli.parse_args(["--bias", "maybe"])
+
+
+def run_main(capsys, *argv):
+    """train.py's main in process, through cli.run: (exit code, stderr)."""
+    import train as train_cli
+    from gpt_jax.cli import run
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(lambda: train_cli.main([str(a) for a in argv]))
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", [
+    "bogus", "seed", "nan", "inf", "max_iters", "resme", "out_file", "out_under_file",
+    "config_out_dir", "config_data", "config_dir", "resume_step", "resume_missing_step",
+    "num_processes", "process_id", "no_coordinator"])
+def test_one_line_errors(tmp_path, capsys, monkeypatch, case):
+    """Each is one `error:` line and exit 1, before any data is read or anything compiled."""
+    for var in ("JAX_COORDINATOR_ADDRESS", "GPT_JAX_DISTRIBUTED"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "out_dir.json").write_text('{"out_dir": 5}')
+    (tmp_path / "data.json").write_text('{"data": ["x"]}')
+    out = ["--out_dir", tmp_path / "o"]
+    args, words = {
+        "bogus": (["--bogus", "1"], "unrecognized arguments: --bogus 1 (see python train.py"),
+        "seed": (["--seed", "99999999999999999999", *out], "seed must be at most"),
+        "nan": (["--learning_rate", "nan", *out], "learning_rate must be a finite"),
+        "inf": (["--min_lr", "inf", *out], "min_lr must be a finite"),
+        "max_iters": (["--max_iters", "0", *out], "--max_iters 0 trains nothing"),
+        "resme": (["--init_from", "resme", *out], "'resme' is not scratch, resume, a dir"),
+        "out_file": (["--out_dir", tmp_path / "file"], "is a file, not a directory"),
+        "out_under_file": (["--out_dir", tmp_path / "file" / "o"], "not a writable directory"),
+        "config_out_dir": (["--config", tmp_path / "out_dir.json"], "out_dir must be a non-"),
+        "config_data": (["--config", tmp_path / "data.json", *out], "data must be a non-empty"),
+        "config_dir": (["--config", tmp_path, *out], "is not a file"),
+        "resume_step": (["--resume_step", "3", *out], "needs init_from resume"),
+        "num_processes": (["--num_processes", "0", *out], "--num_processes must be at least 1"),
+        "process_id": (["--num_processes", "2", "--process_id", "2",
+                        "--coordinator_address", "localhost:1", *out], "--process_id must be"),
+        "no_coordinator": (["--num_processes", "2", "--process_id", "1", *out],
+                           "need --coordinator_address"),
+        "resume_missing_step": (["--init_from", "resume", *out], "does not exist: train a"),
+    }[case]
+    code, err = run_main(capsys, *args)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert words in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_flag_exit_code_as_a_subprocess(tmp_path):
+    r = run_cli("train.py", "--n_layer", "two")
+    assert r.returncode == 1 and r.stderr.startswith("error: argument --n_layer"), r.stderr
+    assert r.stderr.count("\n") == 1 and "usage:" not in r.stderr
