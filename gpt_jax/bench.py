@@ -155,7 +155,7 @@ class Context:
     warmup: int = 1
     preset: str = "gpt2"
     batch_size: int = 8
-    seq_len: int = 1024
+    seq_len: Optional[int] = None       # forward section; None: the model's block_size
     dtype: str = "float32"
     tiny: bool = False                  # smoke-test sizes
     peak_flops: Optional[float] = None  # FLOP/s, from the matmul in the machine section
@@ -213,7 +213,10 @@ def section_forward(ctx: Context) -> list[Result]:
     """Tokens/s of the jitted forward pass (logits for every position) for one preset."""
     from gpt_jax.model import GPT, init_params
     preset, cfg = ctx.model()
-    B, T = ctx.batch_size, min(ctx.seq_len, cfg.block_size)
+    B, T = ctx.batch_size, ctx.seq_len or cfg.block_size
+    if T > cfg.block_size:
+        from gpt_jax.errors import UserError
+        raise UserError(f"seq_len {T} exceeds {preset}'s block_size {cfg.block_size}")
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.n_real_vocab, jnp.int32)
     fwd = jax.jit(lambda p, x: GPT(cfg).apply({"params": p}, x))
@@ -584,14 +587,22 @@ def write_plot(path: str, results: list[Result]) -> None:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path: str, results: list[Result]) -> None:
     doc = {"machine": machine_info(), "results": [r.to_dict() for r in results]}
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
