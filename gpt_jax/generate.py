@@ -377,20 +377,9 @@ def check_prompts(prompts, cfg: GPTConfig, max_new_tokens: int) -> list[np.ndarr
     if isinstance(prompts, (list, tuple)):
         if not prompts:
             raise UserError("prompts is empty: pass a list of prompts, e.g. [[50256]]")
-        rows = []
-        for b, p in enumerate(prompts):
-            if isinstance(p, (str, bytes)):
-                raise TokenError(f"prompt {b} is text: encode it first "
-                                 f"(gpt_jax.get_tokenizer().encode(text))")
-            if isinstance(p, (numbers.Number, np.generic)) or getattr(p, "ndim", None) == 0:
-                raise TokenError(f"prompts is a flat list of token ids: pass a list of prompts, "
-                                 f"e.g. [{list(prompts[:3])}] for one prompt".replace(
-                                     "]]", ", ...]]" if len(prompts) > 3 else "]]"))
-            r = check_token_ids(p, cfg.vocab_size, f"prompt {b}")
-            if r.ndim != 1:
-                raise TokenError(f"prompt {b} must be a flat list of token ids, got shape "
-                                 f"{r.shape}")
-            rows.append(r)
+        rows = _equal_rows(prompts, cfg)
+        if rows is None:
+            rows = [_prompt_row(b, p, prompts, cfg) for b, p in enumerate(prompts)]
     else:
         if isinstance(prompts, (str, bytes)):
             raise TokenError("prompts are token ids, not text: encode it first "
@@ -415,6 +404,36 @@ def check_prompts(prompts, cfg: GPTConfig, max_new_tokens: int) -> list[np.ndarr
             f"{longest + max_new_tokens} exceeds the model's block_size {cfg.block_size}: "
             f"shorten the prompt or ask for fewer tokens")
     return rows
+
+
+def _prompt_row(b: int, p, prompts, cfg: GPTConfig) -> np.ndarray:
+    """Prompt b of a list, checked: a 1-D row of ids in range."""
+    if isinstance(p, (str, bytes)):
+        raise TokenError(f"prompt {b} is text: encode it first "
+                         f"(gpt_jax.get_tokenizer().encode(text))")
+    if isinstance(p, (numbers.Number, np.generic)) or getattr(p, "ndim", None) == 0:
+        shown = ", ".join(str(x) for x in prompts[:3]) + (", ..." if len(prompts) > 3 else "")
+        raise TokenError(f"prompts is a flat list of token ids: pass a list of prompts, "
+                         f"e.g. [[{shown}]] for one prompt")
+    r = check_token_ids(p, cfg.vocab_size, f"prompt {b}")
+    if r.ndim != 1:
+        raise TokenError(f"prompt {b} must be a flat list of token ids, got shape {r.shape}")
+    return r
+
+
+def _equal_rows(prompts, cfg: GPTConfig) -> Optional[list[np.ndarray]]:
+    """Prompts that are lists (or tuples) of one length, read as one array: one conversion and
+    one range check instead of one per row (sample.py's batches are such). None where they are
+    not, or are bad: the row-by-row path then says which row is wrong and how."""
+    first = prompts[0]
+    if not isinstance(first, (list, tuple)) or not all(
+            type(p) is type(first) and len(p) == len(first) for p in prompts):
+        return None
+    try:
+        arr = check_token_ids(prompts, cfg.vocab_size, "prompts")
+    except TokenError:
+        return None
+    return list(arr) if arr.ndim == 2 and arr.shape[1] else None
 
 
 def _batch_size(prompts) -> Optional[int]:
@@ -492,10 +511,10 @@ def max_batch(cfg: GPTConfig, prompt_len: int, max_new_tokens: int,
 def check_memory(cfg: GPTConfig, batch: Optional[int], prompt_len: int, max_new_tokens: int,
                  return_logits: bool = False, split: int = 1) -> None:
     """Refuse, before any allocation, a decode whose KV cache and logits would not fit.
-    split: devices the rows are spread over (each holds batch / split of them)."""
+    split: devices the rows are spread over where they divide (each holds batch / split)."""
     if not batch:
         return
-    rows = -(-batch // split)
+    rows = batch // split if batch % split == 0 else batch   # as _place_batch places them
     need = decode_memory_bytes(cfg, rows, prompt_len, max_new_tokens, return_logits)
     if need < _CHECK_ABOVE:
         return
@@ -545,18 +564,28 @@ def decode_layout(params, cfg: GPTConfig):
     return weights
 
 
+def _sharding(params):
+    """The sharding of the params' (first) leaf, None without one: wte's embedding where
+    params are GPT-2's dict (no flattening of the whole tree per call)."""
+    try:
+        leaf = params["wte"]["embedding"]
+    except (KeyError, TypeError, IndexError):
+        leaves = jax.tree_util.tree_leaves(params)
+        leaf = leaves[0] if leaves else None
+    return getattr(leaf, "sharding", None)
+
+
 def _mesh_rows(params) -> int:
     """How many devices _place_batch would spread the rows over (an upper bound: rows that do
     not divide stay replicated; 1 without a mesh)."""
-    leaves = jax.tree_util.tree_leaves(params)
-    sharding = getattr(leaves[0], "sharding", None) if leaves else None
+    sharding = _sharding(params)
     return sharding.mesh.size if isinstance(sharding, jax.sharding.NamedSharding) else 1
 
 
 def _place_batch(params, tokens, pad):
     """With parameters on a mesh (sharded over fsdp or replicated over data), split the prompt
     rows over its devices too, so each decodes its own rows; otherwise leave them as they are."""
-    sharding = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
+    sharding = _sharding(params)
     if not isinstance(sharding, jax.sharding.NamedSharding):
         return tokens, pad
     mesh = sharding.mesh
