@@ -103,6 +103,8 @@ def main():
     if unknown or not names:
         raise UserError(f"unknown bench section(s) {unknown or args.only!r}; choose from "
                         f"{', '.join(bench.SECTIONS)}")
+    if "forward" in names:
+        bench.check_forward_memory(ctx)
     results = bench.run_sections(ctx, names)
     print(bench.format_table(results))
     for path, write in ((args.json, bench.write_json), (args.plot, bench.write_plot)):

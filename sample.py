@@ -107,7 +107,13 @@ def main():
     if max(ids) >= cfg.vocab_size:
         raise UserError(f"the prompt has token id {max(ids)} but the model knows only ids below "
                         f"{cfg.vocab_size} (vocab_size): use a prompt within its vocabulary")
-    eos_id = EOT_ID if args.eos and EOT_ID < cfg.vocab_size else None
+    eos_id = EOT_ID if args.eos and EOT_ID < cfg.n_real_vocab else None
+    if args.eos and eos_id is None:
+        print(f"[sample] --eos true ignored: the model's vocabulary ({cfg.vocab_size} ids) has "
+              f"no <|endoftext|> ({EOT_ID})", file=sys.stderr)
+    # A terminal or pipe that cannot encode a character gets "?" rather than a traceback
+    # halfway through the samples (a model may emit any byte sequence).
+    sys.stdout.reconfigure(errors="replace")
     check_prompts([ids], cfg, check_max_new_tokens(args.max_new_tokens, cfg))
     P = bucket_length(len(ids), cfg.block_size)
     batch, n_batches = plan_batches(args.num_samples, args.batch_size,

@@ -209,6 +209,28 @@ def section_machine(ctx: Context) -> list[Result]:
     return rows
 
 
+def forward_bytes(cfg: GPTConfig, batch: int, seq: int) -> int:
+    """The forward section's large buffers (a lower bound of its peak): float32 logits
+    (B, T, V), one layer's attention scores (B, H, T, T) and MLP hidden (B, T, 4C)."""
+    item = np.dtype(cfg.compute_dtype).itemsize
+    return batch * seq * (cfg.vocab_size * 4 + cfg.n_head * seq * 4 + 4 * cfg.n_embd * item)
+
+
+def check_forward_memory(ctx: Context) -> None:
+    """Refuse, before any section runs, a forward batch that would not fit in memory."""
+    from gpt_jax.errors import UserError
+    from gpt_jax.generate import MEMORY_FRACTION, available_memory_bytes, format_gib
+    name, cfg = ctx.model()
+    seq = ctx.seq_len or cfg.block_size
+    need = forward_bytes(cfg, ctx.batch_size, seq)
+    free = available_memory_bytes()
+    if free is not None and need > MEMORY_FRACTION * free:
+        raise UserError(f"forward section: batch {ctx.batch_size} x seq {seq} of {name} needs "
+                        f"about {format_gib(need)} (logits and activations) but "
+                        f"{format_gib(free)} is available: pass a smaller --batch_size or "
+                        f"--seq_len")
+
+
 def section_forward(ctx: Context) -> list[Result]:
     """Tokens/s of the jitted forward pass (logits for every position) for one preset."""
     from gpt_jax.model import GPT, init_params

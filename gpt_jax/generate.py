@@ -55,7 +55,9 @@ _TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 def top_k_filter(logits, k: int):
     """Keep the k largest logits, -inf elsewhere (ties with the k-th all survive): a logit stays
-    when fewer than k logits are strictly larger."""
+    when fewer than k logits are strictly larger. k < 1 (possibly traced, so not refusable
+    here) acts as 1: the filter never leaves a row with nothing to sample."""
+    k = jnp.maximum(k, 1)
     return jnp.where(_keep_above(logits, jnp.int32(1), k), logits, -jnp.inf)
 
 
@@ -384,6 +386,9 @@ def check_prompts(prompts, cfg: GPTConfig, max_new_tokens: int) -> list[np.ndarr
         if isinstance(prompts, (str, bytes)):
             raise TokenError("prompts are token ids, not text: encode it first "
                              "(gpt_jax.get_tokenizer().encode(text)) and pass [ids]")
+        if isinstance(prompts, jax.core.Tracer):
+            raise UserError("generate() runs on concrete prompts: call it outside jax.jit / "
+                            "vmap (it compiles its own decoder)")
         if not hasattr(prompts, "shape") and not hasattr(prompts, "__array__"):
             raise TokenError(f"prompts must be a list of token lists or an int array (B, T), "
                              f"got {type(prompts).__name__}")
@@ -526,12 +531,13 @@ def check_memory(cfg: GPTConfig, batch: Optional[int], prompt_len: int, max_new_
     todo = (f"split the prompts into calls of at most {fit}" if fit >= 1 else
             "ask for fewer tokens (max_new_tokens) or use a smaller model")
     raise DecodeMemoryError(
-        f"generate() would need about {_gib(need)} for {what} (KV cache and logits"
-        f"{', return_logits' if return_logits else ''}) but {_gib(free)} is available "
+        f"generate() would need about {format_gib(need)} for {what} (KV cache and logits"
+        f"{', return_logits' if return_logits else ''}) but {format_gib(free)} is available "
         f"(at most {MEMORY_FRACTION:.0%} of it is used): {todo}")
 
 
-def _gib(n: float) -> str:
+def format_gib(n: float) -> str:
+    """Bytes as "1.5 GiB" (or MiB below one GiB)."""
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 

@@ -78,6 +78,10 @@ def test_bench_refuses_bad_flags_before_running(tmp_path):
     assert_refused_before_running(run_cli("bench.py", *tiny, "--peers", "maybe"),
                                   "--peers", "expected true or false")
     assert_refused_before_running(run_cli("bench.py", "--only", ","), "unknown bench section")
+    # a forward batch far past the memory: refused with the estimate (it was killed by the OS)
+    assert_refused_before_running(run_cli("bench.py", "--only", "forward", "--preset", "gpt2",
+                                          "--batch_size", "100000"),
+                                  "batch 100000 x seq 1024 of gpt2 needs about", "GiB")
 
 
 def test_bench_boolean_flags_and_default_seq_len(tmp_path):

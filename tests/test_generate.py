@@ -528,3 +528,14 @@ def test_infinite_temperature_is_uniform_over_the_top_k_survivors():
     top3 = np.argsort(-np.asarray(lg), axis=-1)[..., :3]
     assert (np.asarray(new)[..., None] == top3).any(-1).all()
     assert (np.asarray(new) != top3[..., 0]).mean() > 0.4   # ~2/3 are not the argmax
+
+
+def test_top_k_below_one_keeps_the_top_token_and_generate_refuses_tracing():
+    """top_k_filter's k may be traced (it cannot be refused there): k < 1 acts as 1 instead of
+    leaving nothing to sample (the draw then read garbage: id 0)."""
+    logits = jax.random.normal(jax.random.key(0), (4, 50)) + 1
+    for k in (0, -3):
+        kept = np.asarray(jax.jit(G.top_k_filter)(logits, jnp.int32(k)))
+        np.testing.assert_array_equal(np.isfinite(kept), np.isfinite(G.top_k_filter(logits, 1)))
+    with pytest.raises(gpt_jax.UserError, match="outside jax.jit"):
+        jax.jit(lambda p: G.generate(_PARAMS(), CFG, p, 4))(jnp.ones((1, 3), jnp.int32))

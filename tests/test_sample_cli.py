@@ -21,8 +21,8 @@ def out_dir(tmp_path_factory):
     return str(d)
 
 
-def sample(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+def sample(*args, env=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **(env or {})}
     return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -123,3 +123,15 @@ def test_samples_are_decoded_in_batches_and_streamed(out_dir):
         proc.kill()
         _, err = proc.communicate(timeout=60)
     assert "1562500 batches of 64" in err, err
+
+
+def test_stdout_that_cannot_encode_a_sample_gets_replacement_characters(out_dir):
+    """A random model emits arbitrary bytes; an ASCII-only stdout raised UnicodeEncodeError
+    halfway through the samples. --eos on a vocabulary without <|endoftext|> says it is
+    ignored instead of ignoring it silently."""
+    r = sample("--init_from", out_dir, "--start", "a", "--max_new_tokens", "24",
+               "--num_samples", "6", "--seed", "0", "--eos", "true",
+               env={"PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(SEP) == 6 and "?" in r.stdout
+    assert "--eos true ignored" in r.stderr
