@@ -8,6 +8,9 @@ would alone. The cache, preallocated for P + max_new_tokens - 1 entries, is upda
 dynamic_update_slice inside the scan carry: no Python loop over tokens, no growing concatenation.
 The prefill fills per-layer (B, S, H, D) caches (init_cache); the loop keeps them heads-major,
 (B*H, S, D), the layout in which XLA reads them without a copy per step (model.heads_major).
+Inputs are checked on the host first (the check_* functions: types, ranges, lengths, and an
+estimate of the memory the decode needs), so bad input is one UserError line, never an error
+from inside JAX or an out-of-memory kill.
 """
 from __future__ import annotations
 
@@ -207,23 +210,19 @@ def _decode(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id
 
 
 def left_pad(prompts, cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int32 (B, P), pad int32 (B,)): prompts right-aligned in a bucket of length P.
-    prompts as generate() takes them (checked here unless they are check_prompts' rows)."""
-    rows = prompts if _checked_rows(prompts) else check_prompts(prompts, cfg, 0)
+    """(tokens int32 (B, P), pad int32 (B,)): prompts (as generate() takes them, checked here)
+    right-aligned in a bucket of length P."""
+    return pad_rows(check_prompts(prompts, cfg, 0), cfg)
+
+
+def pad_rows(rows: list[np.ndarray], cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """left_pad for rows check_prompts returned."""
     lengths = np.array([len(r) for r in rows])
     P = bucket_length(int(lengths.max()), cfg.block_size)
-    if P < lengths.max():
-        raise PromptTooLongError(f"prompt length {lengths.max()} exceeds the model's "
-                                 f"block_size {cfg.block_size}")
     tokens = np.zeros((len(rows), P), np.int32)
     for b, r in enumerate(rows):
         tokens[b, P - len(r):] = r
     return tokens, (P - lengths).astype(np.int32)
-
-
-def _checked_rows(prompts) -> bool:
-    return isinstance(prompts, list) and all(
-        isinstance(r, np.ndarray) and r.ndim == 1 and r.dtype == np.int64 for r in prompts)
 
 
 def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
@@ -280,7 +279,7 @@ def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=Non
     rows = check_prompts(prompts, cfg, max_new_tokens)
     P = bucket_length(max(len(r) for r in rows), cfg.block_size)
     check_memory(cfg, len(rows), P, max_new_tokens, return_logits, split=split)
-    tokens, pad = left_pad(rows, cfg)
+    tokens, pad = pad_rows(rows, cfg)
     greedy = temperature == 0 or top_k == 1
     use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
     use_top_p = not greedy and top_p is not None and top_p < 1

@@ -361,10 +361,14 @@ def check_token_ids(tokens, vocab_size: int, what: str = "tokens") -> np.ndarray
 
 
 @functools.lru_cache(maxsize=16)
-def _expected_shapes(cfg: GPTConfig) -> dict:
-    """{"h_0/attn/c_attn/kernel": shape, ...} for cfg (one abstract init per config)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(param_shapes(cfg))
-    return {_path_name(path): tuple(x.shape) for path, x in flat}
+def _expected(cfg: GPTConfig) -> tuple:
+    """(treedef, leaf shapes, {"h_0/attn/c_attn/kernel": shape, ...}) of cfg's params (one
+    abstract init per config)."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    flat, _ = jax.tree_util.tree_flatten_with_path(shapes)
+    return (treedef, [tuple(x.shape) for x in leaves],
+            {_path_name(path): tuple(x.shape) for path, x in flat})
 
 
 def _path_name(path) -> str:
@@ -384,10 +388,14 @@ def check_params(params, cfg: GPTConfig):
     if "h" in params and "h_0" not in params:
         raise UserError("params hold the stacked scan_layers layout: pass "
                         "gpt_jax.model.unstack_layers(params)")
+    want_def, want_shapes, want = _expected(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if treedef == want_def and all(getattr(x, "shape", None) == s
+                                   for x, s in zip(leaves, want_shapes)):
+        return params                        # the common case: no path names built
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     got = {_path_name(path): tuple(getattr(x, "shape", ())) for path, x in flat}
-    want = _expected_shapes(cfg)
-    if got == want:
+    if got == want:                          # the same names in another container type
         return params
     layers = sum(1 for k in params if isinstance(k, str) and k.startswith("h_"))
     wte, wpe = got.get("wte/embedding"), got.get("wpe/embedding")
