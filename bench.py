@@ -1,62 +1,120 @@
 """Benchmarks: python bench.py [--only machine,forward] [--json out.json] [--preset gpt2] ...
 
 Prints a table; --json writes DESIGN.md's bench JSON. See gpt_jax/bench.py for the method.
+Every flag is checked (and the --json / --plot paths tried) before any section runs.
 """
 import argparse
 import os
 import sys
+import tempfile
+
+DEVICES = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}  # --device -> JAX platform name
 
 
 def parse_args(argv=None):
-    from gpt_jax.cli import ArgumentParser
+    from gpt_jax.cli import ArgumentParser, str2bool
     p = ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=None,
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--json", default=None, help="write results as JSON to this path")
     p.add_argument("--plot", default=None, help="draw the results as a PNG chart at this path")
-    p.add_argument("--peers", default="true", choices=["true", "false"],
+    p.add_argument("--peers", type=str2bool, default=True,
                    help="time Hugging Face PyTorch peers where torch/transformers are installed")
     p.add_argument("--preset", default="gpt2", help="model preset for the model sections")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--seq_len", type=int, default=1024)
+    p.add_argument("--batch_size", type=int, default=8, help="forward section: batch")
+    p.add_argument("--seq_len", type=int, default=None,
+                   help="forward section: sequence length, at most the model's block_size "
+                        "(default: block_size)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--tiny", action="store_true",
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (>= 0)")
+    p.add_argument("--tiny", type=str2bool, nargs="?", const=True, default=False,
                    help="smoke-test sizes (small matrices and vocab): checks the harness only")
-    p.add_argument("--train_gpt2", default="true", choices=["true", "false"],
+    p.add_argument("--train_gpt2", type=str2bool, default=True,
                    help="train section: also time GPT-2-small widths (batch 4, block 256)")
     p.add_argument("--torch_threads", type=int, default=None,
                    help="threads for the PyTorch peers (default: the CPU count)")
-    p.add_argument("--device", default=None, choices=["cpu", "gpu", "tpu"],
+    p.add_argument("--device", default=None, choices=list(DEVICES),
                    help="JAX platform (default: JAX's choice)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, least in (("repeats", 1), ("batch_size", 1), ("seq_len", 1), ("warmup", 0),
+                        ("torch_threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            p.error(f"--{name} must be at least {least}, got {value}")
+    return args
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """Fail now, not after minutes of benchmarks, if `path` cannot be written: a directory,
+    a missing or non-directory parent, or one we may not write in (tried with a temp file)."""
+    from gpt_jax.errors import UserError
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a directory: give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise UserError(f"{flag} {path}: {parent} {what}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".bench-write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e})") from None
+
+
+def use_device(device: str) -> None:
+    """Select the JAX platform, and say so in one line when it is not available here."""
+    import jax
+    from gpt_jax.errors import UserError
+    # The config, not JAX_PLATFORMS: importing gpt_jax has imported jax, which read the
+    # environment already (no backend has started yet, so the setting still applies).
+    jax.config.update("jax_platforms", DEVICES[device])
+    try:
+        jax.devices()
+    except Exception as e:  # RuntimeError, or an AssertionError when the plugin is missing
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--device {device}: no {device} backend is available here "
+                        f"({detail})") from None
 
 
 def main():
     args = parse_args()
-    if args.device:
-        os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else args.device
-    from gpt_jax import bench
     from gpt_jax.errors import UserError
-    if args.repeats < 1 or args.batch_size < 1 or args.seq_len < 1:
-        raise UserError("--repeats, --batch_size and --seq_len must be positive")
+    for flag in ("json", "plot"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), f"--{flag}")
+    if args.device:
+        use_device(args.device)
+    from gpt_jax import bench
     ctx = bench.Context(repeats=args.repeats, warmup=args.warmup, preset=args.preset,
                         batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
                         tiny=args.tiny, options={"torch_threads": args.torch_threads})
-    ctx.options["train_gpt2"] = args.train_gpt2 == "true"
-    ctx.options["peers"] = args.peers == "true"
+    ctx.options["train_gpt2"] = args.train_gpt2
+    ctx.options["peers"] = args.peers
     ctx.config()  # validates --preset and --dtype with a one-line error
-    names = args.only.split(",") if args.only else list(bench.SECTIONS)
-    results = bench.run_sections(ctx, [n.strip() for n in names if n.strip()])
+    name, cfg = ctx.model()
+    if args.seq_len is not None and args.seq_len > cfg.block_size:
+        raise UserError(f"--seq_len {args.seq_len} exceeds {name}'s block_size "
+                        f"{cfg.block_size}: pass at most {cfg.block_size} (or omit it)")
+    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only \
+        else list(bench.SECTIONS)
+    unknown = [n for n in names if n not in bench.SECTIONS]
+    if unknown or not names:
+        raise UserError(f"unknown bench section(s) {unknown or args.only!r}; choose from "
+                        f"{', '.join(bench.SECTIONS)}")
+    if "forward" in names:
+        bench.check_forward_memory(ctx)
+    results = bench.run_sections(ctx, names)
     print(bench.format_table(results))
-    if args.json:
-        bench.write_json(args.json, results)
-        print(f"[bench] wrote {args.json}", file=sys.stderr)
-    if args.plot:
-        bench.write_plot(args.plot, results)
-        print(f"[bench] wrote {args.plot}", file=sys.stderr)
+    for path, write in ((args.json, bench.write_json), (args.plot, bench.write_plot)):
+        if path:
+            try:
+                write(path, results)
+            except OSError as e:
+                raise UserError(f"could not write {path} ({e.strerror or e}); the table above "
+                                f"holds the results") from None
+            print(f"[bench] wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,30 @@
 """Sample from a model: python sample.py [--init_from out] [--start TEXT | --start FILE:path] ...
 
 stdout holds only the samples, each (prompt + continuation) followed by a line of dashes;
-the config, compile time and tokens/s go to stderr.
+the config, compile time and tokens/s go to stderr. Samples are decoded in batches (at most
+--batch_size, and no more than fit in memory) and written as each batch finishes, so any
+--num_samples runs in bounded memory.
 """
 import argparse
+import math
 import os
 import sys
 import time
 
 SEPARATOR = "---------------"
+MAX_BATCH = 64  # samples decoded at once by default (fewer where memory allows fewer)
+MAX_SEED = 2 ** 32 - 1  # jax.random.key keeps 32 bits: a larger seed would repeat a smaller one
+
+
+def seed_int(s: str) -> int:
+    """--seed: an integer in [0, 2**32)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}], got {s}")
+    return v
 
 
 def parse_args(argv=None):
@@ -22,15 +38,19 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=200, help="0 = off")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass; 1 = off")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337, help=f"0..{MAX_SEED}")
     p.add_argument("--eos", type=str2bool, default=False,
                    help="true: a sample ends at <|endoftext|>")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help=f"samples decoded at once (default: up to {MAX_BATCH}, as many as fit "
+                        f"in memory); the seed fixes the samples for a given batch size")
     args = p.parse_args(argv)
-    for name in ("num_samples", "max_new_tokens"):
-        if getattr(args, name) < 1:
+    for name in ("num_samples", "max_new_tokens", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.temperature < 0:
-        p.error(f"--temperature must be >= 0, got {args.temperature}")
+    if not args.temperature >= 0:  # NaN too
+        p.error(f"--temperature must be >= 0 (0 = greedy, inf = uniform over the top_k), "
+                f"got {args.temperature}")
     if args.top_k < 0:
         p.error(f"--top_k must be >= 0 (0 = off), got {args.top_k}")
     if not 0 < args.top_p <= 1:
@@ -60,6 +80,15 @@ def load_model(init_from: str):
     return gpt_jax.from_hf(init_from)
 
 
+def plan_batches(num_samples: int, batch_size, fit) -> tuple[int, int]:
+    """(batch, n_batches): at most batch_size (default MAX_BATCH, capped by `fit`, the most
+    that fit in memory, None if unknown) per batch, the batches of equal size so that one
+    compiled program serves them all (the last one's spare rows are dropped)."""
+    cap = batch_size or min(MAX_BATCH, MAX_BATCH if fit is None else max(fit, 1))
+    n_batches = math.ceil(num_samples / cap)
+    return math.ceil(num_samples / n_batches), n_batches
+
+
 def main():
     args = parse_args()
     import jax
@@ -67,7 +96,8 @@ def main():
     import gpt_jax
     from gpt_jax.errors import UserError
     from gpt_jax.bench import compile_seconds
-    from gpt_jax.generate import _decode, decode_args
+    from gpt_jax.generate import (DecodeMemoryError, _decode, bucket_length,
+                                  check_max_new_tokens, check_prompts, decode_args, max_batch)
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
 
     text = read_prompt(args.start)
@@ -77,27 +107,63 @@ def main():
     if max(ids) >= cfg.vocab_size:
         raise UserError(f"the prompt has token id {max(ids)} but the model knows only ids below "
                         f"{cfg.vocab_size} (vocab_size): use a prompt within its vocabulary")
-    eos_id = EOT_ID if args.eos and EOT_ID < cfg.vocab_size else None
-    dargs, static = decode_args(
-        params, cfg, [ids] * args.num_samples, args.max_new_tokens,
-        key=jax.random.key(args.seed), temperature=args.temperature,
-        top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None, eos_id=eos_id)
+    eos_id = EOT_ID if args.eos and EOT_ID < cfg.n_real_vocab else None
+    if args.eos and eos_id is None:
+        print(f"[sample] --eos true ignored: the model's vocabulary ({cfg.vocab_size} ids) has "
+              f"no <|endoftext|> ({EOT_ID})", file=sys.stderr)
+    # A terminal or pipe that cannot encode a character gets "?" rather than a traceback
+    # halfway through the samples (a model may emit any byte sequence).
+    sys.stdout.reconfigure(errors="replace")
+    check_prompts([ids], cfg, check_max_new_tokens(args.max_new_tokens, cfg))
+    P = bucket_length(len(ids), cfg.block_size)
+    batch, n_batches = plan_batches(args.num_samples, args.batch_size,
+                                    max_batch(cfg, P, args.max_new_tokens))
+    key = jax.random.key(args.seed)
+
+    def batch_args(i):  # batch i draws with its own key; batch 0 with the seed's own key
+        return decode_args(
+            params, cfg, [ids] * batch, args.max_new_tokens,
+            key=key if i == 0 else jax.random.fold_in(key, i), temperature=args.temperature,
+            top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None,
+            eos_id=eos_id)
+
+    try:
+        dargs, static = batch_args(0)
+    except DecodeMemoryError as e:
+        if args.batch_size is None:
+            raise
+        raise UserError(f"--batch_size {args.batch_size} does not fit in memory ({e}): pass a "
+                        f"smaller --batch_size, or omit it") from None
     print(f"[sample] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, "
           f"{cfg.n_embd} wide, vocab {cfg.vocab_size}, block {cfg.block_size}, {cfg.dtype}; "
-          f"prompt {len(ids)} tokens, {args.num_samples} samples x {args.max_new_tokens} tokens, "
+          f"prompt {len(ids)} tokens, {args.num_samples} samples x {args.max_new_tokens} tokens "
+          f"({n_batches} batch{'es' if n_batches > 1 else ''} of {batch}), "
           f"temperature {args.temperature}, top_k {args.top_k or 'off'}, "
           f"top_p {args.top_p if args.top_p < 1 else 'off'}, seed {args.seed}", file=sys.stderr)
     decode, compile_s = compile_seconds(_decode, *dargs, **static)
-    t0 = time.perf_counter()
-    new = np.asarray(decode(*dargs))  # (num_samples, max_new_tokens)
-    run_s = time.perf_counter() - t0
-    print(f"[sample] compile {compile_s:.1f}s, {new.size} tokens in {run_s:.2f}s = "
-          f"{new.size / run_s:,.1f} tokens/s", file=sys.stderr)
-    for row in new.tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[:row.index(eos_id)]
-        sys.stdout.write(enc.decode(ids + row) + "\n" + SEPARATOR + "\n")
-    sys.stdout.flush()
+    left, n_tokens, run_s = args.num_samples, 0, 0.0
+    for i in range(n_batches):
+        if i:
+            dargs, _ = batch_args(i)
+        t0 = time.perf_counter()
+        new = np.asarray(decode(*dargs))  # (batch, max_new_tokens)
+        run_s += time.perf_counter() - t0
+        rows = new.tolist()[:left]
+        left -= len(rows)
+        n_tokens += len(rows) * new.shape[1]
+        try:
+            for row in rows:
+                if eos_id is not None and eos_id in row:
+                    row = row[:row.index(eos_id)]
+                sys.stdout.write(enc.decode(ids + row) + "\n" + SEPARATOR + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print(f"[sample] stdout closed after {args.num_samples - left} samples",
+                  file=sys.stderr)
+            return 0
+    print(f"[sample] compile {compile_s:.1f}s, {n_tokens} tokens in {run_s:.2f}s = "
+          f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
 
 
 if __name__ == "__main__":

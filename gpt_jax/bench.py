@@ -155,7 +155,7 @@ class Context:
     warmup: int = 1
     preset: str = "gpt2"
     batch_size: int = 8
-    seq_len: int = 1024
+    seq_len: Optional[int] = None       # forward section; None: the model's block_size
     dtype: str = "float32"
     tiny: bool = False                  # smoke-test sizes
     peak_flops: Optional[float] = None  # FLOP/s, from the matmul in the machine section
@@ -209,11 +209,36 @@ def section_machine(ctx: Context) -> list[Result]:
     return rows
 
 
+def forward_bytes(cfg: GPTConfig, batch: int, seq: int) -> int:
+    """The forward section's large buffers (a lower bound of its peak): float32 logits
+    (B, T, V), one layer's attention scores (B, H, T, T) and MLP hidden (B, T, 4C)."""
+    item = np.dtype(cfg.compute_dtype).itemsize
+    return batch * seq * (cfg.vocab_size * 4 + cfg.n_head * seq * 4 + 4 * cfg.n_embd * item)
+
+
+def check_forward_memory(ctx: Context) -> None:
+    """Refuse, before any section runs, a forward batch that would not fit in memory."""
+    from gpt_jax.errors import UserError
+    from gpt_jax.generate import MEMORY_FRACTION, available_memory_bytes, format_gib
+    name, cfg = ctx.model()
+    seq = ctx.seq_len or cfg.block_size
+    need = forward_bytes(cfg, ctx.batch_size, seq)
+    free = available_memory_bytes()
+    if free is not None and need > MEMORY_FRACTION * free:
+        raise UserError(f"forward section: batch {ctx.batch_size} x seq {seq} of {name} needs "
+                        f"about {format_gib(need)} (logits and activations) but "
+                        f"{format_gib(free)} is available: pass a smaller --batch_size or "
+                        f"--seq_len")
+
+
 def section_forward(ctx: Context) -> list[Result]:
     """Tokens/s of the jitted forward pass (logits for every position) for one preset."""
     from gpt_jax.model import GPT, init_params
     preset, cfg = ctx.model()
-    B, T = ctx.batch_size, min(ctx.seq_len, cfg.block_size)
+    B, T = ctx.batch_size, ctx.seq_len or cfg.block_size
+    if T > cfg.block_size:
+        from gpt_jax.errors import UserError
+        raise UserError(f"seq_len {T} exceeds {preset}'s block_size {cfg.block_size}")
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.n_real_vocab, jnp.int32)
     fwd = jax.jit(lambda p, x: GPT(cfg).apply({"params": p}, x))
@@ -584,14 +609,22 @@ def write_plot(path: str, results: list[Result]) -> None:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path: str, results: list[Result]) -> None:
     doc = {"machine": machine_info(), "results": [r.to_dict() for r in results]}
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -8,10 +8,15 @@ would alone. The cache, preallocated for P + max_new_tokens - 1 entries, is upda
 dynamic_update_slice inside the scan carry: no Python loop over tokens, no growing concatenation.
 The prefill fills per-layer (B, S, H, D) caches (init_cache); the loop keeps them heads-major,
 (B*H, S, D), the layout in which XLA reads them without a copy per step (model.heads_major).
+Inputs are checked on the host first (the check_* functions: types, ranges, lengths, and an
+estimate of the memory the decode needs), so bad input is one UserError line, never an error
+from inside JAX or an out-of-memory kill.
 """
 from __future__ import annotations
 
 import functools
+import numbers
+import os
 import weakref
 from typing import Optional
 
@@ -21,31 +26,49 @@ import numpy as np
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import (GPT, KVCache, decode_step, decode_weights, heads_major,
-                           mask_vocab)
+from gpt_jax.model import (GPT, KVCache, TokenError, check_params, check_token_ids,
+                           decode_step, decode_weights, heads_major, mask_vocab)
 
 
 class PromptTooLongError(UserError, ValueError):
     """prompt length + max_new_tokens does not fit the model's block_size."""
 
 
+class DecodeMemoryError(UserError, MemoryError):
+    """The KV cache and logits of one generate() call would not fit in the memory available."""
+
+
 # -- sampling filters: pure functions of (..., V) float32 logits ------------------------------
 
 def apply_temperature(logits, temperature):
-    """Divide by temperature > 0 (lower: sharper; temperature 0 is greedy, handled apart)."""
-    return logits / temperature
+    """Divide by temperature > 0 (lower: sharper; temperature 0 is greedy, handled apart).
+
+    The maximum is moved to 0 first (softmax is unchanged), so no temperature overflows: every
+    result is <= 0. As temperature -> 0 all but the maxima go to -inf (the argmax, exact ties
+    drawn at random); temperature = inf makes every finite logit 0 (uniform over them), and
+    -inf (a filtered or padded id) stays -inf at any temperature. A temperature below the
+    smallest normal float32 acts as that one (XLA:CPU reads subnormals as 0: 0/0 is NaN)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    temperature = jnp.maximum(temperature, _TINY)
+    return jnp.where(logits == -jnp.inf, -jnp.inf, (logits - top) / temperature)
+
+
+_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
 def top_k_filter(logits, k: int):
     """Keep the k largest logits, -inf elsewhere (ties with the k-th all survive): a logit stays
-    when fewer than k logits are strictly larger."""
+    when fewer than k logits are strictly larger. k < 1 (possibly traced, so not refusable
+    here) acts as 1: the filter never leaves a row with nothing to sample."""
+    k = jnp.maximum(k, 1)
     return jnp.where(_keep_above(logits, jnp.int32(1), k), logits, -jnp.inf)
 
 
 def top_p_filter(logits, p):
     """Nucleus: keep the smallest set of most likely tokens whose probability reaches p (ties
     with the last one all survive): a logit stays when the tokens strictly more likely than it
-    hold less than p of the probability."""
+    hold less than p of the probability. A p that float32 rounds to 0 keeps the most likely."""
+    p = jnp.maximum(p, _TINY)
     return jnp.where(_keep_above(logits, jax.nn.softmax(logits, axis=-1), p), logits, -jnp.inf)
 
 
@@ -85,16 +108,21 @@ def first_argmax(logits):
 
 def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, top_p=None,
                   greedy: bool = False):
-    """int32 (...,) token ids from (..., V) logits: temperature, then top-k, then top-p.
+    """int32 (...,) token ids from (..., V) logits: top-k, then temperature, then top-p.
 
     greedy (static) is argmax and skips everything else; top_k and top_p (None skips either)
-    are the optional filters; both may be traced values.
+    are the optional filters; both may be traced values. top-k keeps the same tokens before or
+    after any temperature > 0; it runs first so that temperature = inf (uniform sampling) is
+    uniform over its k survivors rather than over a vocabulary made flat. top-p reads the
+    tempered distribution (as Hugging Face's does): at temperature = inf that distribution is
+    uniform, and its nucleus is all of it.
     """
     if greedy:
         return first_argmax(logits)
-    logits = apply_temperature(logits.astype(jnp.float32), temperature)
+    logits = logits.astype(jnp.float32)
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
+    logits = apply_temperature(logits, temperature)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     # jax.random.categorical's Gumbel-max draw (the same noise, so the same samples), with the
@@ -182,22 +210,13 @@ def _decode(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id
 
 
 def left_pad(prompts, cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int32 (B, P), pad int32 (B,)): prompts right-aligned in a bucket of length P."""
-    if isinstance(prompts, (list, tuple)):
-        rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
-    else:
-        arr = np.asarray(prompts)
-        if arr.ndim != 2:
-            raise UserError(f"prompts must be a list of token lists or an int array (B, T), "
-                            f"got an array of shape {arr.shape}")
-        rows = list(arr.astype(np.int64))
-    if not rows or any(len(r) == 0 for r in rows):
-        raise UserError("every prompt needs at least one token (e.g. <|endoftext|>)")
-    for r in rows:
-        bad = r[(r < 0) | (r >= cfg.vocab_size)]
-        if bad.size:
-            raise UserError(f"prompt token id {int(bad[0])} is outside the model's vocabulary "
-                            f"(vocab_size {cfg.vocab_size})")
+    """(tokens int32 (B, P), pad int32 (B,)): prompts (as generate() takes them, checked here)
+    right-aligned in a bucket of length P."""
+    return pad_rows(check_prompts(prompts, cfg, 0), cfg)
+
+
+def pad_rows(rows: list[np.ndarray], cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """left_pad for rows check_prompts returned."""
     lengths = np.array([len(r) for r in rows])
     P = bucket_length(int(lengths.max()), cfg.block_size)
     tokens = np.zeros((len(rows), P), np.int32)
@@ -212,12 +231,24 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
              return_logits: bool = False):
     """Continue each prompt by max_new_tokens tokens: int32 (B, max_new_tokens).
 
-    prompts: list of token lists (lengths may differ) or an int array (B, T). key: a jax PRNG
-    key (default key(0)); the same key gives the same sample. temperature 0 (or top_k=1) is
-    greedy. After a row emits eos_id, the rest of that row is eos_id. Compiled once per (batch,
-    bucketed prompt length, max_new_tokens, greedy or not, top_k or not, top_p or not).
+    prompts: a list of prompts, each a list (or 1-D array) of int token ids, lengths may differ;
+    or an int array (B, T). Ids are ints in [0, cfg.vocab_size): floats are refused, never
+    rounded, and a flat list of ints is refused too (pass [[1, 2, 3]] for one prompt).
+    key: a jax PRNG key (default key(0)) or an int seed in [0, 2**32), the same as
+    jax.random.key(seed); the same key gives the same sample.
+    temperature >= 0: 0 (or top_k=1) is greedy; a tiny temperature tends to greedy without
+    overflow; inf samples uniformly among the tokens top_k keeps (all of them without top_k),
+    and top_p then keeps them all (they are equally likely). top_k: int >= 1; top_p in (0, 1].
+    eos_id: an id in [0, cfg.n_real_vocab); after a row emits it, the rest of that row is eos_id.
+    Compiled once per (batch, bucketed prompt length, max_new_tokens, greedy or not, top_k or
+    not, top_p or not).
     return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
     from (before temperature and filters).
+
+    Bad input raises a UserError before anything is compiled or allocated: PromptTooLongError
+    when prompt + max_new_tokens exceeds block_size, DecodeMemoryError when the KV cache and
+    logits would not fit in the memory available (split the prompts into smaller calls),
+    TokenError for ids that are not ints in range.
     """
     args, static = decode_args(params, cfg, prompts, max_new_tokens, key=key,
                                temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
@@ -230,34 +261,283 @@ def decode_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=Non
                 top_p: Optional[float] = None, eos_id: Optional[int] = None,
                 return_logits: bool = False) -> tuple[tuple, dict]:
     """Checked and padded inputs of the compiled decoder: generate() is _decode(*args, **static);
-    callers that time compilation apart use _decode.lower(*args, **static).compile()(*args)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 1:
+    callers that time compilation apart use _decode.lower(*args, **static).compile()(*args).
+    Every check runs on the host, on Python and numpy values, before any device work."""
+    if not isinstance(cfg, GPTConfig):
+        raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
+    max_new_tokens = check_max_new_tokens(max_new_tokens, cfg)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+    eos_id = check_eos_id(eos_id, cfg)
+    if not isinstance(return_logits, (bool, np.bool_)):
+        raise UserError(f"return_logits must be True or False, got {return_logits!r}")
+    key = check_key(key)
+    # A lower bound first (every prompt one token long), so an absurd batch is refused before
+    # its rows are read; then the exact figure for the bucketed length.
+    split = _mesh_rows(params)
+    check_memory(cfg, _batch_size(prompts), bucket_length(1, cfg.block_size), max_new_tokens,
+                 return_logits, split=split)
+    rows = check_prompts(prompts, cfg, max_new_tokens)
+    P = bucket_length(max(len(r) for r in rows), cfg.block_size)
+    check_memory(cfg, len(rows), P, max_new_tokens, return_logits, split=split)
+    tokens, pad = pad_rows(rows, cfg)
+    greedy = temperature == 0 or top_k == 1
+    use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
+    use_top_p = not greedy and top_p is not None and top_p < 1
+    weights = decode_layout(params, cfg)     # checks that params match cfg when it makes one
+    tokens, pad = _place_batch(params, tokens, pad)
+    args = (params, weights, tokens, pad, key,
+            np.float32(temperature if not greedy else 1.0),
+            np.int32(top_k if use_top_k else 0),
+            np.float32(top_p if use_top_p else 1.0),
+            np.int32(-1 if eos_id is None else eos_id))
+    static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), greedy=greedy,
+                  use_top_k=use_top_k, use_top_p=use_top_p, return_logits=bool(return_logits))
+    return args, static
+
+
+# -- checks of generate()'s inputs (host-side: no device work, nothing retraced) --------------
+
+def _scalar(x, integer: bool):
+    """x as a Python int (integer) or float, or None where it is not such a number: bools and
+    strings are not numbers here; 0-d numpy or jax arrays are."""
+    if isinstance(x, (bool, np.bool_)):
+        return None
+    if integer and isinstance(x, numbers.Integral):
+        return int(x)
+    if not integer and isinstance(x, numbers.Real):
+        return float(x)
+    if isinstance(x, (np.ndarray, jax.Array)) and x.shape == () and jax.dtypes.issubdtype(
+            x.dtype, np.integer if integer else np.number):  # (not a PRNG key's dtype)
+        return int(x) if integer else float(x)
+    return None
+
+
+def check_max_new_tokens(max_new_tokens, cfg: GPTConfig) -> int:
+    n = _scalar(max_new_tokens, integer=True)
+    if n is None or n < 1:
         raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if temperature is None or not temperature >= 0:
-        raise UserError(f"temperature must be >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
-        raise UserError(f"top_k must be a positive integer, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
-    tokens, pad = left_pad(prompts, cfg)
-    longest = tokens.shape[1] - int(pad.min())
+    if n >= cfg.block_size:  # no room left for even a one-token prompt
+        raise PromptTooLongError(
+            f"max_new_tokens {n} leaves no room for a prompt in the model's block_size "
+            f"{cfg.block_size}: ask for at most {cfg.block_size - 1} tokens")
+    return n
+
+
+def check_sampling(temperature, top_k, top_p) -> tuple[float, Optional[int], Optional[float]]:
+    """(temperature, top_k, top_p) as Python numbers once each is of the right type and range:
+    temperature >= 0 (inf allowed: uniform sampling), top_k an int >= 1, top_p in (0, 1]."""
+    t = _scalar(temperature, integer=False)
+    if t is None or not t >= 0:  # NaN fails too
+        raise UserError(f"temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
+    k = None if top_k is None else _scalar(top_k, integer=True)
+    if top_k is not None and (k is None or k < 1):
+        raise UserError(f"top_k must be a positive integer (or None for no top-k), "
+                        f"got {top_k!r}")
+    p = None if top_p is None else _scalar(top_p, integer=False)
+    if top_p is not None and (p is None or not 0 < p <= 1):
+        raise UserError(f"top_p must be a number in (0, 1] (or None for no top-p), "
+                        f"got {top_p!r}")
+    return t, k, p
+
+
+def check_eos_id(eos_id, cfg: GPTConfig) -> Optional[int]:
+    """None, or an id the model can emit: an int in [0, n_real_vocab) (padded ids never are)."""
+    if eos_id is None:
+        return None
+    e = _scalar(eos_id, integer=True)
+    if e is None or not 0 <= e < cfg.n_real_vocab:
+        raise UserError(f"eos_id must be None or a token id the model can emit, an integer in "
+                        f"[0, {cfg.n_real_vocab}), got {eos_id!r}")
+    return e
+
+
+def check_key(key):
+    """A jax PRNG key: key itself (one typed key, or a legacy uint32 key such as
+    jax.random.PRNGKey(0)), jax.random.key(key) for an int seed, key(0) for None."""
+    if key is None:
+        return jax.random.key(0)
+    seed = _scalar(key, integer=True)
+    if seed is not None:
+        if not 0 <= seed < 2 ** 32:  # jax keeps the low 32 bits: 2**32 would repeat seed 0
+            raise UserError(f"an int key is a seed in [0, 2**32), got {seed}")
+        return jax.random.key(seed)
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return key
+    if dtype == np.uint32 and shape is not None and len(shape) == 1:
+        return key
+    what = f"an array of shape {shape} and dtype {dtype}" if shape is not None else \
+        type(key).__name__
+    raise UserError(f"key must be one jax PRNG key such as jax.random.key(0), or an int seed; "
+                    f"got {what}")
+
+
+def check_prompts(prompts, cfg: GPTConfig, max_new_tokens: int) -> list[np.ndarray]:
+    """The prompts as 1-D int64 rows, once each is a non-empty list of ids in range and the
+    longest, with max_new_tokens, fits block_size (checked before any padding)."""
+    if isinstance(prompts, (list, tuple)):
+        if not prompts:
+            raise UserError("prompts is empty: pass a list of prompts, e.g. [[50256]]")
+        rows = _equal_rows(prompts, cfg)
+        if rows is None:
+            rows = [_prompt_row(b, p, prompts, cfg) for b, p in enumerate(prompts)]
+    else:
+        if isinstance(prompts, (str, bytes)):
+            raise TokenError("prompts are token ids, not text: encode it first "
+                             "(gpt_jax.get_tokenizer().encode(text)) and pass [ids]")
+        if isinstance(prompts, jax.core.Tracer):
+            raise UserError("generate() runs on concrete prompts: call it outside jax.jit / "
+                            "vmap (it compiles its own decoder)")
+        if not hasattr(prompts, "shape") and not hasattr(prompts, "__array__"):
+            raise TokenError(f"prompts must be a list of token lists or an int array (B, T), "
+                             f"got {type(prompts).__name__}")
+        arr = check_token_ids(prompts, cfg.vocab_size, "prompts")
+        if arr.ndim != 2:
+            hint = ": pass ids[None] (shape (1, T)) for one prompt" if arr.ndim == 1 else ""
+            raise TokenError(f"prompts must be a list of token lists or an int array (B, T), "
+                             f"got an array of shape {arr.shape}{hint}")
+        if arr.shape[0] == 0:
+            raise UserError("prompts is empty: pass at least one prompt")
+        rows = list(arr)
+    if any(len(r) == 0 for r in rows):
+        raise TokenError("every prompt needs at least one token (e.g. <|endoftext|>)")
+    longest = max(len(r) for r in rows)
     if longest + max_new_tokens > cfg.block_size:
         raise PromptTooLongError(
             f"prompt length {longest} + max_new_tokens {max_new_tokens} = "
             f"{longest + max_new_tokens} exceeds the model's block_size {cfg.block_size}: "
             f"shorten the prompt or ask for fewer tokens")
-    greedy = temperature == 0 or top_k == 1
-    use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
-    use_top_p = not greedy and top_p is not None and top_p < 1
-    key = jax.random.key(0) if key is None else key
-    tokens, pad = _place_batch(params, tokens, pad)
-    args = (params, decode_layout(params, cfg), tokens, pad, key,
-            np.float32(temperature if not greedy else 1.0), np.int32(top_k if use_top_k else 0),
-            np.float32(top_p if use_top_p else 1.0), np.int32(-1 if eos_id is None else eos_id))
-    static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), greedy=greedy,
-                  use_top_k=use_top_k, use_top_p=use_top_p, return_logits=return_logits)
-    return args, static
+    return rows
+
+
+def _prompt_row(b: int, p, prompts, cfg: GPTConfig) -> np.ndarray:
+    """Prompt b of a list, checked: a 1-D row of ids in range."""
+    if isinstance(p, (str, bytes)):
+        raise TokenError(f"prompt {b} is text: encode it first "
+                         f"(gpt_jax.get_tokenizer().encode(text))")
+    if isinstance(p, (numbers.Number, np.generic)) or getattr(p, "ndim", None) == 0:
+        shown = ", ".join(str(x) for x in prompts[:3]) + (", ..." if len(prompts) > 3 else "")
+        raise TokenError(f"prompts is a flat list of token ids: pass a list of prompts, "
+                         f"e.g. [[{shown}]] for one prompt")
+    r = check_token_ids(p, cfg.vocab_size, f"prompt {b}")
+    if r.ndim != 1:
+        raise TokenError(f"prompt {b} must be a flat list of token ids, got shape {r.shape}")
+    return r
+
+
+def _equal_rows(prompts, cfg: GPTConfig) -> Optional[list[np.ndarray]]:
+    """Prompts that are lists (or tuples) of one length, read as one array: one conversion and
+    one range check instead of one per row (sample.py's batches are such). None where they are
+    not, or are bad: the row-by-row path then says which row is wrong and how."""
+    first = prompts[0]
+    if not isinstance(first, (list, tuple)) or not all(
+            type(p) is type(first) and len(p) == len(first) for p in prompts):
+        return None
+    try:
+        arr = check_token_ids(prompts, cfg.vocab_size, "prompts")
+    except TokenError:
+        return None
+    return list(arr) if arr.ndim == 2 and arr.shape[1] else None
+
+
+def _batch_size(prompts) -> Optional[int]:
+    """How many prompts, without reading them (None where that needs reading them)."""
+    if isinstance(prompts, (list, tuple)):
+        return len(prompts)
+    shape = getattr(prompts, "shape", None)
+    return int(shape[0]) if shape else None
+
+
+# Refuse a decode whose estimate exceeds this fraction of the memory free: the estimate counts
+# the large buffers only, and XLA's temporaries and the host's other work need room too.
+MEMORY_FRACTION = 0.75
+_CHECK_ABOVE = 256 << 20  # smaller decodes skip the check (no /proc read per call)
+
+
+def decode_memory_bytes(cfg: GPTConfig, batch: int, prompt_len: int, max_new_tokens: int,
+                        return_logits: bool = False) -> int:
+    """Bytes one generate() call allocates beyond the weights (its large buffers: a lower
+    bound of the peak), for `batch` prompts left-padded to prompt_len."""
+    B, P, N = batch, prompt_len, max_new_tokens
+    S = P + N - 1
+    C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
+    item = np.dtype(cfg.compute_dtype).itemsize
+    cache = 2 * cfg.n_layer * B * S * C * item    # k and v of every layer
+    # Twice: the prefill writes (B, S, H, D) caches that heads_major copies for the loop.
+    total = 2 * cache
+    total += B * P * 4 * C * item + 2 * B * H * P * S * 4   # prefill: MLP hidden, scores, probs
+    total += 6 * B * V * 4                        # one step's logits and the filters' temporaries
+    total += B * (P + N) * 4                      # prompts in, tokens out
+    if return_logits:
+        total += 2 * B * N * V * 4                # the stacked logits, then their concatenation
+    return total
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Bytes free for a decode: on an accelerator its allocator's limit less what is in use;
+    on CPU the kernel's MemAvailable (psutil, or free pages, where /proc is absent).
+    None when unknown."""
+    dev = jax.local_devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def max_batch(cfg: GPTConfig, prompt_len: int, max_new_tokens: int,
+              return_logits: bool = False, split: int = 1) -> Optional[int]:
+    """The most prompts of (bucketed) length prompt_len one call can decode within
+    MEMORY_FRACTION of the memory available (None when that is unknown)."""
+    free = available_memory_bytes()
+    if free is None:
+        return None
+    per_row = decode_memory_bytes(cfg, 1, prompt_len, max_new_tokens, return_logits)
+    return int(MEMORY_FRACTION * free) // per_row * split
+
+
+def check_memory(cfg: GPTConfig, batch: Optional[int], prompt_len: int, max_new_tokens: int,
+                 return_logits: bool = False, split: int = 1) -> None:
+    """Refuse, before any allocation, a decode whose KV cache and logits would not fit.
+    split: devices the rows are spread over where they divide (each holds batch / split)."""
+    if not batch:
+        return
+    rows = batch // split if batch % split == 0 else batch   # as _place_batch places them
+    need = decode_memory_bytes(cfg, rows, prompt_len, max_new_tokens, return_logits)
+    if need < _CHECK_ABOVE:
+        return
+    free = available_memory_bytes()
+    if free is None or need <= MEMORY_FRACTION * free:
+        return
+    fit = max_batch(cfg, prompt_len, max_new_tokens, return_logits, split) or 0
+    what = f"{batch} prompts x {prompt_len + max_new_tokens - 1} positions"
+    todo = (f"split the prompts into calls of at most {fit}" if fit >= 1 else
+            "ask for fewer tokens (max_new_tokens) or use a smaller model")
+    raise DecodeMemoryError(
+        f"generate() would need about {format_gib(need)} for {what} (KV cache and logits"
+        f"{', return_logits' if return_logits else ''}) but {format_gib(free)} is available "
+        f"(at most {MEMORY_FRACTION:.0%} of it is used): {todo}")
+
+
+def format_gib(n: float) -> str:
+    """Bytes as "1.5 GiB" (or MiB below one GiB)."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 _layout = None  # (weak references to the params' leaves, cfg, their decode layout): the last one
@@ -278,6 +558,7 @@ def decode_layout(params, cfg: GPTConfig):
                 all(r() is x for r, x in zip(refs, leaves)):
             return weights
     _layout = None                           # free the old copy before making the new one
+    check_params(params, cfg)                # once per params: a hit above was checked before
     weights = decode_weights(params, cfg)    # op by op: leaves it keeps are not copied
     if all(isinstance(x, jax.Array) for x in leaves):
         def forget(_):                       # a leaf died: so did these params
@@ -288,10 +569,28 @@ def decode_layout(params, cfg: GPTConfig):
     return weights
 
 
+def _sharding(params):
+    """The sharding of the params' (first) leaf, None without one: wte's embedding where
+    params are GPT-2's dict (no flattening of the whole tree per call)."""
+    try:
+        leaf = params["wte"]["embedding"]
+    except (KeyError, TypeError, IndexError):
+        leaves = jax.tree_util.tree_leaves(params)
+        leaf = leaves[0] if leaves else None
+    return getattr(leaf, "sharding", None)
+
+
+def _mesh_rows(params) -> int:
+    """How many devices _place_batch would spread the rows over (an upper bound: rows that do
+    not divide stay replicated; 1 without a mesh)."""
+    sharding = _sharding(params)
+    return sharding.mesh.size if isinstance(sharding, jax.sharding.NamedSharding) else 1
+
+
 def _place_batch(params, tokens, pad):
     """With parameters on a mesh (sharded over fsdp or replicated over data), split the prompt
     rows over its devices too, so each decodes its own rows; otherwise leave them as they are."""
-    sharding = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
+    sharding = _sharding(params)
     if not isinstance(sharding, jax.sharding.NamedSharding):
         return tokens, pad
     mesh = sharding.mesh

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
 
 from gpt_jax.config import GPTConfig
+from gpt_jax.errors import UserError
 
 # Logit for padded vocab ids. Finite (not -inf) so that p * log p stays 0 rather than NaN.
 PADDED_LOGIT = -1e9
@@ -190,7 +193,8 @@ class GPT(nn.Module):
         cfg = self.config
         B, T = tokens.shape
         if T > cfg.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
+            raise TokenError(f"sequence length {T} exceeds the model's block_size "
+                             f"{cfg.block_size}: pass at most {cfg.block_size} tokens")
         if positions is None:
             positions = jnp.arange(T)[None, :] + (0 if cache_index is None else cache_index)
         embed = functools.partial(nn.Embed, features=cfg.n_embd, dtype=cfg.compute_dtype,
@@ -290,19 +294,132 @@ def _log_probs(params, cfg: GPTConfig, tokens, mask):
 def log_probs(params, cfg: GPTConfig, tokens, mask=None):
     """Per-token log p(x_t | x_<t) for scoring text.
 
-    tokens: int (B, T). Returns float32 (B, T-1): out[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]).
+    tokens: int (B, T), ids in [0, vocab_size), 2 <= T <= block_size + 1. Returns float32
+    (B, T-1): out[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]).
     mask: optional bool (B, T-1), the shape of the result; masked-out positions give 0.
+    Bad tokens, a mask of the wrong shape or params that do not match cfg raise a UserError
+    (TokenError is also a ValueError). Token values are checked on the host (a device array is
+    read back once for that), except inside a jax transformation, where they cannot be.
     """
+    check_params(params, cfg)
+    if not isinstance(tokens, jax.core.Tracer):
+        tokens = check_token_ids(tokens, cfg.vocab_size, "tokens")
     tokens = jnp.asarray(tokens, jnp.int32)
-    if tokens.ndim != 2 or tokens.shape[1] < 2:
-        raise ValueError(f"log_probs needs int tokens of shape (B, T) with T >= 2, "
-                         f"got shape {tokens.shape}")
+    if tokens.ndim != 2 or not 2 <= tokens.shape[1] <= cfg.block_size + 1:
+        raise TokenError(f"log_probs needs tokens of shape (B, T) with 2 <= T <= block_size + 1 "
+                         f"= {cfg.block_size + 1}, got shape {tokens.shape}")
     if mask is not None:
         mask = jnp.asarray(mask, bool)
         if mask.shape != (tokens.shape[0], tokens.shape[1] - 1):
-            raise ValueError(f"mask must have the result's shape {(tokens.shape[0], tokens.shape[1] - 1)}, "
-                             f"got {mask.shape}")
+            raise TokenError(f"mask must have the result's shape "
+                             f"{(tokens.shape[0], tokens.shape[1] - 1)}, got {mask.shape}")
     return _log_probs(params, cfg, tokens, mask)
+
+
+# -- checks of what callers pass in (host-side, before any compiled call) --------------------
+
+class TokenError(UserError, ValueError):
+    """Token ids that are not integers in [0, vocab_size), or tokens of the wrong shape."""
+
+
+def check_token_ids(tokens, vocab_size: int, what: str = "tokens") -> np.ndarray:
+    """tokens as a numpy int64 array, once every value is an integer id in [0, vocab_size).
+
+    Floats are refused rather than truncated (1.7 would become 1, NaN a huge negative id);
+    bools and text too. Any shape is returned as it is: callers check the shape they need."""
+    if isinstance(tokens, (str, bytes)):
+        raise TokenError(f"{what} must be integer token ids, not text: encode it first "
+                         f"(gpt_jax.get_tokenizer().encode(text))")
+    try:
+        arr = np.asarray(tokens)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged nesting, odd objects
+        raise TokenError(f"{what} must be integer token ids (a list of ints or an int array): "
+                         f"{e}") from None
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind in "US":
+            raise TokenError(f"{what} must be integer token ids, not text: encode it first "
+                             f"(gpt_jax.get_tokenizer().encode(text))")
+        flat = arr.reshape(-1)
+        if arr.dtype.kind == "O":  # Python ints beyond int64, None, mixed types
+            bad = next((x for x in flat if not (isinstance(x, (int, np.integer)) and
+                                                not isinstance(x, bool) and 0 <= x < vocab_size)),
+                       flat[0])
+            raise TokenError(f"{what} must be integer token ids in [0, {vocab_size}), "
+                             f"got {bad!r}")
+        if arr.dtype.kind == "f":
+            bad = next((x for x in flat if not float(x).is_integer()), flat[0]).item()
+            raise TokenError(f"{what} must be integer token ids, got {arr.dtype} values such "
+                             f"as {bad!r}: pass ints (a float id is never rounded for you)")
+        raise TokenError(f"{what} must be integer token ids, got {arr.dtype} values")
+    lo, hi = int(arr.min()), int(arr.max())  # Python ints: no overflow whatever the dtype
+    if lo < 0 or hi >= vocab_size:
+        raise TokenError(f"token id {lo if lo < 0 else hi} in {what} is outside the model's "
+                         f"vocabulary (ids 0..{vocab_size - 1}, vocab_size {vocab_size})")
+    return arr.astype(np.int64, copy=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _expected(cfg: GPTConfig) -> tuple:
+    """(treedef, leaf shapes, {"h_0/attn/c_attn/kernel": shape, ...}) of cfg's params (one
+    abstract init per config)."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    flat, _ = jax.tree_util.tree_flatten_with_path(shapes)
+    return (treedef, [tuple(x.shape) for x in leaves],
+            {_path_name(path): tuple(x.shape) for path, x in flat})
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def check_params(params, cfg: GPTConfig):
+    """params, once their names and shapes are those GPT(cfg) expects (dtypes may differ).
+
+    A cfg that does not match the params would otherwise fail deep inside flax with a
+    ScopeParamShapeError, or not at all where shapes happen to broadcast."""
+    if not isinstance(cfg, GPTConfig):
+        raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
+    if not isinstance(params, Mapping):
+        raise UserError(f"params must be the parameter dict that init_params, load_checkpoint "
+                        f"or from_hf return, got {type(params).__name__}")
+    if "h" in params and "h_0" not in params:
+        raise UserError("params hold the stacked scan_layers layout: pass "
+                        "gpt_jax.model.unstack_layers(params)")
+    want_def, want_shapes, want = _expected(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if treedef == want_def and all(getattr(x, "shape", None) == s
+                                   for x, s in zip(leaves, want_shapes)):
+        return params                        # the common case: no path names built
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    got = {_path_name(path): tuple(getattr(x, "shape", ())) for path, x in flat}
+    if got == want:                          # the same names in another container type
+        return params
+    layers = sum(1 for k in params if isinstance(k, str) and k.startswith("h_"))
+    wte, wpe = got.get("wte/embedding"), got.get("wpe/embedding")
+    wrong = [n for n in want if n in got and got[n] != want[n]]
+    missing = [n for n in want if n not in got]
+    extra = [n for n in got if n not in want]
+    if wte and len(wte) == 2 and wte[0] != cfg.vocab_size:
+        why = f"params have vocab_size {wte[0]}, cfg.vocab_size is {cfg.vocab_size}"
+    elif wte and len(wte) == 2 and wte[1] != cfg.n_embd:
+        why = f"params are {wte[1]} wide, cfg.n_embd is {cfg.n_embd}"
+    elif wpe and len(wpe) == 2 and wpe[0] != cfg.block_size:
+        why = f"params have block_size {wpe[0]}, cfg.block_size is {cfg.block_size}"
+    elif layers != cfg.n_layer:
+        why = f"params have {layers} layers, cfg.n_layer is {cfg.n_layer}"
+    elif wrong:
+        why = f"{wrong[0]} has shape {got[wrong[0]]} in params, cfg gives {want[wrong[0]]}"
+    elif missing:
+        why = f"params lack {missing[0]}" + (" (cfg.bias is true)"
+                                             if missing[0].endswith("bias") else "")
+    else:
+        why = f"params have {extra[0]}, which cfg does not" + (
+            " (cfg.bias is false)" if extra[0].endswith("bias") else "")
+    raise UserError(f"params do not match cfg: {why}. Pass the cfg the params were made with "
+                    f"(load_checkpoint and from_hf return both)")
 
 
 # -- one-token decode step, as a plain function --------------------------------------------------

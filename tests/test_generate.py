@@ -283,6 +283,7 @@ def test_same_static_shapes_do_not_retrace():
         G.generate(params, CFG, prompts, N_NEW, temperature=0.5 + i, key=jax.random.key(i),
                    eos_id=i)
         G.generate(params, CFG, prompts, N_NEW, top_k=2 + 10 * i)   # top_k is a runtime value
+        G.generate(params, CFG, prompts, N_NEW, temperature=0.8, key=i)   # an int seed
     assert G.trace_count() == n
     G.generate(params, CFG, prompts_of([17, 2, 5], CFG.vocab_size), N_NEW)  # next bucket
     assert G.trace_count() == n + 1
@@ -335,3 +336,212 @@ def test_decode_layout_is_made_once_per_params_and_dropped_with_them():
         del other
         gc.collect()
         assert G._layout is None
+
+
+# -- bad input: one-line UserErrors, raised on the host before anything is compiled -----------
+
+def no_decode(monkeypatch):
+    """generate() up to the compiled call, which returns its arguments instead of running."""
+    monkeypatch.setattr(G, "_decode", lambda *a, **k: (a, k))
+
+
+def test_prompt_longer_than_block_size_is_prompt_too_long_not_a_numpy_error():
+    """The length check comes before padding: a prompt longer than the bucket raised numpy's
+    "could not broadcast input array" from the padding loop."""
+    params = random_params(CFG)
+    for prompts, n in (([[1] * 100], 4), ([[1] * 70, [2]], 1), ([[1] * 64], 1),
+                       (np.ones((2, 65), np.int32), 1)):
+        with pytest.raises(G.PromptTooLongError, match="exceeds the model's block_size 64"):
+            G.generate(params, CFG, prompts, n)
+    with pytest.raises(G.PromptTooLongError, match="ask for at most 63 tokens"):
+        G.generate(params, CFG, [[1]], 64)
+    with pytest.raises(G.PromptTooLongError, match="no room for a prompt"):
+        G.generate(params, CFG, [[1]], 10 ** 20)
+    with pytest.raises(G.PromptTooLongError):
+        G.left_pad([[1] * 65], CFG)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(prompts=[1, 2, 3]), r"flat list of token ids: pass a list of prompts, e\.g\. \[\[1, 2, 3\]\]"),
+    (dict(prompts=np.array([1, 2, 3])), r"ids\[None\]"),
+    (dict(prompts=[[1.7, 2]]), r"float64 values such as 1\.7"),
+    (dict(prompts=[[1.0, 2.0]]), "float64"),                  # whole floats are refused too
+    (dict(prompts=np.array([[1.0, 2.0]], np.float32)), "float32"),
+    (dict(prompts=[[float("nan")]]), "such as nan"),
+    (dict(prompts=[[2 ** 70]]), str(2 ** 70)),
+    (dict(prompts=[[True, False]]), "bool"),
+    (dict(prompts=["hello"]), "text: encode it first"),
+    (dict(prompts="hello"), "not text: encode it first"),
+    (dict(prompts=[[[1, 2]]]), r"prompt 0 must be a flat list of token ids, got shape \(1, 2\)"),
+    (dict(prompts=[[1], [2, "x"]]), "prompt 1 must be integer token ids"),
+    (dict(prompts=None), "got NoneType"),
+    (dict(prompts=[[1, -1]]), "token id -1 in prompt 0 is outside the model's vocabulary"),
+    (dict(prompts=np.array([[1, 200]], np.uint8)), "token id 200 in prompts is outside"),
+    (dict(eos_id=10 ** 12), r"eos_id must be None or a token id the model can emit"),
+    (dict(eos_id=-1), "eos_id"),
+    (dict(eos_id=1.5), "eos_id"),
+    (dict(eos_id=CFG.vocab_size), "eos_id"),
+    (dict(key=2 ** 32), r"int key is a seed in \[0, 2\*\*32\)"),
+    (dict(key=-1), "seed"),
+    (dict(key="seed"), "key must be one jax PRNG key"),
+    (dict(key=1.5), "key must be one jax PRNG key"),
+    (dict(key=jax.random.split(jax.random.key(0), 2)), r"one jax PRNG key .*shape \(2,\)"),
+    (dict(temperature="0.5"), "temperature must be a number"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature=True), "temperature"),
+    (dict(top_k="5"), "top_k must be a positive integer"),
+    (dict(top_k=2.5), "top_k"),
+    (dict(top_k=5.0), "top_k"),
+    (dict(top_k=True), "top_k"),
+    (dict(top_p="0.5"), r"top_p must be a number in \(0, 1\]"),
+    (dict(top_p=float("nan")), "top_p"),
+    (dict(max_new_tokens=4.0), "max_new_tokens must be a positive integer"),
+    (dict(max_new_tokens="4"), "max_new_tokens"),
+    (dict(return_logits="no"), "return_logits must be True or False"),
+    (dict(params=None), "params must be the parameter dict"),
+    (dict(cfg={"n_layer": 2}), "cfg must be a gpt_jax.GPTConfig"),
+    (dict(cfg=tiny(n_layer=3)), "params have 2 layers, cfg.n_layer is 3"),
+    (dict(cfg=tiny(n_embd=64)), "params are 32 wide, cfg.n_embd is 64"),
+])
+def test_bad_generate_input_is_one_user_error_line(kwargs, fragment, monkeypatch):
+    no_decode(monkeypatch)
+    call = dict(params=_PARAMS(), cfg=CFG, prompts=[[1, 2]], max_new_tokens=4)
+    call.update(kwargs)
+    params, cfg, prompts, n = (call.pop(k) for k in ("params", "cfg", "prompts",
+                                                      "max_new_tokens"))
+    with pytest.raises(gpt_jax.UserError, match=fragment) as e:
+        G.generate(params, cfg, prompts, n, **call)
+    assert "\n" not in str(e.value)
+
+
+@functools.lru_cache(maxsize=1)
+def _PARAMS():
+    return random_params(CFG, seed=21)
+
+
+def test_accepted_forms_of_prompts_keys_and_numbers(monkeypatch):
+    """What generate() takes: rows as lists, tuples, numpy or jax arrays of any int dtype;
+    an int seed for key (the same as jax.random.key(seed)) or a legacy uint32 key; numpy
+    scalars for the numbers. All of them reach the same compiled call."""
+    params = _PARAMS()
+    ref, _ = G.decode_args(params, CFG, [[1, 2], [3]], 4, key=jax.random.key(42),
+                           temperature=0.5, top_k=3, top_p=0.9, eos_id=5)
+    for prompts in ([(1, 2), (3,)], ([np.int64(1), 2], [np.uint8(3)]),
+                    [np.array([1, 2], np.uint16), jnp.array([3])]):
+        args, _ = G.decode_args(params, CFG, prompts, 4, key=42, temperature=np.float32(0.5),
+                                top_k=np.int64(3), top_p=np.float64(0.9), eos_id=np.int32(5))
+        for a, b in zip(args[2:], ref[2:]):
+            if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_array_equal(a, b)
+    params_out = G.generate(params, CFG, [[1, 2]], 4, key=7)
+    np.testing.assert_array_equal(params_out,
+                                  G.generate(params, CFG, [[1, 2]], 4, key=jax.random.key(7)))
+    G.generate(params, CFG, [[1, 2]], 4, key=jax.random.PRNGKey(7))   # legacy raw key
+    G.generate(params, CFG, jnp.array([[1, 2]]), 4, temperature=jnp.float32(0.5))
+
+
+def test_absurd_batch_is_refused_up_front_with_the_estimate(monkeypatch):
+    """sample.py --num_samples 100000000 grew to 22 GB and was killed. generate() estimates the
+    KV cache and logits first and refuses what would not fit, before reading the prompts (a
+    billion-row view costs nothing here; reading it would take minutes)."""
+    params = _PARAMS()
+    no_decode(monkeypatch)
+    huge = np.broadcast_to(np.ones((1, 4), np.int32), (10 ** 9, 4))   # no memory behind it
+    with pytest.raises(G.DecodeMemoryError) as e:
+        G.generate(params, CFG, huge, 8)
+    msg = str(e.value)
+    assert isinstance(e.value, gpt_jax.UserError) and "\n" not in msg
+    need = G.decode_memory_bytes(CFG, 10 ** 9, 8, 8)
+    assert f"{need / 2**30:,.1f} GiB" in msg and "available" in msg
+    assert "split the prompts into calls of at most" in msg
+    with pytest.raises(G.DecodeMemoryError):
+        G.generate(params, CFG, [[1]] * 10 ** 6, 8, return_logits=True)  # 10**6 x 8 x 128 logits
+
+    # With a known budget: the largest batch that fits passes, one more row is refused, and
+    # the message names that largest batch.
+    monkeypatch.setattr(G, "_CHECK_ABOVE", 0)
+    monkeypatch.setattr(G, "available_memory_bytes", lambda: 64 << 20)
+    per_row = G.decode_memory_bytes(CFG, 1, 8, 8)
+    fit = int(G.MEMORY_FRACTION * (64 << 20)) // per_row
+    assert G.max_batch(CFG, 8, 8) == fit > 10
+    G.generate(params, CFG, [[1]] * fit, 8)
+    with pytest.raises(G.DecodeMemoryError, match=f"calls of at most {fit}$"):
+        G.generate(params, CFG, [[1]] * (fit + 1), 8)
+    monkeypatch.setattr(G, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(G.DecodeMemoryError, match="ask for fewer tokens"):
+        G.generate(params, CFG, [[1]], 8)
+    monkeypatch.setattr(G, "available_memory_bytes", lambda: None)  # unknown: no refusal
+    G.generate(params, CFG, [[1]] * (fit + 1), 8)
+
+
+def test_decode_memory_estimate_covers_the_kv_cache_and_logits():
+    """The estimate grows with what the decode holds: twice the KV cache (the prefill's layout
+    and the loop's), the per-step logits, and the returned logits when asked."""
+    cfg = gpt_jax.GPTConfig.from_preset("gpt2")
+    B, P, N = 8, 32, 128
+    est = G.decode_memory_bytes(cfg, B, P, N)
+    kv = 2 * cfg.n_layer * B * (P + N - 1) * cfg.n_embd * 4
+    assert 2 * kv < est < 2 * kv + 200 * B * cfg.vocab_size * 4
+    assert G.decode_memory_bytes(cfg, B, P, N, return_logits=True) - est == 2 * B * N * cfg.vocab_size * 4
+    assert G.decode_memory_bytes(cfg, 2 * B, P, N) == 2 * est
+    assert G.decode_memory_bytes(cfg.replace(dtype="bfloat16"), B, P, N) < est
+    assert G.available_memory_bytes() > 0
+
+
+def test_tiny_temperature_is_greedy_not_an_overflow():
+    """--temperature 1e-45 printed "jjjj...": logits / 1e-45 overflowed to +-inf and the first
+    +inf won. The maximum is moved to 0 before dividing, so tiny temperatures tend to greedy;
+    one that float32 rounds to 0 acts as the smallest normal float32."""
+    params = random_params(CFG, seed=4)
+    prompts = prompts_of(LENGTHS, CFG.vocab_size, seed=4)
+    greedy = np.asarray(G.generate(params, CFG, prompts, N_NEW, temperature=0))
+    assert len(np.unique(greedy)) > 3
+    for t in (1e-45, 1e-38, 1e-30, 1e-8, 1e-300):
+        out = G.generate(params, CFG, prompts, N_NEW, temperature=t, key=jax.random.key(3))
+        np.testing.assert_array_equal(out, greedy, err_msg=f"temperature {t}")
+    # top_p that float32 rounds to 0 keeps the most likely token, not nothing
+    out = G.generate(params, CFG, prompts, N_NEW, top_p=1e-50, key=jax.random.key(3))
+    np.testing.assert_array_equal(out, greedy)
+    logits = jnp.array([[1e30, -1e30, 3.0, 3.0], [-jnp.inf, 2.0, 1.0, -jnp.inf]])
+    for t in (1e-38, 1e-45, 0.0):   # subnormal, and 0 (which generate() turns into greedy)
+        scaled = np.asarray(G.apply_temperature(logits, jnp.float32(t)))
+        assert np.all(scaled <= 0) and not np.isnan(scaled).any()
+        assert scaled[0, 0] == 0 and scaled[1, 1] == 0 and scaled[1, 0] == -np.inf
+
+
+def test_infinite_temperature_is_uniform_over_the_top_k_survivors():
+    """temperature=inf made every logit equal, so top-k (which ran after it) kept everything.
+    top-k now runs first: inf is uniform sampling among the k most likely tokens (all real ids
+    without top_k, never a padded one); top_p then keeps all k, as they are equally likely."""
+    logits = jnp.asarray(np.array(jax.random.normal(jax.random.key(5), (30,))) * 3)
+    order = np.argsort(-np.asarray(logits))
+    k, n = 5, 20_000
+    for kw in (dict(top_k=k), dict(top_k=k, top_p=0.3)):
+        counts = draws_of(logits, n, temperature=float("inf"), **kw)
+        probs = np.zeros(30)
+        probs[order[:k]] = 1 / k
+        assert chi2_pvalue(counts, probs) > 1e-4, kw
+    counts = draws_of(G.mask_vocab(logits, 25), n, temperature=float("inf"))
+    assert chi2_pvalue(counts, np.r_[np.full(25, 1 / 25), np.zeros(5)]) > 1e-4
+    # A huge finite temperature is the same limit.
+    counts = draws_of(logits, n, temperature=1e30, top_k=k)
+    assert counts[order[k:]].sum() == 0 and chi2_pvalue(counts, probs) > 1e-4
+    # End to end: only the top-k of each step's logits come out, and more than the top one.
+    params = random_params(CFG, seed=5)
+    new, lg = G.generate(params, CFG, prompts_of(LENGTHS, CFG.vocab_size), N_NEW, top_k=3,
+                         temperature=float("inf"), key=jax.random.key(0), return_logits=True)
+    top3 = np.argsort(-np.asarray(lg), axis=-1)[..., :3]
+    assert (np.asarray(new)[..., None] == top3).any(-1).all()
+    assert (np.asarray(new) != top3[..., 0]).mean() > 0.4   # ~2/3 are not the argmax
+
+
+def test_top_k_below_one_keeps_the_top_token_and_generate_refuses_tracing():
+    """top_k_filter's k may be traced (it cannot be refused there): k < 1 acts as 1 instead of
+    leaving nothing to sample (the draw then read garbage: id 0)."""
+    logits = jax.random.normal(jax.random.key(0), (4, 50)) + 1
+    for k in (0, -3):
+        kept = np.asarray(jax.jit(G.top_k_filter)(logits, jnp.int32(k)))
+        np.testing.assert_array_equal(np.isfinite(kept), np.isfinite(G.top_k_filter(logits, 1)))
+    with pytest.raises(gpt_jax.UserError, match="outside jax.jit"):
+        jax.jit(lambda p: G.generate(_PARAMS(), CFG, p, 4))(jnp.ones((1, 3), jnp.int32))

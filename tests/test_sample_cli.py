@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -20,8 +21,8 @@ def out_dir(tmp_path_factory):
     return str(d)
 
 
-def sample(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+def sample(*args, env=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **(env or {})}
     return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -60,3 +61,77 @@ def test_errors_are_one_line(out_dir, tmp_path):
                           "vocab")  # ids >= 512 in a tiny model's vocabulary
     assert_one_line_error(sample("--init_from", out_dir, "--temperature=-1"), "temperature")
     assert_one_line_error(sample("--init_from", out_dir, "--num_samples", "x"), "num_samples")
+
+
+def test_more_bad_input_is_one_line(out_dir):
+    # A prompt longer than block_size itself: numpy's "could not broadcast" traceback before.
+    assert_one_line_error(sample("--init_from", out_dir, "--start", "a " * 40,
+                                 "--max_new_tokens", "4"), "prompt length", "block_size 32")
+    assert_one_line_error(sample("--init_from", out_dir, "--seed", "99999999999999999999"),
+                          "--seed", "4294967295")
+    assert_one_line_error(sample("--init_from", out_dir, "--seed", "-1"), "--seed")
+    assert_one_line_error(sample("--init_from", out_dir, "--temperature", "nan"), "temperature")
+    assert_one_line_error(sample("--init_from", out_dir, "--max_new_tokens", "10" * 10),
+                          "block_size 32")
+    assert_one_line_error(sample("--init_from", out_dir, "--batch_size", "0"), "--batch_size")
+
+
+def test_tiny_and_infinite_temperatures(out_dir):
+    """--temperature 1e-45 printed "jjjj..." (overflow): now the greedy output. inf samples
+    uniformly among the top_k survivors and runs."""
+    common = ("--init_from", out_dir, "--start", "a b", "--num_samples", "2",
+              "--max_new_tokens", "12")
+    greedy = sample(*common, "--temperature", "0")
+    tiny = sample(*common, "--temperature", "1e-45")
+    assert greedy.returncode == tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == greedy.stdout
+    hot = sample(*common, "--temperature", "inf", "--top_k", "5")
+    assert hot.returncode == 0 and hot.stdout.count(SEP) == 2, hot.stderr
+
+
+def test_samples_are_decoded_in_batches_and_streamed(out_dir):
+    """--num_samples 100000000 grew to 22 GB and was killed without a word. Samples now go in
+    bounded batches, each written as it finishes: the first ones arrive at once."""
+    r = sample(f"--init_from={out_dir}", "--start", "a", "--num_samples", "5",
+               "--batch_size", "2", "--max_new_tokens", "6", "--seed", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(SEP + "\n") == 5 and "3 batches of 2" in r.stderr
+    again = sample(f"--init_from={out_dir}", "--start", "a", "--num_samples", "5",
+                   "--batch_size", "2", "--max_new_tokens", "6", "--seed", "4")
+    assert again.stdout == r.stdout
+    chunks = r.stdout.split(SEP + "\n")[:5]
+    assert len(set(chunks)) > 2                    # each batch draws with its own key
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    # Address space capped at 4 GiB (bash's ulimit: a preexec_fn would fork this threaded
+    # process): before batching, this run would have grown past it.
+    proc = subprocess.Popen(["bash", "-c", 'ulimit -v 4194304 && exec "$0" "$@"',
+                             sys.executable, "sample.py", "--init_from", out_dir, "--start",
+                             "a", "--num_samples", "100000000", "--max_new_tokens", "4"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        seen = 0
+        deadline = time.monotonic() + 120
+        while seen < 100 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line == SEP + "\n"
+        assert seen == 100, proc.stderr.read() if proc.poll() is not None else "too slow"
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert "1562500 batches of 64" in err, err
+
+
+def test_stdout_that_cannot_encode_a_sample_gets_replacement_characters(out_dir):
+    """A random model emits arbitrary bytes; an ASCII-only stdout raised UnicodeEncodeError
+    halfway through the samples. --eos on a vocabulary without <|endoftext|> says it is
+    ignored instead of ignoring it silently."""
+    r = sample("--init_from", out_dir, "--start", "a", "--max_new_tokens", "24",
+               "--num_samples", "6", "--seed", "0", "--eos", "true",
+               env={"PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(SEP) == 6 and "?" in r.stdout
+    assert "--eos true ignored" in r.stderr
