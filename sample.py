@@ -95,7 +95,7 @@ def main():
     import numpy as np
     import gpt_jax
     from gpt_jax.errors import UserError
-    from gpt_jax.bench import compile_seconds
+    from gpt_jax.timing import compile_seconds
     from gpt_jax.generate import (DecodeMemoryError, _decode, bucket_length,
                                   check_max_new_tokens, check_prompts, decode_args, max_batch)
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.config import GPTConfig
+from gpt_jax.timing import (Timing, block, compile_seconds, measure_matmul_flops, time_call,
+                            time_calls)
 
 
 @dataclass
@@ -44,58 +45,6 @@ class Result:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclass
-class Timing:
-    times: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def min(self) -> float:
-        return min(self.times)
-
-    @property
-    def max(self) -> float:
-        return max(self.times)
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median: above ~0.2 the machine was noisy and the figure is shaky."""
-        return (self.max - self.min) / self.median if self.median > 0 else 0.0
-
-
-def block(x):
-    return jax.block_until_ready(x)
-
-
-def compile_seconds(jitted: Callable, *args, **kwargs) -> tuple[Callable, float]:
-    """Lower and compile ahead of time; returns (compiled, seconds)."""
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args, **kwargs).compile()
-    return compiled, time.perf_counter() - t0
-
-
-def time_calls(fns: dict[str, Callable[[], Any]], repeats: int = 5,
-               warmup: int = 1) -> dict[str, Timing]:
-    """Time zero-argument callables, interleaved: warm-up each, then for r in repeats: each once."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            block(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            block(fn())
-            times[name].append(time.perf_counter() - t0)
-    return {name: Timing(t) for name, t in times.items()}
-
-
-def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
-    return time_calls({"_": fn}, repeats, warmup)["_"]
 
 
 def result_from_timing(section: str, name: str, timing: Timing, *, work: float, metric: str,
@@ -172,14 +121,6 @@ class Context:
         return self.preset, self.config()
 
 
-def measure_matmul_flops(ctx: Context, n: int, dtype=jnp.float32) -> tuple[Timing, float]:
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(jnp.matmul)
-    t = time_call(lambda: f(a, b), ctx.repeats, ctx.warmup)
-    return t, 2.0 * n ** 3
-
-
 def read_probe(ctx: Context) -> tuple[Callable[[], Any], float]:
     """(fn, bytes): a read-only reduction over >= 1 GiB (64 MiB with --tiny), where every byte
     is read once and almost nothing is written: the floor that a memory-bound decode step
@@ -193,12 +134,13 @@ def read_probe(ctx: Context) -> tuple[Callable[[], Any], float]:
 def section_machine(ctx: Context) -> list[Result]:
     n = 512 if ctx.tiny else (8192 if jax.default_backend() != "cpu" else 4096)
     rows = []
-    t, flops = measure_matmul_flops(ctx, n)
+    t, flops = measure_matmul_flops(n, repeats=ctx.repeats, warmup=ctx.warmup)
     rows.append(result_from_timing("machine", f"matmul f32 {n}x{n}", t, work=flops,
                                    metric="FLOP/s", unit="FLOP/s", config={"n": n}))
     ctx.peak_flops = rows[-1].value
     if jax.default_backend() != "cpu":
-        t, flops = measure_matmul_flops(ctx, n, jnp.bfloat16)
+        t, flops = measure_matmul_flops(n, jnp.bfloat16, repeats=ctx.repeats,
+                                         warmup=ctx.warmup)
         rows.append(result_from_timing("machine", f"matmul bf16 {n}x{n}", t, work=flops,
                                        metric="FLOP/s", unit="FLOP/s", config={"n": n}))
         ctx.peak_flops_bf16 = rows[-1].value

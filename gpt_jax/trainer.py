@@ -127,8 +127,8 @@ def peak_flops() -> tuple[float, str]:
     for name, flops in PEAK_FLOPS.items():
         if name.lower() in kind.lower():
             return flops * jax.device_count(), f"{kind} datasheet"
-    from gpt_jax.bench import Context, measure_matmul_flops
-    timing, work = measure_matmul_flops(Context(repeats=3, warmup=1), 2048)
+    from gpt_jax.timing import measure_matmul_flops
+    timing, work = measure_matmul_flops(2048, repeats=3, warmup=1)
     # the fastest repeat: a busy machine slows some repeats, never speeds one up
     return work / timing.min * jax.device_count(), f"measured 2048^3 matmul on {kind}"
 
