@@ -1,0 +1,58 @@
+"""Shared by the scoring, tasks and eval CLI tests: a fully random GPT and the same weights in
+transformers' GPT2LMHeadModel, which computes the reference log-probs one window at a time with
+none of gpt_jax.scoring's batching, bucketing or gathering."""
+import jax
+import numpy as np
+from flax import traverse_util
+
+import gpt_jax
+from gpt_jax.tokenizer import EOT_ID
+
+
+def random_params(cfg, seed=0):
+    """Every tensor random (a fresh GPT-2 has zero biases and unit LayerNorms, under which a
+    swapped or dropped parameter can pass): N(0, 0.1), LayerNorm scales 1 + N(0, 0.1)."""
+    flat = traverse_util.flatten_dict(gpt_jax.init_params(cfg, jax.random.key(seed)))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, x in flat.items():
+        noise = (0.1 * rng.standard_normal(x.shape)).astype(np.float32)
+        out[path] = jax.numpy.asarray(1.0 + noise if path[-1] == "scale" else noise)
+    return traverse_util.unflatten_dict(out)
+
+
+def hf_model(params, cfg):
+    from gpt_jax.hf import to_transformers
+    return to_transformers(params, cfg)
+
+
+def hf_logprobs(model, inputs):
+    """float64 (L, V) log-softmax of transformers' logits for one input sequence."""
+    import torch
+    with torch.no_grad():
+        logits = model(torch.tensor([list(inputs)], dtype=torch.long)).logits[0]
+    return torch.log_softmax(logits.double(), dim=-1).numpy()
+
+
+def ref_loglikelihood(model, block_size, context, continuation):
+    """lm-eval's rule, spelt out for one request: (sum log p, all greedy)."""
+    context = list(context) or [EOT_ID]
+    inputs = (context + list(continuation))[-(block_size + 1):][:-1]
+    logp = hf_logprobs(model, inputs)[len(inputs) - len(continuation):]
+    cont = np.asarray(continuation)
+    return (float(logp[np.arange(len(cont)), cont].sum()),
+            bool((logp.argmax(-1) == cont).all()))
+
+
+def ref_token_logprobs(model, block_size, tokens, stride):
+    """Per token: find the window that scores it (starts 0, stride, ..., the last moved left
+    to end at the end; the first window that predicts a token scores it) and run transformers
+    on that window's inputs up to the token."""
+    n = len(tokens)
+    seq = [EOT_ID] + list(tokens)
+    starts = list(range(0, max(n - block_size, 0), stride)) + [max(n - block_size, 0)]
+    out = np.zeros(n)
+    for i in range(n):           # token i is seq[i + 1], predicted from input position i
+        start = next(s for s in starts if s <= i < s + block_size)
+        out[i] = hf_logprobs(model, seq[start:i + 1])[-1, tokens[i]]
+    return out
