@@ -62,6 +62,15 @@ REFERENCES = {
 }
 
 
+def load_model(init_from: str):
+    """(params, cfg) as sample.py loads them: a train.py out_dir (it has checkpoints/; the
+    default `out` always means one), else a gpt2* hub id or a Hugging Face directory."""
+    import gpt_jax
+    if init_from == "out" or os.path.isdir(os.path.join(init_from, "checkpoints")):
+        return gpt_jax.load_checkpoint(init_from)
+    return gpt_jax.from_hf(init_from)
+
+
 def cache_dir() -> str:
     return os.environ.get("GPT_JAX_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "gpt_jax", "eval")
