@@ -1,6 +1,8 @@
 """Shared by the scoring, tasks and eval CLI tests: a fully random GPT and the same weights in
 transformers' GPT2LMHeadModel, which computes the reference log-probs one window at a time with
 none of gpt_jax.scoring's batching, bucketing or gathering."""
+import functools
+
 import jax
 import numpy as np
 from flax import traverse_util
@@ -24,6 +26,13 @@ def random_params(cfg, seed=0):
 def hf_model(params, cfg):
     from gpt_jax.hf import to_transformers
     return to_transformers(params, cfg)
+
+
+@functools.lru_cache(maxsize=2)
+def reference_pair(cfg, seed=0):
+    """(random params, the same weights in transformers), made once per test session."""
+    params = random_params(cfg, seed)
+    return params, hf_model(params, cfg)
 
 
 def hf_logprobs(model, inputs):
