@@ -35,11 +35,14 @@ def reference_pair(cfg, seed=0):
     return params, hf_model(params, cfg)
 
 
-def hf_logprobs(model, inputs):
-    """float64 (L, V) log-softmax of transformers' logits for one input sequence."""
+def hf_logprobs(model, inputs, positions=None):
+    """float64 log-softmax of transformers' logits for one input sequence: (L, V), or
+    (len(positions), V) at those positions only."""
     import torch
     with torch.no_grad():
         logits = model(torch.tensor([list(inputs)], dtype=torch.long)).logits[0]
+    if positions is not None:
+        logits = logits[list(positions)]
     return torch.log_softmax(logits.double(), dim=-1).numpy()
 
 
@@ -47,21 +50,25 @@ def ref_loglikelihood(model, block_size, context, continuation):
     """lm-eval's rule, spelt out for one request: (sum log p, all greedy)."""
     context = list(context) or [EOT_ID]
     inputs = (context + list(continuation))[-(block_size + 1):][:-1]
-    logp = hf_logprobs(model, inputs)[len(inputs) - len(continuation):]
+    first = len(inputs) - len(continuation)
+    logp = hf_logprobs(model, inputs, range(first, len(inputs)))
     cont = np.asarray(continuation)
     return (float(logp[np.arange(len(cont)), cont].sum()),
             bool((logp.argmax(-1) == cont).all()))
 
 
 def ref_token_logprobs(model, block_size, tokens, stride):
-    """Per token: find the window that scores it (starts 0, stride, ..., the last moved left
-    to end at the end; the first window that predicts a token scores it) and run transformers
-    on that window's inputs up to the token."""
+    """Per token: the window that scores it (starts 0, stride, ..., the last moved left to end
+    at the end; the first window that predicts a token scores it), and transformers' log p of
+    it from that window's inputs up to the token (read off one forward pass per window: a
+    causal model's output at a position depends only on the inputs up to it)."""
     n = len(tokens)
     seq = [EOT_ID] + list(tokens)
     starts = list(range(0, max(n - block_size, 0), stride)) + [max(n - block_size, 0)]
+    owner = [next(s for s in starts if s <= i < s + block_size) for i in range(n)]
     out = np.zeros(n)
-    for i in range(n):           # token i is seq[i + 1], predicted from input position i
-        start = next(s for s in starts if s <= i < s + block_size)
-        out[i] = hf_logprobs(model, seq[start:i + 1])[-1, tokens[i]]
+    for s in sorted(set(owner)):
+        mine = [i for i in range(n) if owner[i] == s]     # token i is predicted at input i
+        logp = hf_logprobs(model, seq[s:mine[-1] + 1], [i - s for i in mine])
+        out[mine] = logp[np.arange(len(mine)), [tokens[i] for i in mine]]
     return out
