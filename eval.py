@@ -101,7 +101,11 @@ def run_harness(args):
     except ImportError:
         raise UserError("--harness needs lm-evaluation-harness: pip install 'gpt-jax[eval]'") \
             from None
+    import multiprocessing
     import gpt_jax.evals  # noqa: F401  (registers the "gpt_jax" model)
+    # lm-eval computes bootstrap stderrs in a multiprocessing Pool; forking a process that runs
+    # JAX's threads can deadlock, so the workers come from a fork server instead.
+    multiprocessing.set_start_method("forkserver", force=True)
     if args.include_path and not os.path.isdir(args.include_path):
         raise UserError(f"--include_path {args.include_path} is not a directory")
     manager = TaskManager(include_path=args.include_path)
