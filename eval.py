@@ -67,11 +67,12 @@ def write_json(path, obj):
 
 def run_tasks(args):
     from gpt_jax import tasks
+    from gpt_jax.errors import UserError
     from gpt_jax.scoring import get_scorer
     params, cfg = tasks.load_model(args.init_from)
     if args.stride is not None and args.stride > cfg.block_size:
-        raise tasks.UserError(f"--stride must be at most the model's block_size "
-                              f"{cfg.block_size}, got {args.stride}")
+        raise UserError(f"--stride must be at most the model's block_size {cfg.block_size}, "
+                        f"got {args.stride}")
     print(f"[eval] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, "
           f"{cfg.n_embd} wide, block {cfg.block_size}, {cfg.dtype}; task {args.task}",
           file=sys.stderr)

@@ -46,6 +46,13 @@ def hf_logprobs(model, inputs, positions=None):
     return torch.log_softmax(logits.double(), dim=-1).numpy()
 
 
+def top_two_gap(logp):
+    """(argmax, its margin over the runner-up) of one row of log-probs: greedy checks use
+    tokens whose margin is far above float32 noise, so no CPU flips them."""
+    top2 = np.argsort(logp)[-2:]
+    return int(top2[1]), float(logp[top2[1]] - logp[top2[0]])
+
+
 def ref_loglikelihood(model, block_size, context, continuation):
     """lm-eval's rule, spelt out for one request: (sum log p, all greedy)."""
     context = list(context) or [EOT_ID]
