@@ -1,0 +1,136 @@
+"""Zero-shot evaluation of a model.
+
+  python eval.py --init_from gpt2 --task hellaswag|lambada|text [--data PATH] [--stride N]
+                 [--batch_size N] [--limit N] [--json FILE]
+  python eval.py --init_from gpt2 --harness lambada_openai,hellaswag [--include_path DIR]
+
+--init_from: a train.py out_dir (default: out), a gpt2* hub name or a Hugging Face directory.
+--task scores the standard file (downloaded into ~/.cache/gpt_jax/eval, or $GPT_JAX_CACHE) or
+--data PATH; --harness runs EleutherAI's lm-evaluation-harness with the "gpt_jax" model
+(pip install 'gpt-jax[eval]'). The results table goes to stdout; progress and timings to stderr.
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def parse_args(argv=None):
+    from gpt_jax.cli import ArgumentParser
+    from gpt_jax.tasks import TASKS
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init_from", default="out",
+                   help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
+    p.add_argument("--task", choices=TASKS, help="a built-in task")
+    p.add_argument("--harness", metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness task names")
+    p.add_argument("--include_path", metavar="DIR",
+                   help="--harness: a directory of extra lm-eval task YAML files")
+    p.add_argument("--data", metavar="PATH",
+                   help="--task: the data file (default: the standard one, downloaded)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="--task text: tokens between windows, 1 to block_size "
+                        "(default: block_size)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="rows per compiled call (default: sized by sequence length)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score only the first N examples (text: tokens)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    if (args.task is None) == (args.harness is None):
+        p.error("give exactly one of --task and --harness")
+    if args.harness is not None:
+        if args.data or args.stride is not None:
+            p.error("--data and --stride apply to --task; lm-eval tasks name their own data")
+        args.harness = [t.strip() for t in args.harness.split(",") if t.strip()]
+        if not args.harness:
+            p.error("--harness needs at least one task name")
+    elif args.include_path:
+        p.error("--include_path applies to --harness")
+    if args.stride is not None and args.task != "text":
+        p.error("--stride applies to --task text only")
+    for name in ("stride", "batch_size", "limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+def write_json(path, obj):
+    from gpt_jax.errors import UserError
+    try:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+    except OSError as e:
+        raise UserError(f"cannot write --json {path}: {e.strerror or e}") from None
+
+
+def run_tasks(args):
+    from gpt_jax import tasks
+    from gpt_jax.errors import UserError
+    from gpt_jax.scoring import get_scorer
+    params, cfg = tasks.load_model(args.init_from)
+    if args.stride is not None and args.stride > cfg.block_size:
+        raise UserError(f"--stride must be at most the model's block_size {cfg.block_size}, "
+                        f"got {args.stride}")
+    print(f"[eval] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, "
+          f"{cfg.n_embd} wide, block {cfg.block_size}, {cfg.dtype}; task {args.task}",
+          file=sys.stderr)
+    scorer = get_scorer(cfg)
+    compile_before = scorer.compile_seconds
+    result = tasks.run_task(params, cfg, args.task, args.data, limit=args.limit,
+                            batch_size=args.batch_size, stride=args.stride, progress=True)
+    compile_s = scorer.compile_seconds - compile_before
+    unit = "tokens" if args.task == "text" else "examples"
+    run_s = max(result["seconds"] - compile_s, 1e-9)
+    print(f"[eval] {result['n']} {unit} in {result['seconds']:.1f}s, of which compiling "
+          f"{compile_s:.1f}s: {result['n'] / run_s:,.1f} {unit}/s after compilation",
+          file=sys.stderr)
+    stride = args.stride or cfg.block_size
+    ref = tasks.reference(args.init_from, result, stride=stride, default_data=args.data is None)
+    print(tasks.format_table(result, ref))
+    if args.json:
+        write_json(args.json, {k: result[k] for k in ("task", "n", *tasks.METRICS[args.task])})
+
+
+def run_harness(args):
+    from gpt_jax.errors import UserError
+    try:
+        import lm_eval
+        import lm_eval.utils
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise UserError("--harness needs lm-evaluation-harness: pip install 'gpt-jax[eval]'") \
+            from None
+    import multiprocessing
+    import gpt_jax.evals  # noqa: F401  (registers the "gpt_jax" model)
+    # lm-eval computes bootstrap stderrs in a multiprocessing Pool; forking a process that runs
+    # JAX's threads can deadlock, so the workers come from a fork server instead.
+    multiprocessing.set_start_method("forkserver", force=True)
+    if args.include_path and not os.path.isdir(args.include_path):
+        raise UserError(f"--include_path {args.include_path} is not a directory")
+    manager = TaskManager(include_path=args.include_path)
+    unknown = [t for t in args.harness if not manager.match_tasks([t])]
+    if unknown:
+        raise UserError(f"unknown lm-eval task(s) {', '.join(unknown)}: see `lm-eval ls tasks`"
+                        f"{'' if args.include_path else ', or pass --include_path DIR'}")
+    results = lm_eval.simple_evaluate(
+        model="gpt_jax", model_args={"init_from": args.init_from}, tasks=args.harness,
+        batch_size=args.batch_size, limit=args.limit, task_manager=manager)
+    print(lm_eval.utils.make_table(results))
+    if args.json:
+        write_json(args.json, {"results": results["results"],
+                               "n-samples": results.get("n-samples", {})})
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.harness is not None:
+        run_harness(args)
+    else:
+        run_tasks(args)
+
+
+if __name__ == "__main__":
+    from gpt_jax.cli import run
+    run(main)

@@ -1,0 +1,361 @@
+"""Scoring text with a GPT: log-likelihoods of continuations and per-token log-probs of texts.
+
+The rules are lm-evaluation-harness's, so numbers compare with everyone else's:
+- loglikelihood: an empty context becomes [<|endoftext|>]; the model reads the last block_size
+  tokens of (context + continuation)[:-1], so a long context is cut from the left; the answer is
+  the summed log p of the continuation and whether every one of its tokens is the argmax.
+- token_logprobs: token 0 is conditioned on <|endoftext|>; windows of block_size input tokens
+  over [EOT] + tokens start at 0, stride, 2*stride, ... and the last one is moved left to end
+  where the sequence ends; each token is scored by the first window that predicts it.
+  stride = block_size is lm-eval's rolling loglikelihood; a smaller stride is Hugging Face's
+  "perplexity of fixed-length models" (every token then sees >= block_size - stride + 1 tokens).
+
+Both reduce to rows of (input tokens, the positions to score, their targets). Rows are sorted by
+length and batched; each batch is right-padded to a bucketed length T (2^k or 1.5 * 2^k) with
+bucketed S scored positions, so a whole benchmark runs through a handful of compiled programs.
+Only the S scored positions of a row go through the tied head and a log-softmax over the
+vocabulary: (B, S, V) logits live inside one compiled call and never leave it, and one batch is
+in flight at a time (the next is dispatched before the last one's (B, S) results are read).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.config import GPTConfig
+from gpt_jax.errors import UserError
+from gpt_jax.model import Block, mask_padded_vocab
+from gpt_jax.tokenizer import EOT_ID
+
+# Default batch shape: at most MAX_ROWS rows, MAX_TOKENS input tokens and MAX_SCORED scored
+# positions per batch. MAX_SCORED bounds the in-call float32 logits to 2048 * V * 4 bytes
+# (412 MB for GPT-2's 50257 ids); MAX_TOKENS bounds the activations.
+MAX_ROWS = 32
+MAX_TOKENS = 8192
+MAX_SCORED = 2048
+
+
+class Row(NamedTuple):
+    """One forward pass: `inputs` (L,) int32, with positions first..L-1 scored against `targets`
+    (L - first,) (the token each of those positions predicts)."""
+    inputs: np.ndarray
+    first: int
+    targets: np.ndarray
+
+
+def bucket(n: int, cap: int) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (2^k and 1.5 * 2^k) that holds n, at
+    most cap: padding wastes at most a third, and lengths share few compiled programs."""
+    b = 1 << max(0, (n - 1).bit_length())     # the power of two >= n
+    if b >= 4 and b * 3 // 4 >= n:
+        b = b * 3 // 4
+    return min(b, cap)
+
+
+# -- the compiled scorer ------------------------------------------------------------------------
+
+def hidden_states(params, cfg: GPTConfig, tokens):
+    """The final hidden states (after ln_f) of GPT(cfg) for tokens (B, T), positions 0..T-1:
+    GPT.__call__ up to its tied head, from the same modules. Params may be the unstacked GPT-2
+    layout or scan_layers' stacked "h"."""
+    dt = cfg.compute_dtype
+    embed = functools.partial(nn.Embed, features=cfg.n_embd, dtype=dt, param_dtype=cfg.params_dtype)
+    T = tokens.shape[1]
+    x = (embed(cfg.vocab_size).apply({"params": params["wte"]}, tokens)
+         + embed(cfg.block_size).apply({"params": params["wpe"]}, jnp.arange(T)[None, :]))
+    block = Block(cfg)
+    for i in range(cfg.n_layer):
+        p = (params[f"h_{i}"] if "h" not in params
+             else jax.tree_util.tree_map(lambda a: a[i], params["h"]))
+        x, _ = block.apply({"params": p}, x)  # causal, deterministic
+    # model.py's LayerNorm (epsilon 1e-5, statistics in float32).
+    ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=dt, param_dtype=cfg.params_dtype)
+    return ln_f.apply({"params": params["ln_f"]}, x)                        # (B, T, C)
+
+
+class Scorer:
+    """The compiled scoring function of one GPTConfig.
+
+    scorer(params, tokens, at, targets) -> (logp, greedy): tokens int32 (B, T) right-padded
+    inputs; at int32 (B, S) the positions to score; targets int32 (B, S) the tokens they
+    predict. logp float32 (B, S) is log p(target | inputs up to and including that position);
+    greedy bool (B, S) says whether the target's logit is the largest. Only the B*S scored
+    hidden states go through the head, so the (B, S, V) logits are the largest array.
+
+    One jit-compiled program per input shape (B, T, S) and params layout/sharding. `traces`
+    counts how many times the function was traced (once per new shape; calls with a shape seen
+    before reuse its program), and `compile_seconds` sums the time of the calls that traced
+    (tracing and compiling; execution is dispatched asynchronously and mostly not included).
+    """
+
+    def __init__(self, cfg: GPTConfig):
+        self.cfg = cfg
+        self.traces = 0
+        self.compile_seconds = 0.0
+        self._fn = jax.jit(self._score)
+
+    def _score(self, params, tokens, at, targets):
+        self.traces += 1
+        cfg = self.cfg
+        x = hidden_states(params, cfg, tokens)                              # (B, T, C)
+        x = jnp.take_along_axis(x, at[..., None], axis=1)                    # (B, S, C)
+        wte = params["wte"]["embedding"]
+        logits = jnp.einsum("bsc,vc->bsv", x, wte.astype(x.dtype),
+                            preferred_element_type=jnp.float32)             # (B, S, V)
+        logits = mask_padded_vocab(logits, cfg)
+        target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        top = jnp.max(logits, axis=-1)
+        # logsumexp with the max already at hand (jax.nn.logsumexp would take it again).
+        lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
+        # The target is the greedy token when its logit is the largest (an exact tie with
+        # another id, which argmax would break by index, counts as greedy).
+        return target - lse, target >= top
+
+    def lower(self, params, tokens, at, targets):
+        """jax's Lowered for these inputs (to inspect the program or time compilation apart)."""
+        return self._fn.lower(params, tokens, at, targets)
+
+    def __call__(self, params, tokens, at, targets):
+        before, t0 = self.traces, time.perf_counter()
+        out = self._fn(params, tokens, at, targets)
+        if self.traces != before:
+            self.compile_seconds += time.perf_counter() - t0
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def get_scorer(cfg: GPTConfig) -> Scorer:
+    """The Scorer that loglikelihood and token_logprobs use for cfg (one per config, kept)."""
+    return Scorer(cfg)
+
+
+# -- checking inputs ------------------------------------------------------------------------------
+
+def token_ids(x, cfg: GPTConfig, what: str) -> np.ndarray:
+    """A 1-D sequence of integer token ids as int32, or a one-line UserError naming `what`."""
+    if isinstance(x, (str, bytes)):
+        raise UserError(f"{what} must be a list of token ids, got a string (encode it first, "
+                        f"e.g. with gpt_jax.get_tokenizer().encode)")
+    try:
+        arr = np.asarray(x)
+    except Exception:
+        raise UserError(f"{what} must be a list of integer token ids") from None
+    if arr.ndim != 1:
+        raise UserError(f"{what} must be a flat list of token ids, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, np.int32)
+    if arr.dtype == bool or arr.dtype.kind not in "iu":
+        raise UserError(f"{what} must hold integer token ids, got {arr.dtype} "
+                        f"(e.g. {arr.reshape(-1)[0]!r})")
+    bad = arr[(arr < 0) | (arr >= cfg.vocab_size)]
+    if bad.size:
+        raise UserError(f"{what} has token id {int(bad[0])}, outside the model's vocabulary "
+                        f"(0 .. {cfg.vocab_size - 1})")
+    return arr.astype(np.int32)
+
+
+def _prefix_id(cfg: GPTConfig, why: str) -> int:
+    if EOT_ID >= cfg.vocab_size:
+        raise UserError(f"{why} needs <|endoftext|> (id {EOT_ID}), but the model's vocab_size "
+                        f"is {cfg.vocab_size}")
+    return EOT_ID
+
+
+def check_stride(stride, cfg: GPTConfig) -> int:
+    if stride is None:
+        return cfg.block_size
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) \
+            or not 1 <= stride <= cfg.block_size:
+        raise UserError(f"stride must be an integer in [1, {cfg.block_size}] (the model's "
+                        f"block_size), got {stride!r}")
+    return int(stride)
+
+
+def _check_batch_size(batch_size) -> Optional[int]:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+def request_row(context: np.ndarray, continuation: np.ndarray, cfg: GPTConfig) -> Row:
+    """lm-eval's row for one (context, continuation) request (both checked int32 arrays)."""
+    if len(context) == 0:
+        context = np.array([_prefix_id(cfg, "an empty context")], np.int32)
+    whole = np.concatenate([context, continuation])[-(cfg.block_size + 1):]
+    inputs = whole[:-1]
+    return Row(inputs, len(inputs) - len(continuation), continuation)
+
+
+def window_rows(tokens: np.ndarray, cfg: GPTConfig, stride: int) -> list[Row]:
+    """The windows that score every token of a text once (see the module docstring)."""
+    n, bs = len(tokens), cfg.block_size
+    if n == 0:
+        return []
+    seq = np.concatenate([[_prefix_id(cfg, "scoring a text (token 0 is conditioned on it)")],
+                          tokens]).astype(np.int32)
+    rows, start, scored = [], 0, 0      # tokens [0, scored) are done
+    while scored < n:
+        if start + bs >= n:             # the last window: moved left to end at the end
+            start = max(0, n - bs)
+        end = min(start + bs, n)        # inputs seq[start:end] predict tokens start..end-1
+        rows.append(Row(seq[start:end], scored - start, seq[scored + 1:end + 1]))
+        scored, start = end, start + stride
+    return rows
+
+
+def _mesh_rows(params):
+    """The mesh the params live on (a NamedSharding), or None: batch rows then go over all of
+    its devices, so each computes its own rows (as generate() does)."""
+    sharding = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
+    return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+
+
+def _put_rows(mesh, arrays):
+    if mesh is None:
+        return arrays
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+    # Every process holds the same host batch; each fills its own devices' slices from it.
+    return tuple(jax.make_array_from_callback(a.shape, rows, lambda idx, a=a: a[idx])
+                 for a in arrays)
+
+
+def _fetch(x) -> np.ndarray:
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def score_rows(params, cfg: GPTConfig, rows: Sequence[Row], *, batch_size=None,
+               progress: Optional[Callable[[int], None]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(logp float32 (n,), greedy bool (n,)) of each row's scored positions, in row order.
+
+    Rows are sorted longest first (the largest batch, its compile and any memory error come
+    first) and batched by `batch_size` rows (default: up to MAX_ROWS within the MAX_TOKENS and
+    MAX_SCORED budgets). progress(k) is called as each batch of k rows finishes."""
+    batch_size = _check_batch_size(batch_size)
+    scorer = get_scorer(cfg)
+    mesh = _mesh_rows(params)
+    devices = 1 if mesh is None else mesh.size
+    n_scored = [len(r.targets) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].inputs), -n_scored[i]))
+    results: list = [None] * len(rows)
+
+    def collect(pending):
+        idx, (logp, greedy) = pending
+        logp, greedy = _fetch(logp), _fetch(greedy)
+        for b, i in enumerate(idx):
+            results[i] = (logp[b, :n_scored[i]], greedy[b, :n_scored[i]])
+        if progress is not None:
+            progress(len(idx))
+
+    pending, pos = None, 0
+    while pos < len(order):
+        # Sorted longest first, so the first row of a batch sets its length bucket.
+        T = bucket(len(rows[order[pos]].inputs), cfg.block_size)
+        if batch_size is None:
+            S = bucket(max(n_scored[i] for i in order[pos:pos + MAX_ROWS]), T)
+            B = max(1, min(MAX_ROWS, MAX_TOKENS // T, MAX_SCORED // S))
+        else:
+            B = batch_size
+        idx = order[pos:pos + B]
+        S = bucket(max(n_scored[i] for i in idx), T)
+        B = -(-B // devices) * devices                     # whole rows on every device
+        tokens = np.zeros((B, T), np.int32)
+        at = np.zeros((B, S), np.int32)
+        targets = np.zeros((B, S), np.int32)
+        for b, i in enumerate(idx):
+            r = rows[i]
+            tokens[b, :len(r.inputs)] = r.inputs
+            at[b, :len(r.targets)] = r.first + np.arange(len(r.targets))
+            targets[b, :len(r.targets)] = r.targets
+        out = scorer(params, *_put_rows(mesh, (tokens, at, targets)))
+        if pending is not None:
+            collect(pending)                               # while this batch runs
+        pending, pos = (idx, out), pos + len(idx)
+    if pending is not None:
+        collect(pending)
+    return results
+
+
+# -- the public functions ---------------------------------------------------------------------
+
+def loglikelihood(params, cfg: GPTConfig, requests, *, batch_size: Optional[int] = None,
+                  progress: Optional[Callable[[int], None]] = None) -> list[tuple[float, bool]]:
+    """[(summed log p(continuation | context), whether every continuation token is the argmax)]
+    for requests [(context_ids, continuation_ids), ...], with lm-eval's rules (module docstring).
+
+    A continuation longer than block_size, an empty one, or ids outside the vocabulary are
+    UserErrors. batch_size: rows per compiled call (default: sized by length, see score_rows).
+    progress(k): called as each batch of k requests finishes.
+    """
+    if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence):
+        raise UserError("requests must be a list of (context_ids, continuation_ids) pairs")
+    rows = []
+    for i, req in enumerate(requests):
+        if isinstance(req, (str, bytes)) or not isinstance(req, Sequence) or len(req) != 2:
+            raise UserError(f"request {i} must be a (context_ids, continuation_ids) pair")
+        context = token_ids(req[0], cfg, f"request {i}: the context")
+        continuation = token_ids(req[1], cfg, f"request {i}: the continuation")
+        if len(continuation) == 0:
+            raise UserError(f"request {i}: the continuation is empty: nothing to score")
+        if len(continuation) > cfg.block_size:
+            raise UserError(f"request {i}: the continuation has {len(continuation)} tokens, more "
+                            f"than the model's block_size {cfg.block_size}: it cannot be scored "
+                            f"in one window (shorten it)")
+        rows.append(request_row(context, continuation, cfg))
+    scored = score_rows(params, cfg, rows, batch_size=batch_size, progress=progress)
+    # Summed in float64 on the host, from the float32 per-token values.
+    return [(float(np.sum(logp, dtype=np.float64)), bool(np.all(greedy)))
+            for logp, greedy in scored]
+
+
+def token_logprobs_batch(params, cfg: GPTConfig, texts, *, stride: Optional[int] = None,
+                         batch_size: Optional[int] = None,
+                         progress: Optional[Callable[[int], None]] = None) -> list[np.ndarray]:
+    """token_logprobs of several texts, their windows batched together. progress(k) counts
+    windows."""
+    stride = check_stride(stride, cfg)
+    rows, owner = [], []
+    for t, text in enumerate(texts):
+        ids = token_ids(text, cfg, "the text" if len(texts) == 1 else f"text {t}")
+        windows = window_rows(ids, cfg, stride)
+        rows += windows
+        owner += [t] * len(windows)
+    scored = score_rows(params, cfg, rows, batch_size=batch_size, progress=progress)
+    out = [[] for _ in texts]
+    for t, (logp, _) in zip(owner, scored):
+        out[t].append(logp)
+    return [np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+            for parts in out]
+
+
+def token_logprobs(params, cfg: GPTConfig, tokens, *, stride: Optional[int] = None,
+                   batch_size: Optional[int] = None,
+                   progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """float32 (N,): log p of each of the N tokens of a text, token 0 conditioned on
+    <|endoftext|>, over windows of block_size inputs every `stride` tokens (default block_size,
+    lm-eval's rolling loglikelihood; stride must be in [1, block_size]). Module docstring has
+    the rules. progress(k): called as each batch of k windows finishes."""
+    return token_logprobs_batch(params, cfg, [tokens], stride=stride, batch_size=batch_size,
+                                progress=progress)[0]
+
+
+def n_windows(n_tokens: int, cfg: GPTConfig, stride: Optional[int] = None) -> int:
+    """How many windows token_logprobs runs over a text of n_tokens tokens (for progress bars)."""
+    stride = check_stride(stride, cfg)
+    if n_tokens <= cfg.block_size:
+        return int(n_tokens > 0)
+    return math.ceil((n_tokens - cfg.block_size) / stride) + 1
