@@ -63,10 +63,12 @@ class GPTConfig:
 
     @property
     def compute_dtype(self):
+        """The jnp dtype of matmuls and activations (the `dtype` field names it)."""
         return DTYPES[self.dtype]
 
     @property
-    def params_dtype(self):
+    def storage_dtype(self):
+        """The jnp dtype parameters are stored in (the `param_dtype` field names it)."""
         return DTYPES[self.param_dtype]
 
     # -- construction ---------------------------------------------------------------------

@@ -77,7 +77,7 @@ def causal_mask(t: int, s: int | None = None):
 
 def _dense(cfg: GPTConfig, features: int, name: str, std: float = 0.02) -> nn.Dense:
     return nn.Dense(features, use_bias=cfg.bias, dtype=cfg.compute_dtype,
-                    param_dtype=cfg.params_dtype, kernel_init=nn.initializers.normal(std),
+                    param_dtype=cfg.storage_dtype, kernel_init=nn.initializers.normal(std),
                     bias_init=nn.initializers.zeros, name=name)
 
 
@@ -90,7 +90,7 @@ def _residual_std(cfg: GPTConfig) -> float:
 def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
     # Flax computes LayerNorm statistics in float32 even for bfloat16 inputs.
     return nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.compute_dtype,
-                        param_dtype=cfg.params_dtype, name=name)
+                        param_dtype=cfg.storage_dtype, name=name)
 
 
 class CausalSelfAttention(nn.Module):
@@ -198,7 +198,7 @@ class GPT(nn.Module):
         if positions is None:
             positions = jnp.arange(T)[None, :] + (0 if cache_index is None else cache_index)
         embed = functools.partial(nn.Embed, features=cfg.n_embd, dtype=cfg.compute_dtype,
-                                  param_dtype=cfg.params_dtype,
+                                  param_dtype=cfg.storage_dtype,
                                   embedding_init=nn.initializers.normal(0.02))
         wte = embed(cfg.vocab_size, name="wte")
         x = wte(tokens) + embed(cfg.block_size, name="wpe")(positions)

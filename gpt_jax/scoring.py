@@ -66,7 +66,7 @@ def hidden_states(params, cfg: GPTConfig, tokens):
     GPT.__call__ up to its tied head, from the same modules. Params may be the unstacked GPT-2
     layout or scan_layers' stacked "h"."""
     dt = cfg.compute_dtype
-    embed = functools.partial(nn.Embed, features=cfg.n_embd, dtype=dt, param_dtype=cfg.params_dtype)
+    embed = functools.partial(nn.Embed, features=cfg.n_embd, dtype=dt, param_dtype=cfg.storage_dtype)
     T = tokens.shape[1]
     x = (embed(cfg.vocab_size).apply({"params": params["wte"]}, tokens)
          + embed(cfg.block_size).apply({"params": params["wpe"]}, jnp.arange(T)[None, :]))
@@ -76,7 +76,7 @@ def hidden_states(params, cfg: GPTConfig, tokens):
              else jax.tree_util.tree_map(lambda a: a[i], params["h"]))
         x, _ = block.apply({"params": p}, x)  # causal, deterministic
     # model.py's LayerNorm (epsilon 1e-5, statistics in float32).
-    ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=dt, param_dtype=cfg.params_dtype)
+    ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=dt, param_dtype=cfg.storage_dtype)
     return ln_f.apply({"params": params["ln_f"]}, x)                        # (B, T, C)
 
 
