@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from gpt_jax import scoring
 from gpt_jax.errors import UserError
-from gpt_jax.generate import generate
+from gpt_jax.generation import generate
 from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
 log = logging.getLogger(__name__)
