@@ -1,6 +1,6 @@
 """generate(): prompts in, new tokens out, through one compiled program per static shape.
 
-The program prefills the whole prompt batch in one pass, then runs lax.scan over a KV cache.
+That program prefills the whole prompt batch in one pass, then runs lax.scan over a KV cache.
 The prompt batch is left-padded to a bucket length P (a power of two), so every row's last
 prompt token sits at index P-1 and all rows write the cache at the same index each step.
 Per-row positions (index - row padding) and an explicit mask (keys from the row's first real
@@ -33,6 +33,7 @@ from gpt_jax.errors import DecodeMemoryError, UserError
 from gpt_jax.model import GPT, mask_vocab
 from gpt_jax.sampling import first_argmax, sample_logits
 from gpt_jax.sharding import batch_devices, batch_sharding, params_mesh
+
 
 def bucket_length(n: int, block_size: int) -> int:
     """Prompt lengths are padded to powers of two (at least 8) so varied prompts share programs."""
