@@ -2,7 +2,8 @@
 
 Parameter names follow GPT-2's checkpoints (wte, wpe, h_0.., ln_1, attn.c_attn, attn.c_proj,
 ln_2, mlp.c_fc, mlp.c_proj, ln_f). Flax's Dense kernel is (in, out), the same layout as GPT-2's
-Conv1D weights, so Hugging Face tensors map over without transposes.
+Conv1D weights, so Hugging Face tensors map over without transposes. The one-token decode step
+(decode.py) and the scorer (scoring.py) read the same parameters.
 """
 from __future__ import annotations
 

@@ -146,6 +146,18 @@ def test_only_scored_positions_reach_the_head(model):
     assert f"{B}x{T}x{V}xf32" not in text
 
 
+def test_stacked_params_score_like_unstacked(model):
+    """A run's scan_layers layout (layers stacked under "h") scores what GPT-2's layout does."""
+    from gpt_jax.model import stack_layers
+    params, _ = model
+    rng = np.random.default_rng(4)
+    reqs = [(ids(rng, 5), ids(rng, 3)), ([], ids(rng, 4)), (ids(rng, 40), ids(rng, 2))]
+    plain = gpt_jax.loglikelihood(params, CFG, reqs)
+    stacked = gpt_jax.loglikelihood(stack_layers(params, CFG.n_layer), CFG, reqs)
+    for (a, g), (b, h) in zip(stacked, plain):
+        assert abs(a - b) <= 1e-5 * (1 + abs(b)) and g == h, (a, b)
+
+
 @pytest.mark.parametrize("requests,match", [
     ([([1, 2], list(range(BLOCK + 1)))], "request 0: the continuation has 33 tokens"),
     ([([1], [])], "request 0: the continuation is empty"),
