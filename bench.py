@@ -1,6 +1,6 @@
 """Benchmarks: python bench.py [--only machine,forward] [--json out.json] [--preset gpt2] ...
 
-Prints a table; --json writes DESIGN.md's bench JSON. See gpt_jax/bench.py for the method.
+Prints a table; --json writes docs/design.md's bench JSON. The method: gpt_jax/bench/harness.py.
 Every flag is checked (and the --json / --plot paths tried) before any section runs.
 """
 import argparse
@@ -13,8 +13,7 @@ DEVICES = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}  # --device -> JAX platfor
 
 def parse_args(argv=None):
     from gpt_jax.cli import ArgumentParser, str2bool
-    p = ArgumentParser(description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=None,
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--json", default=None, help="write results as JSON to this path")
@@ -86,10 +85,13 @@ def main():
             check_output_path(getattr(args, flag), f"--{flag}")
     if args.device:
         use_device(args.device)
-    from gpt_jax import bench
-    ctx = bench.Context(repeats=args.repeats, warmup=args.warmup, preset=args.preset,
-                        batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
-                        tiny=args.tiny, options={"torch_threads": args.torch_threads})
+    from gpt_jax.bench import SECTIONS, run_sections
+    from gpt_jax.bench.forward import check_forward_memory
+    from gpt_jax.bench.harness import Context
+    from gpt_jax.bench.report import format_table, write_json, write_plot
+    ctx = Context(repeats=args.repeats, warmup=args.warmup, preset=args.preset,
+                  batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+                  tiny=args.tiny, options={"torch_threads": args.torch_threads})
     ctx.options["train_gpt2"] = args.train_gpt2
     ctx.options["peers"] = args.peers
     ctx.config()  # validates --preset and --dtype with a one-line error
@@ -98,16 +100,16 @@ def main():
         raise UserError(f"--seq_len {args.seq_len} exceeds {name}'s block_size "
                         f"{cfg.block_size}: pass at most {cfg.block_size} (or omit it)")
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only \
-        else list(bench.SECTIONS)
-    unknown = [n for n in names if n not in bench.SECTIONS]
+        else list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
     if unknown or not names:
         raise UserError(f"unknown bench section(s) {unknown or args.only!r}; choose from "
-                        f"{', '.join(bench.SECTIONS)}")
+                        f"{', '.join(SECTIONS)}")
     if "forward" in names:
-        bench.check_forward_memory(ctx)
-    results = bench.run_sections(ctx, names)
-    print(bench.format_table(results))
-    for path, write in ((args.json, bench.write_json), (args.plot, bench.write_plot)):
+        check_forward_memory(ctx)
+    results = run_sections(ctx, names)
+    print(format_table(results))
+    for path, write in ((args.json, write_json), (args.plot, write_plot)):
         if path:
             try:
                 write(path, results)

@@ -10,9 +10,6 @@
 (pip install 'gpt-jax[eval]'). The results table goes to stdout; progress and timings to stderr.
 """
 import argparse
-import json
-import os
-import sys
 
 
 def parse_args(argv=None):
@@ -55,69 +52,27 @@ def parse_args(argv=None):
     return args
 
 
-def write_json(path, obj):
-    from gpt_jax.errors import UserError
-    try:
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-    except OSError as e:
-        raise UserError(f"cannot write --json {path}: {e.strerror or e}") from None
-
-
 def run_tasks(args):
     from gpt_jax import tasks
-    from gpt_jax.errors import UserError
-    from gpt_jax.scoring import get_scorer
-    params, cfg = tasks.load_model(args.init_from)
-    if args.stride is not None and args.stride > cfg.block_size:
-        raise UserError(f"--stride must be at most the model's block_size {cfg.block_size}, "
-                        f"got {args.stride}")
-    print(f"[eval] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, "
-          f"{cfg.n_embd} wide, block {cfg.block_size}, {cfg.dtype}; task {args.task}",
-          file=sys.stderr)
-    scorer = get_scorer(cfg)
-    compile_before = scorer.compile_seconds
-    result = tasks.run_task(params, cfg, args.task, args.data, limit=args.limit,
-                            batch_size=args.batch_size, stride=args.stride, progress=True)
-    compile_s = scorer.compile_seconds - compile_before
-    unit = "tokens" if args.task == "text" else "examples"
-    run_s = max(result["seconds"] - compile_s, 1e-9)
-    print(f"[eval] {result['n']} {unit} in {result['seconds']:.1f}s, of which compiling "
-          f"{compile_s:.1f}s: {result['n'] / run_s:,.1f} {unit}/s after compilation",
-          file=sys.stderr)
-    stride = args.stride or cfg.block_size
-    ref = tasks.reference(args.init_from, result, stride=stride, default_data=args.data is None)
-    print(tasks.format_table(result, ref))
+    result, table = tasks.evaluate(args.init_from, args.task, args.data, limit=args.limit,
+                                   batch_size=args.batch_size, stride=args.stride)
+    print(table)
     if args.json:
-        write_json(args.json, {k: result[k] for k in ("task", "n", *tasks.METRICS[args.task])})
+        keys = ("task", "n", *tasks.METRICS[args.task])
+        tasks.write_json(args.json, {k: result[k] for k in keys})
 
 
 def run_harness(args):
     from gpt_jax.errors import UserError
+    from gpt_jax.tasks import write_json
     try:
-        import lm_eval
-        import lm_eval.utils
-        from lm_eval.tasks import TaskManager
+        from gpt_jax import evals   # imports lm_eval and registers the "gpt_jax" model
     except ImportError:
         raise UserError("--harness needs lm-evaluation-harness: pip install 'gpt-jax[eval]'") \
             from None
-    import multiprocessing
-    import gpt_jax.evals  # noqa: F401  (registers the "gpt_jax" model)
-    # lm-eval computes bootstrap stderrs in a multiprocessing Pool; forking a process that runs
-    # JAX's threads can deadlock, so the workers come from a fork server instead.
-    multiprocessing.set_start_method("forkserver", force=True)
-    if args.include_path and not os.path.isdir(args.include_path):
-        raise UserError(f"--include_path {args.include_path} is not a directory")
-    manager = TaskManager(include_path=args.include_path)
-    unknown = [t for t in args.harness if not manager.match_tasks([t])]
-    if unknown:
-        raise UserError(f"unknown lm-eval task(s) {', '.join(unknown)}: see `lm-eval ls tasks`"
-                        f"{'' if args.include_path else ', or pass --include_path DIR'}")
-    results = lm_eval.simple_evaluate(
-        model="gpt_jax", model_args={"init_from": args.init_from}, tasks=args.harness,
-        batch_size=args.batch_size, limit=args.limit, task_manager=manager)
-    print(lm_eval.utils.make_table(results))
+    results = evals.run_harness(args.init_from, args.harness, include_path=args.include_path,
+                                batch_size=args.batch_size, limit=args.limit)
+    print(evals.results_table(results))
     if args.json:
         write_json(args.json, {"results": results["results"],
                                "n-samples": results.get("n-samples", {})})

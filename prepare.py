@@ -18,8 +18,7 @@ import sys
 
 def parse_args(argv=None):
     from gpt_jax.cli import ArgumentParser
-    p = ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="text files or directories")
     src.add_argument("--builtin", action="store_true",
@@ -38,48 +37,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def hf_documents(name, config, split, field, max_docs):
-    from gpt_jax.errors import UserError
-    try:
-        import datasets
-    except ImportError:
-        raise UserError("--hf_dataset needs the `datasets` package: pip install 'gpt-jax[data]'")
-    ds = datasets.load_dataset(name, config, split=split, streaming=True)
-    return row_texts(ds, name, field, max_docs)
-
-
-def row_texts(rows, name, field, max_docs):
-    """The `field` of each row, up to max_docs; a row without a text there is an error."""
-    from gpt_jax.errors import DataError
-    for i, row in zip(range(max_docs), rows):
-        text = row.get(field) if isinstance(row, dict) else None
-        if not isinstance(text, str):
-            fields = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
-            raise DataError(f"row {i} of {name} has no text field {field!r} (it has: "
-                            f"{fields}): pass --hf_text_field")
-        yield text
-
-
 def main(argv=None):
     args = parse_args(argv)
-    from gpt_jax import data
+    from gpt_jax import corpus
     from gpt_jax.errors import UserError
     # All checks first: a bad option must not cost the old data (or a long download).
-    data.check_options(batch_docs=args.batch_docs, num_threads=args.num_threads)
-    data.check_out_dir(args.out_dir)
+    corpus.check_options(batch_docs=args.batch_docs, num_threads=args.num_threads)
+    corpus.check_out_dir(args.out_dir)
     if args.hf_dataset and (args.hf_max_docs is None or args.hf_max_docs < 1):
         raise UserError("--hf_dataset needs --hf_max_docs N >= 1 (documents to take from the "
                         "stream; e.g. 8013769 is all of OpenWebText)")
     if args.builtin:
-        meta = data.prepare_builtin(args.out_dir)
+        meta = corpus.prepare_builtin(args.out_dir)
     elif args.hf_dataset:
-        docs = hf_documents(args.hf_dataset, args.hf_config, args.hf_split,
+        docs = corpus.hf_documents(args.hf_dataset, args.hf_config, args.hf_split,
                             args.hf_text_field, args.hf_max_docs)
-        meta = data.prepare(docs, args.hf_max_docs, args.out_dir,
+        meta = corpus.prepare(docs, args.hf_max_docs, args.out_dir,
                             sources=[f"{args.hf_dataset}:{args.hf_config or ''}:{args.hf_split}"],
                             batch_docs=args.batch_docs, num_threads=args.num_threads)
     else:
-        meta = data.prepare_files(args.input, args.out_dir, batch_docs=args.batch_docs,
+        meta = corpus.prepare_files(args.input, args.out_dir, batch_docs=args.batch_docs,
                                   num_threads=args.num_threads)
     skipped = meta.get("skipped") or []
     print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} "

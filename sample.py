@@ -94,10 +94,9 @@ def main():
     import jax
     import numpy as np
     import gpt_jax
-    from gpt_jax.errors import UserError
-    from gpt_jax.timing import compile_seconds
-    from gpt_jax.generate import (DecodeMemoryError, _decode, bucket_length,
-                                  check_max_new_tokens, check_prompts, decode_args, max_batch)
+    from gpt_jax.checks import check_max_new_tokens, check_prompts
+    from gpt_jax.errors import DecodeMemoryError, UserError
+    from gpt_jax.generation import bucket_length, compile_generate, generate_args, max_batch
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
 
     text = read_prompt(args.start)
@@ -119,16 +118,15 @@ def main():
     batch, n_batches = plan_batches(args.num_samples, args.batch_size,
                                     max_batch(cfg, P, args.max_new_tokens))
     key = jax.random.key(args.seed)
+    prompts = [ids] * batch
 
-    def batch_args(i):  # batch i draws with its own key; batch 0 with the seed's own key
-        return decode_args(
-            params, cfg, [ids] * batch, args.max_new_tokens,
-            key=key if i == 0 else jax.random.fold_in(key, i), temperature=args.temperature,
-            top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None,
-            eos_id=eos_id)
+    def sampling(i):  # batch i draws with its own key; batch 0 with the seed's own key
+        return dict(key=key if i == 0 else jax.random.fold_in(key, i),
+                    temperature=args.temperature, top_k=args.top_k or None,
+                    top_p=args.top_p if args.top_p < 1 else None, eos_id=eos_id)
 
-    try:
-        dargs, static = batch_args(0)
+    try:  # every check (memory too) before the config line and the compile
+        generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(0))
     except DecodeMemoryError as e:
         if args.batch_size is None:
             raise
@@ -140,11 +138,13 @@ def main():
           f"({n_batches} batch{'es' if n_batches > 1 else ''} of {batch}), "
           f"temperature {args.temperature}, top_k {args.top_k or 'off'}, "
           f"top_p {args.top_p if args.top_p < 1 else 'off'}, seed {args.seed}", file=sys.stderr)
-    decode, compile_s = compile_seconds(_decode, *dargs, **static)
+    t0 = time.perf_counter()
+    decode, dargs = compile_generate(params, cfg, prompts, args.max_new_tokens, **sampling(0))
+    compile_s = time.perf_counter() - t0
     left, n_tokens, run_s = args.num_samples, 0, 0.0
     for i in range(n_batches):
-        if i:
-            dargs, _ = batch_args(i)
+        if i:  # the same static shape: the compiled program takes these too
+            dargs, _ = generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(i))
         t0 = time.perf_counter()
         new = np.asarray(decode(*dargs))  # (batch, max_new_tokens)
         run_s += time.perf_counter() - t0

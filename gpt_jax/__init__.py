@@ -1,11 +1,11 @@
 """gpt_jax: GPT-2 as pure JAX/Flax functions."""
 from gpt_jax.config import GPTConfig, PRESETS
 from gpt_jax.errors import CheckpointError, ConfigError, DataError, UserError
-from gpt_jax.model import GPT, Block, CausalSelfAttention, MLP, count_params, init_params, log_probs
+from gpt_jax.model import GPT, Block, CausalSelfAttention, MLP, count_params, init_params
 from gpt_jax.tokenizer import get_tokenizer
 from gpt_jax.checkpoint import load_checkpoint, save_checkpoint
-from gpt_jax.generate import generate
-from gpt_jax.scoring import loglikelihood, token_logprobs
+from gpt_jax.generation import compile_generate, generate
+from gpt_jax.scoring import log_probs, loglikelihood, token_logprobs
 
 __version__ = "0.1.0"
 

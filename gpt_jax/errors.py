@@ -15,3 +15,15 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """A missing, empty or mismatched corpus or token file."""
+
+
+class TokenError(UserError, ValueError):
+    """Token ids that are not integers in [0, vocab_size), or tokens of the wrong shape."""
+
+
+class PromptTooLongError(UserError, ValueError):
+    """prompt length + max_new_tokens does not fit the model's block_size."""
+
+
+class DecodeMemoryError(UserError, MemoryError):
+    """The KV cache and logits of one generate() call would not fit in the memory available."""

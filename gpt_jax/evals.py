@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Optional
 
 import jax
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from gpt_jax import scoring
 from gpt_jax.errors import UserError
-from gpt_jax.generate import generate
+from gpt_jax.generation import generate
 from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -249,3 +250,32 @@ class GptJaxLM(TemplateLM):
                     still.append(i)
             active, chunk = still, chunk * 2
         return [self._text(t, until) for t in new]
+
+
+def run_harness(init_from: str, task_names: list[str], *, include_path: Optional[str] = None,
+                batch_size: Optional[int] = None, limit: Optional[int] = None) -> dict:
+    """`python eval.py --harness`: lm_eval.simple_evaluate of the tasks with the "gpt_jax" model
+    (task_names checked first; include_path: a directory of extra task YAML files). Returns
+    lm-eval's results dict (results_table prints it)."""
+    import multiprocessing
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    # lm-eval computes bootstrap stderrs in a multiprocessing Pool; forking a process that runs
+    # JAX's threads can deadlock, so the workers come from a fork server instead.
+    multiprocessing.set_start_method("forkserver", force=True)
+    if include_path and not os.path.isdir(include_path):
+        raise UserError(f"--include_path {include_path} is not a directory")
+    manager = TaskManager(include_path=include_path)
+    unknown = [t for t in task_names if not manager.match_tasks([t])]
+    if unknown:
+        raise UserError(f"unknown lm-eval task(s) {', '.join(unknown)}: see `lm-eval ls tasks`"
+                        f"{'' if include_path else ', or pass --include_path DIR'}")
+    return lm_eval.simple_evaluate(
+        model="gpt_jax", model_args={"init_from": init_from}, tasks=task_names,
+        batch_size=batch_size, limit=limit, task_manager=manager)
+
+
+def results_table(results: dict) -> str:
+    """lm-eval's table of a simple_evaluate result."""
+    import lm_eval.utils
+    return lm_eval.utils.make_table(results)

@@ -1,6 +1,7 @@
 """Scoring text with a GPT: log-likelihoods of continuations and per-token log-probs of texts.
 
-The rules are lm-evaluation-harness's, so numbers compare with everyone else's:
+log_probs scores every position of a batch of equal-length rows in one call. loglikelihood and
+token_logprobs follow lm-evaluation-harness's rules, so numbers compare with everyone else's:
 - loglikelihood: an empty context becomes [<|endoftext|>]; the model reads the last block_size
   tokens of (context + continuation)[:-1], so a long context is cut from the left; the answer is
   the summed log p of the continuation and whether every one of its tokens is the argmax.
@@ -24,14 +25,16 @@ import math
 import time
 from typing import Callable, NamedTuple, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import Block, mask_padded_vocab
+from gpt_jax.checks import check_params, check_token_ids
+from gpt_jax.errors import TokenError
+from gpt_jax.model import GPT
+from gpt_jax.sharding import batch_devices, batch_sharding, params_mesh
 from gpt_jax.tokenizer import EOT_ID
 
 # Default batch shape: at most MAX_ROWS rows, MAX_TOKENS input tokens and MAX_SCORED scored
@@ -61,25 +64,6 @@ def bucket(n: int, cap: int) -> int:
 
 # -- the compiled scorer ------------------------------------------------------------------------
 
-def hidden_states(params, cfg: GPTConfig, tokens):
-    """The final hidden states (after ln_f) of GPT(cfg) for tokens (B, T), positions 0..T-1:
-    GPT.__call__ up to its tied head, from the same modules. Params may be the unstacked GPT-2
-    layout or scan_layers' stacked "h"."""
-    dt = cfg.compute_dtype
-    embed = functools.partial(nn.Embed, features=cfg.n_embd, dtype=dt, param_dtype=cfg.storage_dtype)
-    T = tokens.shape[1]
-    x = (embed(cfg.vocab_size).apply({"params": params["wte"]}, tokens)
-         + embed(cfg.block_size).apply({"params": params["wpe"]}, jnp.arange(T)[None, :]))
-    block = Block(cfg)
-    for i in range(cfg.n_layer):
-        p = (params[f"h_{i}"] if "h" not in params
-             else jax.tree_util.tree_map(lambda a: a[i], params["h"]))
-        x, _ = block.apply({"params": p}, x)  # causal, deterministic
-    # model.py's LayerNorm (epsilon 1e-5, statistics in float32).
-    ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=dt, param_dtype=cfg.storage_dtype)
-    return ln_f.apply({"params": params["ln_f"]}, x)                        # (B, T, C)
-
-
 class Scorer:
     """The compiled scoring function of one GPTConfig.
 
@@ -103,13 +87,9 @@ class Scorer:
 
     def _score(self, params, tokens, at, targets):
         self.traces += 1
-        cfg = self.cfg
-        x = hidden_states(params, cfg, tokens)                              # (B, T, C)
-        x = jnp.take_along_axis(x, at[..., None], axis=1)                    # (B, S, C)
-        wte = params["wte"]["embedding"]
-        logits = jnp.einsum("bsc,vc->bsv", x, wte.astype(x.dtype),
-                            preferred_element_type=jnp.float32)             # (B, S, V)
-        logits = mask_padded_vocab(logits, cfg)
+        # Params in the GPT-2 layout or scan_layers' stacked "h" (a run's in-memory layout).
+        model = GPT(self.cfg, scan_layers="h" in params)
+        logits = model.apply({"params": params}, tokens, logits_at=at)      # (B, S, V)
         target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         top = jnp.max(logits, axis=-1)
         # logsumexp with the max already at hand (jax.nn.logsumexp would take it again).
@@ -215,20 +195,16 @@ def window_rows(tokens: np.ndarray, cfg: GPTConfig, stride: int) -> list[Row]:
     return rows
 
 
-def _mesh_rows(params):
-    """The mesh the params live on (a NamedSharding), or None: batch rows then go over all of
-    its devices, so each computes its own rows (as generate() does)."""
-    sharding = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
-    return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
-
-
 def _put_rows(mesh, arrays):
+    """The arrays with their rows split over mesh (as generate() splits its prompts), so each
+    device scores its own rows; as they are without a mesh."""
     if mesh is None:
         return arrays
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
-    # Every process holds the same host batch; each fills its own devices' slices from it.
-    return tuple(jax.make_array_from_callback(a.shape, rows, lambda idx, a=a: a[idx])
-                 for a in arrays)
+
+    def put(a):  # every process holds the same host batch; each fills its own devices' slices
+        rows = batch_sharding(mesh, ndim=a.ndim, batch_axis=0)
+        return jax.make_array_from_callback(a.shape, rows, lambda idx: a[idx])
+    return tuple(put(a) for a in arrays)
 
 
 def _fetch(x) -> np.ndarray:
@@ -247,8 +223,8 @@ def score_rows(params, cfg: GPTConfig, rows: Sequence[Row], *, batch_size=None,
     MAX_SCORED budgets). progress(k) is called as each batch of k rows finishes."""
     batch_size = _check_batch_size(batch_size)
     scorer = get_scorer(cfg)
-    mesh = _mesh_rows(params)
-    devices = 1 if mesh is None else mesh.size
+    mesh = params_mesh(params)   # batch rows then go over all of its devices
+    devices = batch_devices(mesh)
     n_scored = [len(r.targets) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].inputs), -n_scored[i]))
     results: list = [None] * len(rows)
@@ -291,6 +267,39 @@ def score_rows(params, cfg: GPTConfig, rows: Sequence[Row], *, batch_size=None,
 
 
 # -- the public functions ---------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=1)
+def _log_probs(params, cfg: GPTConfig, tokens, mask):
+    logits = GPT(cfg).apply({"params": params}, tokens[:, :-1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    out = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return out if mask is None else jnp.where(mask, out, 0.0)
+
+
+def log_probs(params, cfg: GPTConfig, tokens, mask=None):
+    """Per-token log p(x_t | x_<t) of a batch of equal-length rows, every position scored.
+
+    tokens: int (B, T), ids in [0, vocab_size), 2 <= T <= block_size + 1. Returns float32
+    (B, T-1): out[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]).
+    mask: optional bool (B, T-1), the shape of the result; masked-out positions give 0.
+    Bad tokens, a mask of the wrong shape or params that do not match cfg raise a UserError
+    (TokenError is also a ValueError). Token values are checked on the host (a device array is
+    read back once for that), except inside a jax transformation, where they cannot be.
+    """
+    check_params(params, cfg)
+    if not isinstance(tokens, jax.core.Tracer):
+        tokens = check_token_ids(tokens, cfg.vocab_size, "tokens")
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2 or not 2 <= tokens.shape[1] <= cfg.block_size + 1:
+        raise TokenError(f"log_probs needs tokens of shape (B, T) with 2 <= T <= block_size + 1 "
+                         f"= {cfg.block_size + 1}, got shape {tokens.shape}")
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        if mask.shape != (tokens.shape[0], tokens.shape[1] - 1):
+            raise TokenError(f"mask must have the result's shape "
+                             f"{(tokens.shape[0], tokens.shape[1] - 1)}, got {mask.shape}")
+    return _log_probs(params, cfg, tokens, mask)
+
 
 def loglikelihood(params, cfg: GPTConfig, requests, *, batch_size: Optional[int] = None,
                   progress: Optional[Callable[[int], None]] = None) -> list[tuple[float, bool]]:

@@ -106,6 +106,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def params_mesh(params) -> Optional[Mesh]:
+    """The mesh that params live on when it is one of make_mesh's (it has the batch axes), so
+    that a batch for them can be split by batch_sharding; None on one device or another mesh.
+    Reads one leaf (wte's embedding in GPT-2's tree), not a flattening of the whole tree."""
+    try:
+        leaf = params["wte"]["embedding"]
+    except (KeyError, TypeError, IndexError):
+        leaves = jax.tree_util.tree_leaves(params)
+        leaf = leaves[0] if leaves else None
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding) and set(BATCH_AXES) <= set(sharding.mesh.axis_names):
+        return sharding.mesh
+    return None
+
+
+def batch_devices(mesh: Optional[Mesh]) -> int:
+    """How many ways batch_sharding splits the rows of a batch on mesh (1 without a mesh)."""
+    return 1 if mesh is None else math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
 def local_rows(global_rows: int) -> slice:
     """The rows of a global batch that this process feeds (processes own equal, contiguous
     slices of the device order, which is how the batch sharding lays rows out)."""

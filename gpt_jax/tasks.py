@@ -307,3 +307,41 @@ def format_table(result: dict, ref: Optional[dict] = None) -> str:
         r = f"{ref[metric]:.4f}" if metric in ref else ""
         lines.append(f"{result['task']:<10} {metric:<14} {value:>12} {result['n']:>8} {r:>10}")
     return "\n".join(lines)
+
+
+def evaluate(init_from: str, task: str, path: Optional[str] = None, *,
+             limit: Optional[int] = None, batch_size: Optional[int] = None,
+             stride: Optional[int] = None) -> tuple[dict, str]:
+    """`python eval.py --task`: load the model (load_model), run the task with a progress bar
+    and say on stderr how long compiling and scoring took. Returns (run_task's result, the
+    results table with the published reference where one applies)."""
+    params, cfg = load_model(init_from)
+    if stride is not None and stride > cfg.block_size:
+        raise UserError(f"--stride must be at most the model's block_size {cfg.block_size}, "
+                        f"got {stride}")
+    print(f"[eval] model {init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, "
+          f"{cfg.n_embd} wide, block {cfg.block_size}, {cfg.dtype}; task {task}",
+          file=sys.stderr)
+    scorer = scoring.get_scorer(cfg)
+    compile_before = scorer.compile_seconds
+    result = run_task(params, cfg, task, path, limit=limit, batch_size=batch_size,
+                      stride=stride, progress=True)
+    compile_s = scorer.compile_seconds - compile_before
+    unit = "tokens" if task == "text" else "examples"
+    run_s = max(result["seconds"] - compile_s, 1e-9)
+    print(f"[eval] {result['n']} {unit} in {result['seconds']:.1f}s, of which compiling "
+          f"{compile_s:.1f}s: {result['n'] / run_s:,.1f} {unit}/s after compilation",
+          file=sys.stderr)
+    ref = reference(init_from, result, stride=stride or cfg.block_size,
+                    default_data=path is None)
+    return result, format_table(result, ref)
+
+
+def write_json(path: str, obj) -> None:
+    """eval.py --json: obj as indented JSON (a path that cannot be written is a UserError)."""
+    try:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+    except OSError as e:
+        raise UserError(f"cannot write --json {path}: {e.strerror or e}") from None

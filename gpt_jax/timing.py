@@ -1,6 +1,6 @@
 """Timing jitted work: compile time apart, warm-up excluded, every call waited for, repeats
 summarised by median / min / max, peers interleaved. Shared by the trainer (its MFU peak) and
-the bench sections (gpt_jax/bench.py)."""
+the bench sections (gpt_jax/bench/)."""
 from __future__ import annotations
 
 import statistics

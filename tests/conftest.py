@@ -18,9 +18,9 @@ def tiny_cfg():
 def builtin_data(tmp_path_factory):
     """The built-in corpus, prepared once per session into a temp dir (also exported as
     $GPT_JAX_DATA, so `--data builtin` in subprocesses finds it there)."""
-    from gpt_jax import data
+    from gpt_jax import corpus
     d = str(tmp_path_factory.mktemp("builtin"))
-    data.prepare_builtin(d, progress=False)
+    corpus.prepare_builtin(d, progress=False)
     os.environ["GPT_JAX_DATA"] = d
     return d
 

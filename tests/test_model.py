@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import GPT, GPTConfig, UserError, init_params, log_probs
-from gpt_jax.model import PADDED_LOGIT, TokenError, check_params, stack_layers
+from gpt_jax import GPT, GPTConfig, UserError, init_params
+from gpt_jax.model import PADDED_LOGIT
 
 
 def forward(cfg, params, tokens, **kw):
@@ -145,79 +145,6 @@ def test_padded_vocab_gets_no_probability():
     assert np.all(np.asarray(logits[..., 50257:]) == PADDED_LOGIT)
     probs = jax.nn.softmax(logits, axis=-1)
     assert float(probs[..., 50257:].sum()) == 0.0
-
-
-def test_log_probs_match_log_softmax(tiny_cfg):
-    params = init_params(tiny_cfg, jax.random.key(0))
-    tokens = random_tokens(tiny_cfg, (3, 12))
-    lp = log_probs(params, tiny_cfg, tokens)
-    assert lp.shape == (3, 11)
-    logits = np.asarray(forward(tiny_cfg, params, tokens), np.float64)
-    ref = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-        - logits.max(-1, keepdims=True)
-    t = np.asarray(tokens)
-    expected = np.take_along_axis(ref[:, :-1], t[:, 1:, None], -1)[..., 0]
-    np.testing.assert_allclose(lp, expected, rtol=1e-5, atol=1e-5)
-    mask = np.ones((3, 11), bool)
-    mask[1, 4:] = False
-    masked = np.asarray(log_probs(params, tiny_cfg, tokens, mask))
-    assert np.all(masked[1, 4:] == 0)
-    # the masked call is another compiled program: equal up to rounding, not bit for bit
-    np.testing.assert_allclose(masked[1, :4], np.asarray(lp)[1, :4], rtol=1e-5)
-    with pytest.raises(ValueError, match="mask"):
-        log_probs(params, tiny_cfg, tokens, np.ones((3, 12), bool))
-
-
-def test_log_probs_refuses_ids_outside_the_vocabulary_and_non_integer_ids(tiny_cfg):
-    """An id past the vocabulary read NaN (60000) or a plausible number (-3, a wrapped gather);
-    floats were truncated. Each is a one-line TokenError (a UserError and a ValueError)."""
-    params = init_params(tiny_cfg, jax.random.key(0))
-    V = tiny_cfg.vocab_size
-    good = [[1, 2, 3]]
-    assert np.isfinite(np.asarray(log_probs(params, tiny_cfg, good))).all()
-    for bad, fragment in (([[1, V]], f"token id {V} "), ([[1, 60000]], "token id 60000"),
-                          ([[1, -3]], "token id -3 "), (np.array([[1, 2]], np.uint64) + V,
-                                                        f"token id {V + 2}"),
-                          ([[1.0, 1.7]], "1.7"), ([[1.0, float("nan")]], "nan"),
-                          ([[True, False]], "bool"), ("hello", "text"),
-                          ([[1, 2], [3]], "integer token ids")):
-        with pytest.raises(TokenError, match=fragment) as e:
-            log_probs(params, tiny_cfg, bad)
-        assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
-        assert "\n" not in str(e.value)
-    with pytest.raises(TokenError, match="2 <= T"):
-        log_probs(params, tiny_cfg, [[1]])
-    with pytest.raises(TokenError, match="block_size"):
-        log_probs(params, tiny_cfg, np.ones((1, tiny_cfg.block_size + 2), int))
-    assert log_probs(params, tiny_cfg, np.ones((1, tiny_cfg.block_size + 1), int)).shape == \
-        (1, tiny_cfg.block_size)
-    # Under a jax transformation the values cannot be read: no check, the same numbers.
-    traced = jax.jit(lambda t: log_probs(params, tiny_cfg, t))(jnp.asarray(good))
-    np.testing.assert_array_equal(traced, log_probs(params, tiny_cfg, good))
-
-
-def test_params_that_do_not_match_cfg_are_named_in_one_line(tiny_cfg):
-    params = init_params(tiny_cfg, jax.random.key(0))
-    assert check_params(params, tiny_cfg) is params
-    tokens = [[1, 2, 3]]
-    for wrong, fragment in ((dict(n_layer=3), "params have 2 layers, cfg.n_layer is 3"),
-                            (dict(n_embd=128), "params are 64 wide, cfg.n_embd is 128"),
-                            (dict(vocab_size=300), "vocab_size 256, cfg.vocab_size is 300"),
-                            (dict(block_size=64), "block_size 32, cfg.block_size is 64"),
-                            (dict(bias=False), "(cfg.bias is false)")):
-        cfg = tiny_cfg.replace(**wrong)
-        with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")) as e:
-            log_probs(params, cfg, tokens)
-        assert "\n" not in str(e.value) and "Pass the cfg the params were made with" in str(e.value)
-    no_bias = init_params(tiny_cfg.replace(bias=False), jax.random.key(0))
-    with pytest.raises(UserError, match=r"lack .*bias \(cfg.bias is true\)"):
-        check_params(no_bias, tiny_cfg)
-    with pytest.raises(UserError, match="unstack_layers"):
-        check_params(stack_layers(params, tiny_cfg.n_layer), tiny_cfg)
-    with pytest.raises(UserError, match="GPTConfig"):
-        check_params(params, {"n_layer": 2})
-    with pytest.raises(UserError, match="parameter dict"):
-        check_params([params], tiny_cfg)
 
 
 @pytest.mark.parametrize("remat,scan_layers", [(True, False), (False, True), (True, True)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from test_data import snapshot
+from token_dirs import snapshot
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "16",
         "--batch_size", "2", "--eval_iters", "1", "--max_iters", "2"]
@@ -104,11 +104,12 @@ def test_train_on_damaged_tokens_says_damaged(prepared, tmp_path):
 def test_hf_rows_without_text(tmp_path):
     sys.path.insert(0, ROOT)
     import prepare as prepare_cli
+    from gpt_jax.corpus import row_texts
     from gpt_jax.errors import DataError, UserError
     rows = [{"text": "a"}, {"content": "b"}]
     with pytest.raises(DataError, match="row 1 of ds has no text field 'text'.*content"):
-        list(prepare_cli.row_texts(rows, "ds", "text", 10))
-    assert list(prepare_cli.row_texts(rows, "ds", "text", 1)) == ["a"]
+        list(row_texts(rows, "ds", "text", 10))
+    assert list(row_texts(rows, "ds", "text", 1)) == ["a"]
     with pytest.raises(UserError, match="--hf_max_docs"):
         prepare_cli.main(["--hf_dataset", "x", "--hf_max_docs", "-5",
                           "--out_dir", str(tmp_path / "o")])

@@ -57,9 +57,9 @@ def resume_from(src, dst, step):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """~50k tokens (this package's source), prepared once."""
-    from gpt_jax import data
+    from gpt_jax.corpus import prepare_files
     d = str(tmp_path_factory.mktemp("corpus"))
-    data.prepare_files([os.path.join(ROOT, "gpt_jax")], d, progress=False)
+    prepare_files([os.path.join(ROOT, "gpt_jax")], d, progress=False)
     return d
 
 

@@ -1,11 +1,14 @@
 """gpt_jax.loglikelihood and gpt_jax.token_logprobs against transformers' GPT2LMHeadModel on the
 same fully random weights, request by request and token by token (tests/scoring_reference.py
-computes one window at a time, with none of the batching, bucketing or gathering)."""
+computes one window at a time, with none of the batching, bucketing or gathering); and
+gpt_jax.log_probs against a float64 log-softmax of the model's logits."""
 import os
 import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,8 +16,8 @@ pytest.importorskip("torch", reason="the reference needs torch (pip install .[te
 pytest.importorskip("transformers", reason="the reference needs transformers (pip install .[test])")
 
 import gpt_jax
-from gpt_jax import scoring
-from gpt_jax.errors import UserError
+from gpt_jax import GPT, init_params, log_probs, scoring
+from gpt_jax.errors import TokenError, UserError
 from gpt_jax.tokenizer import EOT_ID
 
 from scoring_reference import (hf_logprobs, ref_loglikelihood, ref_token_logprobs,
@@ -143,6 +146,18 @@ def test_only_scored_positions_reach_the_head(model):
     assert f"{B}x{T}x{V}xf32" not in text
 
 
+def test_stacked_params_score_like_unstacked(model):
+    """A run's scan_layers layout (layers stacked under "h") scores what GPT-2's layout does."""
+    from gpt_jax.model import stack_layers
+    params, _ = model
+    rng = np.random.default_rng(4)
+    reqs = [(ids(rng, 5), ids(rng, 3)), ([], ids(rng, 4)), (ids(rng, 40), ids(rng, 2))]
+    plain = gpt_jax.loglikelihood(params, CFG, reqs)
+    stacked = gpt_jax.loglikelihood(stack_layers(params, CFG.n_layer), CFG, reqs)
+    for (a, g), (b, h) in zip(stacked, plain):
+        assert abs(a - b) <= 1e-5 * (1 + abs(b)) and g == h, (a, b)
+
+
 @pytest.mark.parametrize("requests,match", [
     ([([1, 2], list(range(BLOCK + 1)))], "request 0: the continuation has 33 tokens"),
     ([([1], [])], "request 0: the continuation is empty"),
@@ -219,3 +234,62 @@ def test_rows_are_split_over_a_mesh(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok")
+
+
+# -- log_probs: every position of equal-length rows ----------------------------------------------
+
+def random_tokens(cfg, shape, seed=1):
+    return jax.random.randint(jax.random.key(seed), shape, 0, cfg.n_real_vocab, jnp.int32)
+
+
+def forward(cfg, params, tokens):
+    return GPT(cfg).apply({"params": params}, tokens)
+
+
+def test_log_probs_match_log_softmax(tiny_cfg):
+    params = init_params(tiny_cfg, jax.random.key(0))
+    tokens = random_tokens(tiny_cfg, (3, 12))
+    lp = log_probs(params, tiny_cfg, tokens)
+    assert lp.shape == (3, 11)
+    logits = np.asarray(forward(tiny_cfg, params, tokens), np.float64)
+    ref = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    t = np.asarray(tokens)
+    expected = np.take_along_axis(ref[:, :-1], t[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(lp, expected, rtol=1e-5, atol=1e-5)
+    mask = np.ones((3, 11), bool)
+    mask[1, 4:] = False
+    masked = np.asarray(log_probs(params, tiny_cfg, tokens, mask))
+    assert np.all(masked[1, 4:] == 0)
+    # the masked call is another compiled program: equal up to rounding, not bit for bit
+    np.testing.assert_allclose(masked[1, :4], np.asarray(lp)[1, :4], rtol=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        log_probs(params, tiny_cfg, tokens, np.ones((3, 12), bool))
+
+
+def test_log_probs_refuses_ids_outside_the_vocabulary_and_non_integer_ids(tiny_cfg):
+    """An id past the vocabulary read NaN (60000) or a plausible number (-3, a wrapped gather);
+    floats were truncated. Each is a one-line TokenError (a UserError and a ValueError)."""
+    params = init_params(tiny_cfg, jax.random.key(0))
+    V = tiny_cfg.vocab_size
+    good = [[1, 2, 3]]
+    assert np.isfinite(np.asarray(log_probs(params, tiny_cfg, good))).all()
+    for bad, fragment in (([[1, V]], f"token id {V} "), ([[1, 60000]], "token id 60000"),
+                          ([[1, -3]], "token id -3 "), (np.array([[1, 2]], np.uint64) + V,
+                                                        f"token id {V + 2}"),
+                          ([[1.0, 1.7]], "1.7"), ([[1.0, float("nan")]], "nan"),
+                          ([[True, False]], "bool"), ("hello", "text"),
+                          ([[1, 2], [3]], "integer token ids")):
+        with pytest.raises(TokenError, match=fragment) as e:
+            log_probs(params, tiny_cfg, bad)
+        assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+        assert "\n" not in str(e.value)
+    with pytest.raises(TokenError, match="2 <= T"):
+        log_probs(params, tiny_cfg, [[1]])
+    with pytest.raises(TokenError, match="block_size"):
+        log_probs(params, tiny_cfg, np.ones((1, tiny_cfg.block_size + 2), int))
+    assert log_probs(params, tiny_cfg, np.ones((1, tiny_cfg.block_size + 1), int)).shape == \
+        (1, tiny_cfg.block_size)
+    # Under a jax transformation the values cannot be read: no check, the same numbers.
+    traced = jax.jit(lambda t: log_probs(params, tiny_cfg, t))(jnp.asarray(good))
+    np.testing.assert_array_equal(traced, log_probs(params, tiny_cfg, good))

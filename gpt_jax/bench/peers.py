@@ -1,0 +1,65 @@
+"""The Hugging Face PyTorch peers the training and decoding sections time against ours, on the
+same weights (torch and transformers are optional: without them those rows are left out)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from gpt_jax.bench.harness import Context
+from gpt_jax.config import GPTConfig
+
+
+def have_peers(ctx: Context, section: str) -> bool:
+    """Whether to time the Hugging Face PyTorch peers (installed, and not --peers false)."""
+    if not ctx.options.get("peers", True):
+        return False
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError:
+        print(f"[bench] {section}: torch/transformers missing, skipping the Hugging Face peer "
+              f"rows (pip install 'gpt-jax[test]')", file=sys.stderr)
+        return False
+    # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
+    # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
+    torch.set_num_threads(ctx.options.get("torch_threads") or os.cpu_count() or 1)
+    return True
+
+
+def torch_train_step(params, cfg: GPTConfig, tc):
+    """A Hugging Face GPT2LMHeadModel + torch AdamW step with our recipe (same weights, decay
+    groups, clipping): the peer. Returns step(tokens (B, T + 1) numpy) -> loss float."""
+    import torch
+    from gpt_jax.hf import to_transformers
+    model = to_transformers(params, cfg)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8)
+
+    def step(tokens):
+        x = torch.from_numpy(tokens[:, :-1].astype(np.int64))
+        y = torch.from_numpy(tokens[:, 1:].astype(np.int64))
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def params_to_hf(params, cfg: GPTConfig):
+    """The PyTorch peer for decoding: our weights in a GPT2LMHeadModel that generates exactly
+    max_new_tokens (no EOS stop)."""
+    from gpt_jax.hf import to_transformers
+    model = to_transformers(params, cfg)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model

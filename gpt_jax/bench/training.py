@@ -1,0 +1,91 @@
+"""Section "train": the full jitted train step against Hugging Face GPT2LMHeadModel + torch
+AdamW on the same weights and batches, interleaved."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.bench.harness import Context, Result, ratio_row, result_from_timing
+from gpt_jax.bench.peers import have_peers, torch_train_step
+from gpt_jax.model import count_params, init_params
+from gpt_jax.timing import compile_seconds, time_calls
+from gpt_jax.train import (TrainConfig, flops_per_token, init_state, make_optimizer,
+                           make_train_step)
+
+
+def train_variants(ctx: Context) -> list[tuple[str, dict]]:
+    """(label, GPTConfig overrides) of our train step: float32 always; bfloat16 on accelerators
+    (or when asked: XLA:CPU runs bfloat16 dots ~15x slower than float32); on a GPU, bfloat16
+    attention through cuDNN's fused kernel and through XLA."""
+    variants = [("float32", {})]
+    backend = jax.default_backend()
+    if backend != "cpu" or ctx.dtype == "bfloat16":
+        variants.append(("bfloat16", {"dtype": "bfloat16"}))
+    if backend == "gpu":
+        variants[-1] = ("bfloat16 cudnn attn", {"dtype": "bfloat16", "attn_impl": "cudnn"})
+        variants.append(("bfloat16 xla attn", {"dtype": "bfloat16", "attn_impl": "xla"}))
+    return variants
+
+
+def run(ctx: Context) -> list[Result]:
+    """Tokens/s, step time and MFU of the full jitted train step (forward, backward, AdamW,
+    clipping) against Hugging Face GPT2LMHeadModel + torch AdamW on the same weights and
+    batches, interleaved. FLOPs per token: 6N + 12 L C T (docs/design.md)."""
+    sizes = [("4x256", dict(n_layer=4, n_head=4, n_embd=256), 8)]
+    if ctx.tiny:
+        sizes = [("tiny", dict(n_layer=2, n_head=2, n_embd=64), 2)]
+    elif ctx.options.get("train_gpt2", True):
+        sizes.append(("gpt2-small", dict(n_layer=12, n_head=12, n_embd=768), 4))
+    T = 64 if ctx.tiny else 256
+    have_torch = have_peers(ctx, "train")
+    rows = []
+    for name, arch, B in sizes:
+        tc = TrainConfig(**arch, block_size=T, batch_size=B, vocab_size=50257)
+        base = tc.model_config()
+        tx, sched = make_optimizer(tc)
+        params = init_params(base, jax.random.key(0))
+        rng = np.random.default_rng(0)
+        batches = [rng.integers(0, base.n_real_vocab, (1, B, T + 1), dtype=np.int32)
+                   for _ in range(4)]
+        fns, compile_s, configs = {}, {}, {}
+        for label, overrides in train_variants(ctx):
+            cfg = base.replace(**overrides)
+            # The step donates its state: each variant gets its own copy of the weights.
+            state = init_state(jax.tree_util.tree_map(jnp.copy, params), tx, jax.random.key(1))
+            step, compile_s[label] = compile_seconds(make_train_step(cfg, tx, sched), state,
+                                                     batches[0])
+            box = {"state": state, "i": 0}
+
+            def ours(step=step, box=box):
+                box["i"] += 1
+                box["state"], m = step(box["state"], batches[box["i"] % 4])
+                return m["loss"]
+            fns[label], configs[label] = ours, cfg
+        if have_torch:
+            peer = torch_train_step(params, base, tc)
+            fns["torch"] = lambda: peer(batches[0][0])
+        timings = time_calls(fns, ctx.repeats, ctx.warmup)
+        fpt = flops_per_token(base, T, count_params(base, non_embedding=True))
+        res = {}
+        for impl, t in timings.items():
+            cfg = configs.get(impl, base)
+            label = f"gpt_jax {impl}" if impl != "torch" else "HF GPT2LMHeadModel + torch AdamW"
+            conf = {**arch, "batch": B, "seq": T, "dtype": cfg.dtype, "vocab": cfg.vocab_size,
+                    "attn_impl": cfg.attn_impl if impl != "torch" else "torch sdpa",
+                    "flops_per_token": fpt}
+            res[impl] = result_from_timing("train", f"{name} {label}", t, work=B * T,
+                                           metric="tokens/s", unit="tokens/s", config=conf,
+                                           compile_s=compile_s.get(impl))
+            rows.append(res[impl])
+            peak = ctx.peak_flops
+            if cfg.dtype != "float32" and ctx.peak_flops_bf16:
+                peak = ctx.peak_flops_bf16
+            if peak:
+                rows.append(Result("train", f"{name} {label}", "MFU (vs measured matmul)",
+                                   res[impl].value * fpt / peak, "fraction", conf))
+        if "torch" in res:
+            conf = {**arch, "batch": B, "seq": T, "dtype": "float32"}
+            rows.append(ratio_row("train", f"{name} gpt_jax / HF torch", res["float32"],
+                                  res["torch"], conf))
+    return rows

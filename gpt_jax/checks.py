@@ -1,0 +1,267 @@
+"""Host-side checks of what callers pass to the library's functions (the model's params and
+token ids; generate()'s prompts, lengths, sampling settings, key and eos id).
+
+Each returns the value in one canonical form or raises a one-line UserError that says what to
+pass instead, before anything is compiled or allocated: never an error from deep inside JAX.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Mapping
+from typing import Optional
+
+import jax
+import numpy as np
+
+from gpt_jax.config import GPTConfig
+from gpt_jax.errors import PromptTooLongError, TokenError, UserError
+from gpt_jax.model import param_shapes
+
+
+# -- token ids and params --------------------------------------------------------------------
+
+def check_token_ids(tokens, vocab_size: int, what: str = "tokens") -> np.ndarray:
+    """tokens as a numpy int64 array, once every value is an integer id in [0, vocab_size).
+
+    Floats are refused rather than truncated (1.7 would become 1, NaN a huge negative id);
+    bools and text too. Any shape is returned as it is: callers check the shape they need."""
+    if isinstance(tokens, (str, bytes)):
+        raise TokenError(f"{what} must be integer token ids, not text: encode it first "
+                         f"(gpt_jax.get_tokenizer().encode(text))")
+    try:
+        arr = np.asarray(tokens)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged nesting, odd objects
+        raise TokenError(f"{what} must be integer token ids (a list of ints or an int array): "
+                         f"{e}") from None
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind in "US":
+            raise TokenError(f"{what} must be integer token ids, not text: encode it first "
+                             f"(gpt_jax.get_tokenizer().encode(text))")
+        flat = arr.reshape(-1)
+        if arr.dtype.kind == "O":  # Python ints beyond int64, None, mixed types
+            bad = next((x for x in flat if not (isinstance(x, (int, np.integer)) and
+                                                not isinstance(x, bool) and 0 <= x < vocab_size)),
+                       flat[0])
+            raise TokenError(f"{what} must be integer token ids in [0, {vocab_size}), "
+                             f"got {bad!r}")
+        if arr.dtype.kind == "f":
+            bad = next((x for x in flat if not float(x).is_integer()), flat[0]).item()
+            raise TokenError(f"{what} must be integer token ids, got {arr.dtype} values such "
+                             f"as {bad!r}: pass ints (a float id is never rounded for you)")
+        raise TokenError(f"{what} must be integer token ids, got {arr.dtype} values")
+    lo, hi = int(arr.min()), int(arr.max())  # Python ints: no overflow whatever the dtype
+    if lo < 0 or hi >= vocab_size:
+        raise TokenError(f"token id {lo if lo < 0 else hi} in {what} is outside the model's "
+                         f"vocabulary (ids 0..{vocab_size - 1}, vocab_size {vocab_size})")
+    return arr.astype(np.int64, copy=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _expected(cfg: GPTConfig) -> tuple:
+    """(treedef, leaf shapes, {"h_0/attn/c_attn/kernel": shape, ...}) of cfg's params (one
+    abstract init per config)."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    flat, _ = jax.tree_util.tree_flatten_with_path(shapes)
+    return (treedef, [tuple(x.shape) for x in leaves],
+            {_path_name(path): tuple(x.shape) for path, x in flat})
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def check_params(params, cfg: GPTConfig):
+    """params, once their names and shapes are those GPT(cfg) expects (dtypes may differ).
+
+    A cfg that does not match the params would otherwise fail deep inside flax with a
+    ScopeParamShapeError, or not at all where shapes happen to broadcast."""
+    if not isinstance(cfg, GPTConfig):
+        raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
+    if not isinstance(params, Mapping):
+        raise UserError(f"params must be the parameter dict that init_params, load_checkpoint "
+                        f"or from_hf return, got {type(params).__name__}")
+    if "h" in params and "h_0" not in params:
+        raise UserError("params hold the stacked scan_layers layout: pass "
+                        "gpt_jax.model.unstack_layers(params)")
+    want_def, want_shapes, want = _expected(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if treedef == want_def and all(getattr(x, "shape", None) == s
+                                   for x, s in zip(leaves, want_shapes)):
+        return params                        # the common case: no path names built
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    got = {_path_name(path): tuple(getattr(x, "shape", ())) for path, x in flat}
+    if got == want:                          # the same names in another container type
+        return params
+    layers = sum(1 for k in params if isinstance(k, str) and k.startswith("h_"))
+    wte, wpe = got.get("wte/embedding"), got.get("wpe/embedding")
+    wrong = [n for n in want if n in got and got[n] != want[n]]
+    missing = [n for n in want if n not in got]
+    extra = [n for n in got if n not in want]
+    if wte and len(wte) == 2 and wte[0] != cfg.vocab_size:
+        why = f"params have vocab_size {wte[0]}, cfg.vocab_size is {cfg.vocab_size}"
+    elif wte and len(wte) == 2 and wte[1] != cfg.n_embd:
+        why = f"params are {wte[1]} wide, cfg.n_embd is {cfg.n_embd}"
+    elif wpe and len(wpe) == 2 and wpe[0] != cfg.block_size:
+        why = f"params have block_size {wpe[0]}, cfg.block_size is {cfg.block_size}"
+    elif layers != cfg.n_layer:
+        why = f"params have {layers} layers, cfg.n_layer is {cfg.n_layer}"
+    elif wrong:
+        why = f"{wrong[0]} has shape {got[wrong[0]]} in params, cfg gives {want[wrong[0]]}"
+    elif missing:
+        why = f"params lack {missing[0]}" + (" (cfg.bias is true)"
+                                             if missing[0].endswith("bias") else "")
+    else:
+        why = f"params have {extra[0]}, which cfg does not" + (
+            " (cfg.bias is false)" if extra[0].endswith("bias") else "")
+    raise UserError(f"params do not match cfg: {why}. Pass the cfg the params were made with "
+                    f"(load_checkpoint and from_hf return both)")
+
+
+
+# -- generate()'s inputs (Python and numpy values: no device work, nothing retraced) -------
+
+def _scalar(x, integer: bool):
+    """x as a Python int (integer) or float, or None where it is not such a number: bools and
+    strings are not numbers here; 0-d numpy or jax arrays are."""
+    if isinstance(x, (bool, np.bool_)):
+        return None
+    if integer and isinstance(x, numbers.Integral):
+        return int(x)
+    if not integer and isinstance(x, numbers.Real):
+        return float(x)
+    if isinstance(x, (np.ndarray, jax.Array)) and x.shape == () and jax.dtypes.issubdtype(
+            x.dtype, np.integer if integer else np.number):  # (not a PRNG key's dtype)
+        return int(x) if integer else float(x)
+    return None
+
+
+def check_max_new_tokens(max_new_tokens, cfg: GPTConfig) -> int:
+    n = _scalar(max_new_tokens, integer=True)
+    if n is None or n < 1:
+        raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if n >= cfg.block_size:  # no room left for even a one-token prompt
+        raise PromptTooLongError(
+            f"max_new_tokens {n} leaves no room for a prompt in the model's block_size "
+            f"{cfg.block_size}: ask for at most {cfg.block_size - 1} tokens")
+    return n
+
+
+def check_sampling(temperature, top_k, top_p) -> tuple[float, Optional[int], Optional[float]]:
+    """(temperature, top_k, top_p) as Python numbers once each is of the right type and range:
+    temperature >= 0 (inf allowed: uniform sampling), top_k an int >= 1, top_p in (0, 1]."""
+    t = _scalar(temperature, integer=False)
+    if t is None or not t >= 0:  # NaN fails too
+        raise UserError(f"temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
+    k = None if top_k is None else _scalar(top_k, integer=True)
+    if top_k is not None and (k is None or k < 1):
+        raise UserError(f"top_k must be a positive integer (or None for no top-k), "
+                        f"got {top_k!r}")
+    p = None if top_p is None else _scalar(top_p, integer=False)
+    if top_p is not None and (p is None or not 0 < p <= 1):
+        raise UserError(f"top_p must be a number in (0, 1] (or None for no top-p), "
+                        f"got {top_p!r}")
+    return t, k, p
+
+
+def check_eos_id(eos_id, cfg: GPTConfig) -> Optional[int]:
+    """None, or an id the model can emit: an int in [0, n_real_vocab) (padded ids never are)."""
+    if eos_id is None:
+        return None
+    e = _scalar(eos_id, integer=True)
+    if e is None or not 0 <= e < cfg.n_real_vocab:
+        raise UserError(f"eos_id must be None or a token id the model can emit, an integer in "
+                        f"[0, {cfg.n_real_vocab}), got {eos_id!r}")
+    return e
+
+
+def check_key(key):
+    """A jax PRNG key: key itself (one typed key, or a legacy uint32 key such as
+    jax.random.PRNGKey(0)), jax.random.key(key) for an int seed, key(0) for None."""
+    if key is None:
+        return jax.random.key(0)
+    seed = _scalar(key, integer=True)
+    if seed is not None:
+        if not 0 <= seed < 2 ** 32:  # jax keeps the low 32 bits: 2**32 would repeat seed 0
+            raise UserError(f"an int key is a seed in [0, 2**32), got {seed}")
+        return jax.random.key(seed)
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return key
+    if dtype == np.uint32 and shape is not None and len(shape) == 1:
+        return key
+    what = f"an array of shape {shape} and dtype {dtype}" if shape is not None else \
+        type(key).__name__
+    raise UserError(f"key must be one jax PRNG key such as jax.random.key(0), or an int seed; "
+                    f"got {what}")
+
+
+def check_prompts(prompts, cfg: GPTConfig, max_new_tokens: int) -> list[np.ndarray]:
+    """The prompts as 1-D int64 rows, once each is a non-empty list of ids in range and the
+    longest, with max_new_tokens, fits block_size (checked before any padding)."""
+    if isinstance(prompts, (list, tuple)):
+        if not prompts:
+            raise UserError("prompts is empty: pass a list of prompts, e.g. [[50256]]")
+        rows = _equal_rows(prompts, cfg)
+        if rows is None:
+            rows = [_prompt_row(b, p, prompts, cfg) for b, p in enumerate(prompts)]
+    else:
+        if isinstance(prompts, (str, bytes)):
+            raise TokenError("prompts are token ids, not text: encode it first "
+                             "(gpt_jax.get_tokenizer().encode(text)) and pass [ids]")
+        if isinstance(prompts, jax.core.Tracer):
+            raise UserError("generate() runs on concrete prompts: call it outside jax.jit / "
+                            "vmap (it compiles its own decoder)")
+        if not hasattr(prompts, "shape") and not hasattr(prompts, "__array__"):
+            raise TokenError(f"prompts must be a list of token lists or an int array (B, T), "
+                             f"got {type(prompts).__name__}")
+        arr = check_token_ids(prompts, cfg.vocab_size, "prompts")
+        if arr.ndim != 2:
+            hint = ": pass ids[None] (shape (1, T)) for one prompt" if arr.ndim == 1 else ""
+            raise TokenError(f"prompts must be a list of token lists or an int array (B, T), "
+                             f"got an array of shape {arr.shape}{hint}")
+        if arr.shape[0] == 0:
+            raise UserError("prompts is empty: pass at least one prompt")
+        rows = list(arr)
+    if any(len(r) == 0 for r in rows):
+        raise TokenError("every prompt needs at least one token (e.g. <|endoftext|>)")
+    longest = max(len(r) for r in rows)
+    if longest + max_new_tokens > cfg.block_size:
+        raise PromptTooLongError(
+            f"prompt length {longest} + max_new_tokens {max_new_tokens} = "
+            f"{longest + max_new_tokens} exceeds the model's block_size {cfg.block_size}: "
+            f"shorten the prompt or ask for fewer tokens")
+    return rows
+
+
+def _prompt_row(b: int, p, prompts, cfg: GPTConfig) -> np.ndarray:
+    """Prompt b of a list, checked: a 1-D row of ids in range."""
+    if isinstance(p, (str, bytes)):
+        raise TokenError(f"prompt {b} is text: encode it first "
+                         f"(gpt_jax.get_tokenizer().encode(text))")
+    if isinstance(p, (numbers.Number, np.generic)) or getattr(p, "ndim", None) == 0:
+        shown = ", ".join(str(x) for x in prompts[:3]) + (", ..." if len(prompts) > 3 else "")
+        raise TokenError(f"prompts is a flat list of token ids: pass a list of prompts, "
+                         f"e.g. [[{shown}]] for one prompt")
+    r = check_token_ids(p, cfg.vocab_size, f"prompt {b}")
+    if r.ndim != 1:
+        raise TokenError(f"prompt {b} must be a flat list of token ids, got shape {r.shape}")
+    return r
+
+
+def _equal_rows(prompts, cfg: GPTConfig) -> Optional[list[np.ndarray]]:
+    """Prompts that are lists (or tuples) of one length, read as one array: one conversion and
+    one range check instead of one per row (sample.py's batches are such). None where they are
+    not, or are bad: the row-by-row path then says which row is wrong and how."""
+    first = prompts[0]
+    if not isinstance(first, (list, tuple)) or not all(
+            type(p) is type(first) and len(p) == len(first) for p in prompts):
+        return None
+    try:
+        arr = check_token_ids(prompts, cfg.vocab_size, "prompts")
+    except TokenError:
+        return None
+    return list(arr) if arr.ndim == 2 and arr.shape[1] else None

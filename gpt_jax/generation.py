@@ -1,0 +1,402 @@
+"""generate(): prompts in, new tokens out, through one compiled program per static shape.
+
+That program prefills the whole prompt batch in one pass, then runs lax.scan over a KV cache.
+The prompt batch is left-padded to a bucket length P (a power of two), so every row's last
+prompt token sits at index P-1 and all rows write the cache at the same index each step.
+Per-row positions (index - row padding) and an explicit mask (keys from the row's first real
+token up to the query) make each row compute exactly what it would alone. The cache,
+preallocated for P + max_new_tokens - 1 entries, is updated in place with dynamic_update_slice
+inside the scan carry: no Python loop over tokens, no growing concatenation. The prefill fills
+per-layer (B, S, H, D) caches (decode.init_cache); the loop keeps them heads-major, (B*H, S, D),
+the layout in which XLA reads them without a copy per step (decode.heads_major).
+
+Inputs are checked on the host first (gpt_jax.checks: types, ranges, lengths; and here an
+estimate of the memory the decode needs), so bad input is one UserError line, never an error
+from inside JAX or an out-of-memory kill.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.checks import (check_eos_id, check_key, check_max_new_tokens, check_params,
+                            check_prompts, check_sampling)
+from gpt_jax.config import GPTConfig
+from gpt_jax.decode import decode_mask, decode_step, decode_weights, heads_major, init_cache
+from gpt_jax.errors import DecodeMemoryError, UserError
+from gpt_jax.model import GPT, mask_vocab
+from gpt_jax.sampling import first_argmax, sample_logits
+from gpt_jax.sharding import batch_devices, batch_sharding, params_mesh
+
+
+def bucket_length(n: int, block_size: int) -> int:
+    """Prompt lengths are padded to powers of two (at least 8) so varied prompts share programs."""
+    return min(max(8, 1 << (n - 1).bit_length()), block_size)
+
+
+def left_pad(prompts, cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32 (B, P), pad int32 (B,)): prompts (as generate() takes them, checked here)
+    right-aligned in a bucket of length P."""
+    return pad_rows(check_prompts(prompts, cfg, 0), cfg)
+
+
+def pad_rows(rows: list[np.ndarray], cfg: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """left_pad for rows check_prompts returned."""
+    lengths = np.array([len(r) for r in rows])
+    P = bucket_length(int(lengths.max()), cfg.block_size)
+    tokens = np.zeros((len(rows), P), np.int32)
+    for b, r in enumerate(rows):
+        tokens[b, P - len(r):] = r
+    return tokens, (P - lengths).astype(np.int32)
+
+
+# -- the decoding function and its compiled form -----------------------------------------------
+
+STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits")
+
+
+def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id, *,
+                  cfg: GPTConfig, max_new_tokens: int, greedy: bool, use_top_k: bool,
+                  use_top_p: bool, return_logits: bool):
+    """The pure decoding function that generate() compiles: int32 (B, max_new_tokens) new
+    tokens (and their float32 (B, N, V) logits with return_logits).
+
+    params, and weights = decode_weights(params); tokens (B, P) left-padded prompts with pad
+    (B,) the padding of each row (as from left_pad); key one PRNG key; temperature, top_k,
+    top_p, eos_id scalars (eos_id -1: none); the keyword arguments are static (see STATIC):
+    greedy skips the filters, use_top_k / use_top_p switch those filters on."""
+    B, P = tokens.shape
+    N = max_new_tokens
+    S = P + N - 1                            # the last new token is sampled, never fed back
+    model = GPT(cfg)
+
+    def pick(logits, key, done):             # logits (B, V) -> tokens (B,), done (B,)
+        # -inf, not the model's -1e9, for padded ids: no temperature can make them likely.
+        logits = mask_vocab(logits, cfg.n_real_vocab)
+        tok = sample_logits(logits, key, temperature=temperature,
+                            top_k=top_k if use_top_k else None,
+                            top_p=top_p if use_top_p else None, greedy=greedy)
+        tok = jnp.where(done, eos_id, tok)   # finished rows repeat eos_id
+        return tok, done | (tok == eos_id)
+
+    # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
+    idx = jnp.arange(P)
+    positions = jnp.maximum(idx[None, :] - pad[:, None], 0)                    # (B, P)
+    logits, cache = model.apply({"params": params}, tokens, positions=positions,
+                                mask=decode_mask(pad, idx, S), kv_cache=init_cache(cfg, B, S),
+                                cache_index=0, logits_at=P - 1)
+    keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
+    first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
+
+    cache = heads_major(cache)               # laid out once for the loop, as are the weights
+
+    def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
+        cache, tok, done = carry
+        i, key = xs
+        index = P + i
+        logits, cache = decode_step(weights, cfg, tok, index - pad,
+                                    decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
+        new, done = pick(logits, key, done)
+        return (cache, new, done), (new, logits if return_logits else None)
+
+    _, (rest, rest_logits) = jax.lax.scan(step, (cache, first, done),
+                                          (jnp.arange(N - 1), keys[1:]))
+    out = jnp.concatenate([first[:, None], rest.T], axis=1)                   # (B, N)
+    if not return_logits:
+        return out
+    return out, jnp.concatenate([logits, jnp.swapaxes(rest_logits, 0, 1)], axis=1)  # (B, N, V)
+
+
+class Decoder:
+    """decode_tokens compiled, and what generate() keeps between calls.
+
+    run(*args, **static) calls the jitted decode_tokens: one program per static shape (batch,
+    bucketed prompt length, and the STATIC arguments). trace_count counts the times it was
+    traced, so a caller can see that calls with shapes seen before reused their program.
+
+    weights(params, cfg) is decode_weights(params, cfg), made once per params: on CPU a
+    transposed copy of the Dense kernels (most of the weights), in a bfloat16 run a bfloat16
+    copy. The copy for the last params is kept while those params live: it holds weak
+    references to their leaves, and drops the copy when one of them dies, so repeated
+    generate() calls skip the work and a model that is let go takes its copy with it. Only
+    immutable jax Arrays are cached (numpy arrays could change in place). cached_weights is
+    the copy held now, or None.
+    """
+
+    def __init__(self):
+        self.trace_count = 0
+        self._last = None   # (weak references to the params' leaves, cfg, their weights)
+
+        @functools.wraps(decode_tokens)  # its signature: jit reads the static names from it
+        def counted(*args, **static):
+            self.trace_count += 1
+            return decode_tokens(*args, **static)
+        self._jitted = jax.jit(counted, static_argnames=STATIC)
+
+    def run(self, *args, **static):
+        return self._jitted(*args, **static)
+
+    def lower(self, *args, **static):
+        """jax's Lowered program for these arguments (compile it to run it ahead of time)."""
+        return self._jitted.lower(*args, **static)
+
+    @property
+    def cached_weights(self) -> Optional[dict]:
+        return None if self._last is None else self._last[2]
+
+    def weights(self, params, cfg: GPTConfig) -> dict:
+        leaves = jax.tree_util.tree_leaves(params)
+        if self._last is not None:
+            refs, for_cfg, weights = self._last
+            if for_cfg == cfg and len(refs) == len(leaves) and \
+                    all(r() is x for r, x in zip(refs, leaves)):
+                return weights
+        self._last = None                     # free the old copy before making the new one
+        check_params(params, cfg)             # once per params: a hit above was checked before
+        weights = decode_weights(params, cfg)  # op by op: leaves it keeps are not copied
+        if all(isinstance(x, jax.Array) for x in leaves):
+            def forget(_):                    # a leaf died: so did these params
+                if self._last is not None and self._last[2] is weights:
+                    self._last = None
+            self._last = ([weakref.ref(x, forget) for x in leaves], cfg, weights)
+        return weights
+
+
+DECODER = Decoder()  # the one generate() and compile_generate() use
+
+
+class DecodeArgs(NamedTuple):
+    """The dynamic arguments of decode_tokens, checked and placed (see generate_args)."""
+    params: dict
+    weights: dict
+    tokens: jax.Array | np.ndarray     # (B, P) left-padded prompts
+    pad: jax.Array | np.ndarray        # (B,) padding per row
+    key: jax.Array
+    temperature: np.float32
+    top_k: np.int32
+    top_p: np.float32
+    eos_id: np.int32
+
+
+# -- the public entry points -------------------------------------------------------------------
+
+def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
+             temperature: float = 1.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, eos_id: Optional[int] = None,
+             return_logits: bool = False):
+    """Continue each prompt by max_new_tokens tokens: int32 (B, max_new_tokens).
+
+    prompts: a list of prompts, each a list (or 1-D array) of int token ids, lengths may differ;
+    or an int array (B, T). Ids are ints in [0, cfg.vocab_size): floats are refused, never
+    rounded, and a flat list of ints is refused too (pass [[1, 2, 3]] for one prompt).
+    key: a jax PRNG key (default key(0)) or an int seed in [0, 2**32), the same as
+    jax.random.key(seed); the same key gives the same sample.
+    temperature >= 0: 0 (or top_k=1) is greedy; a tiny temperature tends to greedy without
+    overflow; inf samples uniformly among the tokens top_k keeps (all of them without top_k),
+    and top_p then keeps them all (they are equally likely). top_k: int >= 1; top_p in (0, 1].
+    eos_id: an id in [0, cfg.n_real_vocab); after a row emits it, the rest of that row is eos_id.
+    Compiled once per (batch, bucketed prompt length, max_new_tokens, greedy or not, top_k or
+    not, top_p or not).
+    return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
+    from (before temperature and filters).
+
+    Bad input raises a UserError before anything is compiled or allocated: PromptTooLongError
+    when prompt + max_new_tokens exceeds block_size, DecodeMemoryError when the KV cache and
+    logits would not fit in the memory available (split the prompts into smaller calls),
+    TokenError for ids that are not ints in range.
+    """
+    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 eos_id=eos_id, return_logits=return_logits)
+    return DECODER.run(*args, **static)
+
+
+def compile_generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
+                     temperature: float = 1.0, top_k: Optional[int] = None,
+                     top_p: Optional[float] = None, eos_id: Optional[int] = None,
+                     return_logits: bool = False) -> tuple[Callable, DecodeArgs]:
+    """generate() compiled ahead of time: (fn, args), and fn(*args) is what generate() with the
+    same arguments returns. For callers that time compilation apart from decoding, or decode
+    several batches of one shape with one program: fn also takes the args that generate_args
+    gives for other prompts, keys or sampling values of the same static shape."""
+    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 eos_id=eos_id, return_logits=return_logits)
+    return DECODER.lower(*args, **static).compile(), args
+
+
+def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=None,
+                  temperature: float = 1.0, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None, eos_id: Optional[int] = None,
+                  return_logits: bool = False) -> tuple[DecodeArgs, dict]:
+    """(args, static): generate()'s inputs checked, padded and placed, so that generate() is
+    DECODER.run(*args, **static). Every check runs on the host, on Python and numpy values,
+    before any device work."""
+    if not isinstance(cfg, GPTConfig):
+        raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
+    max_new_tokens = check_max_new_tokens(max_new_tokens, cfg)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+    eos_id = check_eos_id(eos_id, cfg)
+    if not isinstance(return_logits, (bool, np.bool_)):
+        raise UserError(f"return_logits must be True or False, got {return_logits!r}")
+    key = check_key(key)
+    # A lower bound first (every prompt one token long), so an absurd batch is refused before
+    # its rows are read; then the exact figure for the bucketed length.
+    mesh = params_mesh(params)
+    split = batch_devices(mesh)
+    check_memory(cfg, _batch_size(prompts), bucket_length(1, cfg.block_size), max_new_tokens,
+                 return_logits, split=split)
+    rows = check_prompts(prompts, cfg, max_new_tokens)
+    P = bucket_length(max(len(r) for r in rows), cfg.block_size)
+    check_memory(cfg, len(rows), P, max_new_tokens, return_logits, split=split)
+    tokens, pad = pad_rows(rows, cfg)
+    greedy = temperature == 0 or top_k == 1
+    use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
+    use_top_p = not greedy and top_p is not None and top_p < 1
+    weights = DECODER.weights(params, cfg)   # checks that params match cfg when it makes one
+    if mesh is not None and len(rows) % split == 0:
+        # Rows split over the mesh the params live on, so each device decodes its own rows;
+        # rows that do not divide stay replicated.
+        tokens = jax.device_put(tokens, batch_sharding(mesh, ndim=2, batch_axis=0))
+        pad = jax.device_put(pad, batch_sharding(mesh, ndim=1, batch_axis=0))
+    args = DecodeArgs(params, weights, tokens, pad, key,
+                      np.float32(temperature if not greedy else 1.0),
+                      np.int32(top_k if use_top_k else 0),
+                      np.float32(top_p if use_top_p else 1.0),
+                      np.int32(-1 if eos_id is None else eos_id))
+    static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), greedy=greedy,
+                  use_top_k=use_top_k, use_top_p=use_top_p, return_logits=bool(return_logits))
+    return args, static
+
+
+# -- the memory a decode needs -------------------------------------------------------------------
+
+def _batch_size(prompts) -> Optional[int]:
+    """How many prompts, without reading them (None where that needs reading them)."""
+    if isinstance(prompts, (list, tuple)):
+        return len(prompts)
+    shape = getattr(prompts, "shape", None)
+    return int(shape[0]) if shape else None
+
+
+
+# Refuse a decode whose estimate exceeds this fraction of the memory free: the estimate counts
+# the large buffers only, and XLA's temporaries and the host's other work need room too.
+MEMORY_FRACTION = 0.75
+MEMORY_CHECK_ABOVE = 256 << 20  # smaller decodes skip the check (no /proc read per call)
+
+
+def decode_memory_bytes(cfg: GPTConfig, batch: int, prompt_len: int, max_new_tokens: int,
+                        return_logits: bool = False) -> int:
+    """Bytes one generate() call allocates beyond the weights (its large buffers: a lower
+    bound of the peak), for `batch` prompts left-padded to prompt_len."""
+    B, P, N = batch, prompt_len, max_new_tokens
+    S = P + N - 1
+    C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
+    item = np.dtype(cfg.compute_dtype).itemsize
+    cache = 2 * cfg.n_layer * B * S * C * item    # k and v of every layer
+    # Twice: the prefill writes (B, S, H, D) caches that heads_major copies for the loop.
+    total = 2 * cache
+    total += B * P * 4 * C * item + 2 * B * H * P * S * 4   # prefill: MLP hidden, scores, probs
+    total += 6 * B * V * 4                        # one step's logits and the filters' temporaries
+    total += B * (P + N) * 4                      # prompts in, tokens out
+    if return_logits:
+        total += 2 * B * N * V * 4                # the stacked logits, then their concatenation
+    return total
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Bytes free for a decode: on an accelerator its allocator's limit less what is in use;
+    on CPU the kernel's MemAvailable (psutil, or free pages, where /proc is absent).
+    None when unknown."""
+    dev = jax.local_devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def max_batch(cfg: GPTConfig, prompt_len: int, max_new_tokens: int,
+              return_logits: bool = False, split: int = 1) -> Optional[int]:
+    """The most prompts of (bucketed) length prompt_len one call can decode within
+    MEMORY_FRACTION of the memory available (None when that is unknown)."""
+    free = available_memory_bytes()
+    if free is None:
+        return None
+    per_row = decode_memory_bytes(cfg, 1, prompt_len, max_new_tokens, return_logits)
+    return int(MEMORY_FRACTION * free) // per_row * split
+
+
+def check_memory(cfg: GPTConfig, batch: Optional[int], prompt_len: int, max_new_tokens: int,
+                 return_logits: bool = False, split: int = 1) -> None:
+    """Refuse, before any allocation, a decode whose KV cache and logits would not fit.
+    split: devices the rows are spread over where they divide (each holds batch / split)."""
+    if not batch:
+        return
+    rows = batch // split if batch % split == 0 else batch   # as generate_args places them
+    need = decode_memory_bytes(cfg, rows, prompt_len, max_new_tokens, return_logits)
+    if need < MEMORY_CHECK_ABOVE:
+        return
+    free = available_memory_bytes()
+    if free is None or need <= MEMORY_FRACTION * free:
+        return
+    fit = max_batch(cfg, prompt_len, max_new_tokens, return_logits, split) or 0
+    what = f"{batch} prompts x {prompt_len + max_new_tokens - 1} positions"
+    todo = (f"split the prompts into calls of at most {fit}" if fit >= 1 else
+            "ask for fewer tokens (max_new_tokens) or use a smaller model")
+    raise DecodeMemoryError(
+        f"generate() would need about {format_gib(need)} for {what} (KV cache and logits"
+        f"{', return_logits' if return_logits else ''}) but {format_gib(free)} is available "
+        f"(at most {MEMORY_FRACTION:.0%} of it is used): {todo}")
+
+
+def format_gib(n: float) -> str:
+    """Bytes as "1.5 GiB" (or MiB below one GiB)."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+# -- the reference: no cache, a full forward pass per new token (for tests and bench.py) -------
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
+def generate_uncached(params, tokens, pad, *, cfg: GPTConfig, max_new_tokens: int):
+    """Greedy decoding that recomputes the whole (fixed-length, left-padded) sequence for every
+    token: what the cache saves. tokens (B, P) and pad (B,) as from left_pad()."""
+    B, P = tokens.shape
+    S = P + max_new_tokens - 1
+    seq = jnp.zeros((B, S), jnp.int32).at[:, :P].set(tokens)
+    idx = jnp.arange(S)
+    positions = jnp.maximum(idx[None, :] - pad[:, None], 0)
+    mask = decode_mask(pad, idx, S)
+
+    def step(seq, i):                        # position P - 1 + i predicts the token at P + i
+        logits = GPT(cfg).apply({"params": params}, seq, positions=positions, mask=mask,
+                                logits_at=P - 1 + i)
+        tok = first_argmax(logits[:, 0])  # the model's padded ids are -1e9 already
+        seq = jax.lax.dynamic_update_slice(seq, tok[:, None], (0, jnp.minimum(P + i, S - 1)))
+        return seq, tok
+
+    _, toks = jax.lax.scan(step, seq, jnp.arange(max_new_tokens))
+    return toks.T                            # (B, max_new_tokens)
