@@ -18,33 +18,34 @@ ATTN_IMPLS = ("auto", "xla", "cudnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def _field(default, help: str):
-    """A field whose help text train.py shows for its flag (the fields a run sets)."""
+def help_field(default, help: str):
+    """A dataclass field that is also a train.py flag: its help text lives here, once."""
     return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class GPTConfig:
     # 50257 is GPT-2's BPE; 50304 = 64 * 786 pads it for faster matmuls (padded ids: -1e9 logits)
-    vocab_size: int = _field(TOKENIZER_VOCAB_SIZE,
-                             "50257 (GPT-2), or padded up (e.g. 50304) for faster matmuls")
+    vocab_size: int = help_field(
+        TOKENIZER_VOCAB_SIZE, "50257 (GPT-2), or padded up (e.g. 50304) for faster matmuls")
     # position embeddings are learned, one per position: no sequence may be longer
-    block_size: int = _field(1024, "context length in tokens (each sample is block_size + 1 "
-                                   "tokens)")
+    block_size: int = help_field(
+        1024, "context length in tokens (each sample is block_size + 1 tokens)")
     # GPT-2's four sizes have 12, 24, 36 and 48 blocks (PRESETS); compute grows with depth
-    n_layer: int = _field(12, "transformer blocks")
+    n_layer: int = help_field(12, "transformer blocks")
     # each head attends over its own head_dim = n_embd // n_head channels (64 in GPT-2)
-    n_head: int = _field(12, "attention heads")
+    n_head: int = help_field(12, "attention heads")
     # the residual stream's width: parameters grow with its square
-    n_embd: int = _field(768, "model width (a multiple of n_head)")
+    n_embd: int = help_field(768, "model width (a multiple of n_head)")
     # regularises runs on little data; GPT-2 used 0.1, pre-training on plenty of data needs none
-    dropout: float = _field(0.0, "dropout rate, training only")
-    # GPT-2 has biases in every Dense layer and LayerNorm (export needs them); without is faster
-    bias: bool = _field(True, "biases in Dense layers and LayerNorms")
+    dropout: float = help_field(0.0, "dropout rate, training only")
+    # GPT-2 has biases in every Dense layer and LayerNorm (export needs them); without is
+    # slightly faster
+    bias: bool = help_field(True, "biases in Dense layers and LayerNorms")
     # bfloat16 matmuls run several times faster on GPUs and TPUs; the head and the LayerNorm
     # statistics stay float32 either way
-    dtype: str = _field("float32", "compute dtype: float32 | bfloat16 (parameters and Adam "
-                                   "state stay float32)")
+    dtype: str = help_field(
+        "float32", "compute dtype: float32 | bfloat16 (parameters and Adam state stay float32)")
     # what parameters are stored in: float32 keeps small Adam updates from rounding away
     param_dtype: str = "float32"
     # cuDNN's fused attention is fastest on a GPU but takes only 16-bit inputs: auto picks it

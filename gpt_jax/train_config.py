@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from gpt_jax.config import GPTConfig
+from gpt_jax.config import GPTConfig, help_field
 from gpt_jax.errors import ConfigError
 from gpt_jax.sharding import parse_mesh
 
@@ -28,54 +28,52 @@ TRAIN_DTYPES = ("float32", "bfloat16")   # float16 would need loss scaling, whic
 MAX_SEED = 2**31 - 1   # the dropout key is key(seed + 1); keys keep the low 32 bits of a seed
 
 
-def _flag(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Every train.py flag: the model to build (a GPTConfig; its block_size is the training
     window) and how to train it. The defaults are the `cpu-small` config: a 4-layer, 256-wide
     GPT that learns the built-in corpus (Python's stdlib) on a laptop CPU in minutes."""
-    out_dir: str = _flag("out", "checkpoints/, metrics.jsonl and loss.png go here")
-    data: str = _flag("builtin", "builtin (Python stdlib, prepared on first use) | a prepare.py "
-                                 "dir | text files/dirs, comma-separated (tokenised into "
-                                 "OUT_DIR/data)")
-    init_from: str = _flag("scratch", "scratch | resume (a checkpoint in out_dir) | gpt2, "
-                                      "gpt2-medium, ... | a Hugging Face GPT-2 dir | another "
-                                      "train.py out_dir (its latest weights)")
-    resume_step: int = _flag(-1, "with --init_from resume: the step to continue from (-1: the "
-                                 "latest); later steps are removed when the run saves")
+    out_dir: str = help_field("out", "checkpoints/, metrics.jsonl and loss.png go here")
+    data: str = help_field(
+        "builtin", "builtin (Python stdlib, prepared on first use) | a prepare.py dir | text "
+        "files/dirs, comma-separated (tokenised into OUT_DIR/data)")
+    init_from: str = help_field(
+        "scratch", "scratch | resume (a checkpoint in out_dir) | gpt2, gpt2-medium, ... | a "
+        "Hugging Face GPT-2 dir | another train.py out_dir (its latest weights)")
+    resume_step: int = help_field(
+        -1, "with --init_from resume: the step to continue from (-1: the latest); later steps "
+        "are removed when the run saves")
     # flat keys n_layer ... dtype; on resume and fine-tunes the architecture comes from the weights
     model: GPTConfig = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256)
     # a step sees batch_size * gradient_accumulation_steps * block_size tokens
-    batch_size: int = _flag(8, "sequences per micro-batch")
-    gradient_accumulation_steps: int = _flag(1, "micro-batches per optimizer step (lax.scan, "
-                                                "one jit)")
-    max_iters: int = _flag(200, "optimizer steps to train to")
+    batch_size: int = help_field(8, "sequences per micro-batch")
+    gradient_accumulation_steps: int = help_field(
+        1, "micro-batches per optimizer step (lax.scan, one jit)")
+    max_iters: int = help_field(200, "optimizer steps to train to")
     # AdamW + warmup-cosine schedule + global-norm clipping (gpt_jax/optimizer.py)
-    learning_rate: float = _flag(1e-3, "peak learning rate")
-    min_lr: float = _flag(1e-4, "learning rate at and after lr_decay_iters")
-    warmup_iters: int = _flag(20, "linear warm-up steps")
-    lr_decay_iters: int = _flag(200, "end of the cosine decay (step)")
-    weight_decay: float = _flag(0.1, "AdamW decay of Dense kernels and embeddings")
-    beta1: float = _flag(0.9, "AdamW beta1")
-    beta2: float = _flag(0.95, "AdamW beta2")
-    grad_clip: float = _flag(1.0, "clip the global gradient norm to this (0: off)")
-    eval_interval: int = _flag(50, "evaluate, checkpoint and redraw loss.png every this many "
-                                   "steps")
-    eval_iters: int = _flag(8, "batches per split in each evaluation")
-    eval_only: bool = _flag(False, "evaluate the --init_from weights and exit")
-    log_interval: int = _flag(5, "steps between metrics.jsonl train rows")
-    seed: int = _flag(1337, "parameter init, dropout and batch sampling")
+    learning_rate: float = help_field(1e-3, "peak learning rate")
+    min_lr: float = help_field(1e-4, "learning rate at and after lr_decay_iters")
+    warmup_iters: int = help_field(20, "linear warm-up steps")
+    lr_decay_iters: int = help_field(200, "end of the cosine decay (step)")
+    weight_decay: float = help_field(0.1, "AdamW decay of Dense kernels and embeddings")
+    beta1: float = help_field(0.9, "AdamW beta1")
+    beta2: float = help_field(0.95, "AdamW beta2")
+    grad_clip: float = help_field(1.0, "clip the global gradient norm to this (0: off)")
+    # evaluation, logging
+    eval_interval: int = help_field(
+        50, "evaluate, checkpoint and redraw loss.png every this many steps")
+    eval_iters: int = help_field(8, "batches per split in each evaluation")
+    eval_only: bool = help_field(False, "evaluate the --init_from weights and exit")
+    log_interval: int = help_field(5, "steps between metrics.jsonl train rows")
+    seed: int = help_field(1337, "parameter init, dropout and batch sampling")
     # parallelism and memory: none of them changes the losses (up to rounding)
-    mesh: str = _flag("", "device mesh over data and fsdp, e.g. data=2,fsdp=4 or fsdp=-1 (one "
-                          "size may be -1; default: all devices on data); fsdp shards "
-                          "parameters and Adam state")
-    remat: bool = _flag(False, "recompute each block's activations in the backward pass (less "
-                               "memory)")
-    scan_layers: bool = _flag(False, "one compiled block scanned over stacked layers (faster "
-                                     "compiles)")
+    mesh: str = help_field(
+        "", "device mesh over data and fsdp, e.g. data=2,fsdp=4 or fsdp=-1 (one size may be "
+        "-1; default: all devices on data); fsdp shards parameters and Adam state")
+    remat: bool = help_field(
+        False, "recompute each block's activations in the backward pass (less memory)")
+    scan_layers: bool = help_field(
+        False, "one compiled block scanned over stacked layers (faster compiles)")
 
     def __post_init__(self):
         for name in ("out_dir", "data", "init_from"):

@@ -219,7 +219,7 @@ class Trainer:
         resumed; None: nothing on disk) and the last eval losses."""
         tc, state = self.tc, self.state
         start = int(state.step)
-        init_from.check_steps_left(self.tc, start, f"the checkpoint in {self.out_dir}")
+        init_from.check_steps_left(tc, start, f"the checkpoint in {self.out_dir}")
         os.makedirs(self.out_dir, exist_ok=True)
         if self.main:
             restart_metrics(self.out_dir, start)
