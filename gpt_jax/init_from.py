@@ -63,9 +63,11 @@ def check_no_checkpoints(tc: TrainConfig) -> None:
     existing = ckpt.latest_step(tc.out_dir)
     if existing is None:
         return
-    how = ("continue with --init_from resume, or pass another --out_dir (or delete it) to "
-           "start from scratch") if tc.init_from == "scratch" else \
-        f"pass another --out_dir to fine-tune from {tc.init_from}"
+    if tc.init_from == "scratch":
+        how = ("continue with --init_from resume, or pass another --out_dir (or delete it) to "
+               "start from scratch")
+    else:
+        how = f"pass another --out_dir to fine-tune from {tc.init_from}"
     raise CheckpointError(f"{tc.out_dir} already holds checkpoints (latest step {existing}): "
                           f"{how}")
 
@@ -89,8 +91,9 @@ def adopt_architecture(tc: TrainConfig, found: GPTConfig, explicit: set, source:
             f"the weights from {source} do not match the architecture flags given "
             f"(weights vs flags: {'; '.join(conflicts)}); drop those flags: the "
             f"architecture comes from the weights")
-    block = model.block_size if "block_size" in explicit else \
-        min(window or found.block_size, found.block_size)
+    block = model.block_size
+    if "block_size" not in explicit:
+        block = min(window or found.block_size, found.block_size)
     tc = tc.replace(block_size=block, **{k: getattr(found, k) for k in ARCHITECTURE})
     return tc, found.replace(dropout=model.dropout, dtype=model.dtype)
 
