@@ -31,7 +31,8 @@ import orbax.checkpoint as ocp
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import CheckpointError, ConfigError
 from gpt_jax.integrity import (Damaged, check_savable, check_step, collect_quietly,
-                               describe_steps, first_non_finite, path_name, unreadable_reason)
+                               describe_steps, first_non_finite, leaf_shapes,
+                               unreadable_reason)
 from gpt_jax.model import param_shapes
 
 CHECKPOINT_DIR = "checkpoints"
@@ -256,9 +257,7 @@ def _stored_shapes(mngr, step: int, item: str) -> dict:
     from etils import epath   # orbax's own path type (a dependency of orbax)
     path = epath.Path(os.path.join(str(mngr.directory), str(step), item))
     md = ocp.StandardCheckpointHandler().metadata(path)
-    md = getattr(md, "tree", md)
-    return {path_name(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(md)}
+    return leaf_shapes(getattr(md, "tree", md))
 
 
 def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
@@ -280,8 +279,7 @@ def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
             stored = _stored_shapes(mngr, step, item)
         except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
             raise Damaged(f"its {item} metadata cannot be read ({type(e).__name__})") from None
-        wanted = {path_name(p): tuple(x.shape)
-                  for p, x in jax.tree_util.tree_leaves_with_path(target)}
+        wanted = leaf_shapes(target)
         if stored != wanted:
             diff = sorted(set(stored) ^ set(wanted)) or \
                 [n for n in wanted if stored[n] != wanted[n]]

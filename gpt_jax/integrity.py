@@ -37,6 +37,12 @@ def path_name(path) -> str:
     return "/".join(part(k) for k in path)
 
 
+def leaf_shapes(tree) -> dict[str, tuple]:
+    """{"h_0/attn/c_attn/kernel": shape, ...} of a tree of arrays, ShapeDtypeStructs or orbax
+    metadata alike."""
+    return {path_name(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 @jax.jit
 def _finite_flags(leaves):
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
@@ -59,14 +65,11 @@ def first_non_finite(tree) -> Optional[str]:
 
 def params_mismatch(params, cfg: GPTConfig) -> Optional[str]:
     """Why params do not have the GPT-2-layout shapes cfg describes (None when they do)."""
-    def shapes(tree):
-        return {path_name(p): tuple(np.shape(x))
-                for p, x in jax.tree_util.tree_leaves_with_path(tree)}
     try:
-        got = shapes(params)
+        got = leaf_shapes(params)
     except Exception:  # noqa: BLE001 - not a pytree of arrays
         return f"params is a {type(params).__name__}, not a dict of arrays"
-    want = shapes(param_shapes(cfg))
+    want = leaf_shapes(param_shapes(cfg))
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
         listing = lambda kind, names: \
