@@ -13,22 +13,10 @@ import time
 
 SEPARATOR = "---------------"
 MAX_BATCH = 64  # samples decoded at once by default (fewer where memory allows fewer)
-MAX_SEED = 2 ** 32 - 1  # jax.random.key keeps 32 bits: a larger seed would repeat a smaller one
-
-
-def seed_int(s: str) -> int:
-    """--seed: an integer in [0, 2**32)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}], got {s}")
-    return v
 
 
 def parse_args(argv=None):
-    from gpt_jax.cli import ArgumentParser, str2bool
+    from gpt_jax.cli import MAX_SEED, ArgumentParser, seed, str2bool
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_from", default="out",
                    help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
@@ -38,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=200, help="0 = off")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass; 1 = off")
-    p.add_argument("--seed", type=seed_int, default=1337, help=f"0..{MAX_SEED}")
+    p.add_argument("--seed", type=seed, default=1337, help=f"0..{MAX_SEED}")
     p.add_argument("--eos", type=str2bool, default=False,
                    help="true: a sample ends at <|endoftext|>")
     p.add_argument("--batch_size", type=int, default=None,

@@ -3,8 +3,8 @@
 With no flags: the `cpu-small` config on the built-in corpus (Python's standard library,
 tokenised into data/builtin on first use), a few minutes on a laptop CPU; writes out/ with
 checkpoints/, metrics.jsonl and loss.png, which `python sample.py` reads. Precedence:
-defaults < --config < flags. Every flag is a TrainConfig field (gpt_jax/train.py), except the
-multi-host launch flags.
+defaults < --config < flags. Every flag is a TrainConfig key (gpt_jax/train_config.py), except
+the multi-host launch flags.
 
 Several processes (hosts): run the same command in each with --coordinator_address HOST:PORT
 (where process 0 listens), --num_processes N and --process_id i, or the environment
@@ -27,19 +27,20 @@ LAUNCH_FLAGS = {
 
 def parse_args(argv=None):
     """-> (config, TrainConfig overrides, launch settings)."""
-    from gpt_jax.cli import ArgumentParser, str2bool
-    from gpt_jax.train import HELP, TRAIN_PRESETS, TrainConfig
+    import functools
+    from gpt_jax.cli import ArgumentParser, seed, str2bool
+    from gpt_jax.train_config import MAX_SEED, TRAIN_PRESETS, TrainConfig
     p = ArgumentParser(prog="train.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="cpu-small",
                    help=f"built-in ({', '.join(TRAIN_PRESETS)}) or a .json/.toml file")
     types = {"bool": str2bool, "int": int, "float": float, "str": str}
-    defaults = TrainConfig()
+    defaults = TrainConfig().to_dict()
     for name, field in TrainConfig.fields().items():
+        type_ = functools.partial(seed, maximum=MAX_SEED) if name == "seed" else types[field.type]
         # default None: only flags given on the command line override --config
-        p.add_argument(f"--{name}", type=types[field.type], default=None,
-                       metavar=field.type.upper(),
-                       help=f"{HELP[name]} (default {getattr(defaults, name)!r})")
+        p.add_argument(f"--{name}", type=type_, default=None, metavar=field.type.upper(),
+                       help=f"{field.metadata['help']} (default {defaults[name]!r})")
     for name, (type_, metavar, help_) in LAUNCH_FLAGS.items():
         p.add_argument(f"--{name}", type=type_, default=None, metavar=metavar, help=help_)
     args = vars(p.parse_args(argv))
@@ -69,7 +70,8 @@ def main(argv=None):
     # Before anything touches a device: jax.distributed must start first.
     from gpt_jax.sharding import is_main_process, maybe_initialize_distributed
     maybe_initialize_distributed(**launch)
-    from gpt_jax.trainer import Trainer, format_config, given_fields, resolve_config
+    from gpt_jax.train_config import format_config, given_fields, resolve_config
+    from gpt_jax.trainer import Trainer
     tc = resolve_config(config, overrides)
     say = print if is_main_process() else (lambda *a, **k: None)
     if tc.eval_only and tc.init_from == "scratch":

@@ -13,35 +13,30 @@ What the disk can be trusted to hold:
   writing removes partial directories that a killed process left;
 - restore names a damaged step (unreadable files, or NaN/inf values) as damaged, together with
   the steps that do restore, instead of passing on storage-library internals or NaN weights.
+The checks themselves are in gpt_jax/integrity.py.
 """
 from __future__ import annotations
 
 import contextlib
-import gc
 import glob
 import logging
 import os
-import re
 import shutil
-import sys
 import threading
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import CheckpointError, ConfigError
+from gpt_jax.integrity import (Damaged, check_savable, check_step, collect_quietly,
+                               describe_steps, first_non_finite, leaf_shapes,
+                               unreadable_reason)
 from gpt_jax.model import param_shapes
 
 CHECKPOINT_DIR = "checkpoints"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"   # orbax's name for a step being written
-
-
-class NonFiniteError(CheckpointError):
-    """Parameters (or optimizer state) hold NaN or inf: refused at save, damaged at restore."""
 
 
 def checkpoint_dir(out_dir: str) -> str:
@@ -58,61 +53,6 @@ def manager(out_dir: str, *, max_to_keep: Optional[int] = 3, create: bool = True
                                            enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=create)
     return ocp.CheckpointManager(checkpoint_dir(out_dir), options=options)
-
-
-# -- checks ----------------------------------------------------------------------------------
-
-def _path_name(path) -> str:
-    """'h_0/attn/c_attn/kernel' for a tree path (dict keys, sequence indices and namedtuple
-    fields alike, so a tree and orbax's metadata of it give the same names)."""
-    def part(k):
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-    return "/".join(part(k) for k in path)
-
-
-@jax.jit
-def _finite_flags(leaves):
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
-
-
-def first_non_finite(tree) -> Optional[str]:
-    """The name of the first floating-point leaf of tree holding NaN or inf, or None (one
-    jitted call reduces every leaf where it lives: no copy to the host)."""
-    named = [(_path_name(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
-             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    if not named:
-        return None
-    flags = _finite_flags([x for _, x in named])
-    # replicated over the devices of every process: each reads its own copy
-    flags = np.asarray(flags.addressable_data(0)) if hasattr(flags, "addressable_data") \
-        else np.asarray(flags)
-    bad = [name for (name, _), ok in zip(named, flags) if not ok]
-    return bad[0] if bad else None
-
-
-def params_mismatch(params, cfg: GPTConfig) -> Optional[str]:
-    """Why params do not have the GPT-2-layout shapes cfg describes (None when they do)."""
-    def shapes(tree):
-        return {_path_name(p): tuple(np.shape(x))
-                for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-    try:
-        got = shapes(params)
-    except Exception:  # noqa: BLE001 - not a pytree of arrays
-        return f"params is a {type(params).__name__}, not a dict of arrays"
-    want = shapes(param_shapes(cfg))
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing or extra:
-        listing = lambda kind, names: \
-            f"{kind} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-        parts = [listing(k, n) for k, n in (("missing", missing), ("unexpected", extra)) if n]
-        return "; ".join(parts) + " (params must be in the unstacked GPT-2 layout)"
-    for name in want:
-        if got[name] != want[name]:
-            return f"{name} has shape {got[name]}, the config gives {want[name]}"
-    return None
 
 
 # -- save ------------------------------------------------------------------------------------
@@ -174,40 +114,6 @@ def _oserror_text(e: BaseException) -> str:
         e = nxt
     text = str(e).strip().splitlines()
     return (text[0][:200] if text else type(e).__name__)
-
-
-def describe_steps(steps) -> str:
-    steps = sorted(steps)
-    if not steps:
-        return "no checkpoint is on disk"
-    return (f"the latest checkpoint on disk is step {steps[-1]}"
-            + (f" (steps {', '.join(map(str, steps))})" if len(steps) > 1 else ""))
-
-
-def check_step(step) -> int:
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise CheckpointError(f"a checkpoint step must be a non-negative integer, got {step!r}")
-    return int(step)
-
-
-def check_savable(step, params, cfg: GPTConfig, opt_state=None) -> int:
-    """The step as an int, or an error for what must never reach the disk: a negative step
-    ("no finished checkpoint" later), params that do not fit cfg (a checkpoint that could
-    never be loaded) and NaN/inf values (NonFiniteError)."""
-    step = check_step(step)
-    if not isinstance(cfg, GPTConfig):
-        raise ConfigError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
-    why = params_mismatch(params, cfg)
-    if why:
-        raise CheckpointError(f"params do not fit the config ({why}); nothing saved: such a "
-                              f"checkpoint could never be loaded")
-    bad, what = first_non_finite(params), "params"
-    if bad is None and opt_state is not None:
-        bad, what = first_non_finite(opt_state), "optimizer state"
-    if bad is not None:
-        raise NonFiniteError(f"the {what} hold NaN or inf (first in {bad}); step {step} was "
-                             f"not saved")
-    return step
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, cfg: GPTConfig, *,
@@ -300,7 +206,7 @@ def _read_config(mngr, step: int, out_dir: str) -> GPTConfig:
     try:
         raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
     except Exception as e:  # noqa: BLE001 - a missing or unreadable JSON item
-        raise _Damaged(f"its config cannot be read ({type(e).__name__})") from None
+        raise Damaged(f"its config cannot be read ({type(e).__name__})") from None
     try:
         if not isinstance(raw, dict):
             raise ConfigError(f"it is a {type(raw).__name__}, not an object")
@@ -318,7 +224,7 @@ def read_header(out_dir: str, step: Optional[int] = None, *,
             cfg = _read_config(mngr, step, out_dir)
             meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             return step, cfg, (meta if isinstance(meta, dict) else {})
-        except _Damaged as e:
+        except Damaged as e:
             damage, others = str(e), [s for s in mngr.all_steps() if s != step]
         except Exception as e:  # noqa: BLE001 - the meta item
             damage = f"its meta cannot be read ({type(e).__name__})"
@@ -347,41 +253,17 @@ def abstract_tree(tree, sharding=None):
     return jax.tree_util.tree_map(leaf, tree)
 
 
-class _Damaged(Exception):
-    """A step whose files cannot be read, or whose values are NaN/inf (message: why)."""
-
-
 def _stored_shapes(mngr, step: int, item: str) -> dict:
     from etils import epath   # orbax's own path type (a dependency of orbax)
     path = epath.Path(os.path.join(str(mngr.directory), str(step), item))
     md = ocp.StandardCheckpointHandler().metadata(path)
-    md = getattr(md, "tree", md)
-    return {_path_name(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(md)}
-
-
-def _unreadable(e: BaseException) -> str:
-    """Why a restore failed, without TensorStore's spec dump: the tensor it could not read."""
-    text = f"{e} {e.__cause__ or ''}"
-    m = re.search(r'Error reading "([^"/]+)', text) or re.search(r"'path': '([^'/]+)/?'", text)
-    return f"{m.group(1)} cannot be read" if m else f"its files cannot be read ({type(e).__name__})"
-
-
-def _collect_quietly() -> None:
-    """Finalise the read coroutines a failed restore abandons now, without their "Exception
-    ignored in ..." dumps of TensorStore specs (the failure is reported in one line)."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda *_: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+    return leaf_shapes(getattr(md, "tree", md))
 
 
 def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
                   opt_state_target):
     """The restored Composite of one step; CheckpointError when the stored tensors do not
-    fit cfg (a mismatch, not damage); _Damaged when files are unreadable or values NaN/inf."""
+    fit cfg (a mismatch, not damage); Damaged when files are unreadable or values NaN/inf."""
     items = dict(params=(params_target if params_target is not None else param_shapes(cfg)))
     if opt_state_target is not None:
         items["opt_state"] = opt_state_target
@@ -392,13 +274,12 @@ def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
                     f"step {step} in {out_dir} holds no optimizer state (a params-only "
                     f"checkpoint, as save_checkpoint writes): it cannot be resumed; fine-tune "
                     f"from it instead (train.py --init_from {out_dir} --out_dir NEW_DIR)")
-            raise _Damaged(f"its {item} directory is missing")
+            raise Damaged(f"its {item} directory is missing")
         try:
             stored = _stored_shapes(mngr, step, item)
         except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
-            raise _Damaged(f"its {item} metadata cannot be read ({type(e).__name__})") from None
-        wanted = {_path_name(p): tuple(x.shape)
-                  for p, x in jax.tree_util.tree_leaves_with_path(target)}
+            raise Damaged(f"its {item} metadata cannot be read ({type(e).__name__})") from None
+        wanted = leaf_shapes(target)
         if stored != wanted:
             diff = sorted(set(stored) ^ set(wanted)) or \
                 [n for n in wanted if stored[n] != wanted[n]]
@@ -412,14 +293,14 @@ def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
                                                               **args))
         why = None
     except Exception as e:  # noqa: BLE001 - truncated or overwritten files
-        why = _unreadable(e)
+        why = unreadable_reason(e)
     if why is not None:
-        _collect_quietly()
-        raise _Damaged(why)
+        collect_quietly()
+        raise Damaged(why)
     for k in items:
         bad = first_non_finite(restored[k])
         if bad is not None:
-            raise _Damaged(f"its {k} hold NaN or inf values (first in {bad})")
+            raise Damaged(f"its {k} hold NaN or inf values (first in {bad})")
     return restored
 
 
@@ -433,7 +314,7 @@ def intact_steps(out_dir: str, steps, *, params_target=None, opt_state_target=No
                 cfg = _read_config(mngr, s, out_dir)
                 _restore_step(mngr, s, out_dir, cfg, params_target, opt_state_target)
                 good.append(s)
-            except (CheckpointError, _Damaged):
+            except (CheckpointError, Damaged):
                 pass
     return sorted(good)
 
@@ -470,7 +351,7 @@ def restore(out_dir: str, step: Optional[int] = None, *, params_target=None,
                 check_config(cfg, expected_config, out_dir)
             restored = _restore_step(mngr, step, out_dir, cfg, params_target, opt_state_target)
             damage = None
-        except _Damaged as e:
+        except Damaged as e:
             damage, others = str(e), [s for s in mngr.all_steps() if s != step]
     if damage is not None:
         raise _damaged_error(out_dir, step, damage, others, params_target=params_target,

@@ -86,7 +86,7 @@ def check_params(params, cfg: GPTConfig):
                         f"or from_hf return, got {type(params).__name__}")
     if "h" in params and "h_0" not in params:
         raise UserError("params hold the stacked scan_layers layout: pass "
-                        "gpt_jax.model.unstack_layers(params)")
+                        "gpt_jax.stacking.unstack_layers(params)")
     want_def, want_shapes, want = _expected(cfg)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if treedef == want_def and all(getattr(x, "shape", None) == s

@@ -1,4 +1,5 @@
-"""Helpers shared by the thin CLIs: boolean flags, one-line errors."""
+"""Helpers shared by the thin CLIs: boolean and seed flags, writable directories, one-line
+errors."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,23 @@ def str2bool(s: str) -> bool:
     if v in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+MAX_SEED = 2**32 - 1   # jax.random.key keeps 32 bits: a larger seed would repeat a smaller one
+
+
+def seed(s: str, maximum: int = MAX_SEED) -> int:
+    """--seed: an integer in [0, maximum] (train.py passes a lower maximum: see
+    train_config.MAX_SEED)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"seed must be at least 0, got {s}")
+    if v > maximum:
+        raise argparse.ArgumentTypeError(f"seed must be at most {maximum}, got {s}")
+    return v
 
 
 class ArgumentParser(argparse.ArgumentParser):

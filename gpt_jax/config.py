@@ -9,27 +9,48 @@ import jax.numpy as jnp
 
 from gpt_jax.errors import ConfigError
 
-# GPT-2's BPE has 50257 tokens. A larger vocab_size (e.g. 50304 = 64 * 786) only pads the
-# embedding for faster matmuls: ids >= TOKENIZER_VOCAB_SIZE get -inf logits in that case, so they
-# are never sampled and carry no probability mass in the loss; export drops their rows.
+# GPT-2's BPE has 50257 tokens. A larger vocab_size only pads the embedding for faster matmuls:
+# ids >= TOKENIZER_VOCAB_SIZE get a -1e9 logit (model.PADDED_LOGIT), so they are never sampled
+# and carry no probability mass in the loss; export drops their rows.
 TOKENIZER_VOCAB_SIZE = 50257
 
 ATTN_IMPLS = ("auto", "xla", "cudnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def help_field(default, help: str):
+    """A dataclass field that is also a train.py flag: its help text lives here, once."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = TOKENIZER_VOCAB_SIZE
-    block_size: int = 1024      # longest sequence (learned position embeddings)
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True           # biases in Dense layers and LayerNorms (GPT-2 has them)
-    dtype: str = "float32"      # compute dtype of matmuls and activations
+    # 50257 is GPT-2's BPE; 50304 = 64 * 786 pads it for faster matmuls (padded ids: -1e9 logits)
+    vocab_size: int = help_field(
+        TOKENIZER_VOCAB_SIZE, "50257 (GPT-2), or padded up (e.g. 50304) for faster matmuls")
+    # position embeddings are learned, one per position: no sequence may be longer
+    block_size: int = help_field(
+        1024, "context length in tokens (each sample is block_size + 1 tokens)")
+    # GPT-2's four sizes have 12, 24, 36 and 48 blocks (PRESETS); compute grows with depth
+    n_layer: int = help_field(12, "transformer blocks")
+    # each head attends over its own head_dim = n_embd // n_head channels (64 in GPT-2)
+    n_head: int = help_field(12, "attention heads")
+    # the residual stream's width: parameters grow with its square
+    n_embd: int = help_field(768, "model width (a multiple of n_head)")
+    # regularises runs on little data; GPT-2 used 0.1, pre-training on plenty of data needs none
+    dropout: float = help_field(0.0, "dropout rate, training only")
+    # GPT-2 has biases in every Dense layer and LayerNorm (export needs them); without is
+    # slightly faster
+    bias: bool = help_field(True, "biases in Dense layers and LayerNorms")
+    # bfloat16 matmuls run several times faster on GPUs and TPUs; the head and the LayerNorm
+    # statistics stay float32 either way
+    dtype: str = help_field(
+        "float32", "compute dtype: float32 | bfloat16 (parameters and Adam state stay float32)")
+    # what parameters are stored in: float32 keeps small Adam updates from rounding away
     param_dtype: str = "float32"
-    attn_impl: str = "auto"     # auto (cuDNN on GPU in 16-bit, else XLA) | xla | cudnn
+    # cuDNN's fused attention is fastest on a GPU but takes only 16-bit inputs: auto picks it
+    # there (else XLA's); xla | cudnn force one
+    attn_impl: str = "auto"
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Optional
 
 import numpy as np
@@ -27,12 +26,8 @@ from flax import traverse_util
 
 from gpt_jax.config import DTYPES, TOKENIZER_VOCAB_SIZE, GPTConfig
 from gpt_jax.errors import CheckpointError, ConfigError, UserError
-
-CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"   # sharded checkpoints
-TORCH_FILE = "pytorch_model.bin"
-HUB_PATTERNS = [CONFIG_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX, "model-*.safetensors"]
+from gpt_jax.hf_files import CONFIG_FILE, SAFETENSORS_FILE, read_tensors, resolve_source
+from gpt_jax.integrity import first_non_finite
 
 LAYER_NORM_EPS = 1e-5                                 # fixed in gpt_jax.model._layer_norm
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh approximation
@@ -138,58 +133,6 @@ def config_to_hf(cfg: GPTConfig) -> dict:
     }
 
 
-# -- reading tensors ------------------------------------------------------------------------
-def _read_tensors(directory: str) -> dict:
-    """{file's tensor name: (shape, fetch)}; fetch() gives the array, read only when asked,
-    so the (1, 1, 1024, 1024) mask buffers of hub files are never loaded."""
-    index = os.path.join(directory, SAFETENSORS_INDEX)
-    single = os.path.join(directory, SAFETENSORS_FILE)
-    if os.path.isfile(single) or os.path.isfile(index):
-        from safetensors import safe_open  # framework="flax": reads bf16 too, needs no torch
-        if os.path.isfile(single):
-            files = [single]
-        else:
-            try:
-                with open(index) as f:
-                    files = sorted({os.path.join(directory, str(v))
-                                    for v in json.load(f)["weight_map"].values()})
-            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-                raise CheckpointError(f"cannot read {index} ({type(e).__name__}): it needs a "
-                                      f"\"weight_map\" object of tensor -> file") from None
-        out = {}
-        for path in files:
-            if not os.path.isfile(path):
-                raise CheckpointError(f"{path}, listed in {SAFETENSORS_INDEX}, is missing")
-            try:
-                handle = safe_open(path, framework="flax")
-            except Exception as e:
-                raise CheckpointError(f"cannot read {path} ({type(e).__name__}: "
-                                      f"{str(e)[:200]}): the file is damaged") from None
-            for name in handle.keys():
-                shape = tuple(handle.get_slice(name).get_shape())
-                out[name] = (shape, lambda h=handle, n=name: h.get_tensor(n))
-        return out
-    torch_path = os.path.join(directory, TORCH_FILE)
-    if os.path.isfile(torch_path):
-        try:
-            import torch
-        except ImportError:
-            raise CheckpointError(f"{directory} holds only {TORCH_FILE}: install torch to read "
-                                  f"it, or convert it to {SAFETENSORS_FILE}") from None
-        # weights_only=True: a pickle from the internet must not be able to run code.
-        try:
-            state = torch.load(torch_path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
-        except Exception as e:  # noqa: BLE001 - unpickling errors of every kind
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
-            raise CheckpointError(f"cannot read {torch_path} ({type(e).__name__}: {why}): it is "
-                                  f"damaged, or not a plain state dict of tensors") from None
-        return {k: (tuple(v.shape), lambda v=v: v.float().numpy()) for k, v in state.items()}
-    raise CheckpointError(f"{directory} holds no {SAFETENSORS_FILE} (or {TORCH_FILE}): "
-                          f"pass a Hugging Face GPT-2 directory")
-
-
 def params_from_tensors(tensors: dict, cfg: GPTConfig, where: str) -> dict:
     """Our params pytree (float32) from {file name: (shape, fetch)}, checking every name and
     shape against tensor_table(cfg)."""
@@ -234,52 +177,6 @@ def params_from_tensors(tensors: dict, cfg: GPTConfig, where: str) -> dict:
 
 
 # -- import ---------------------------------------------------------------------------------
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")   # "openai-community/gpt2"
-# The hub's GPT-2 models without an org prefix; any other bare word is a typo, not a hub id
-# (asking the hub about it would wait on the network, then blame the network).
-KNOWN_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
-
-
-def hub_name_ok(source: str) -> bool:
-    """Whether source may name a hub model: a known GPT-2 name or an org/name id."""
-    return source in KNOWN_MODELS or bool(HUB_ID.match(source))
-
-
-def _download(repo_id: str) -> str:
-    """Hub id -> local snapshot directory with config.json + safetensors (cached by the hub)."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UserError(f"{repo_id!r} is not a local directory, and fetching it from the "
-                        f"Hugging Face Hub needs huggingface_hub: pip install huggingface_hub")
-    try:
-        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)
-    except Exception as e:  # offline, not cached, unknown id, gated, hub down, ...
-        why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"cannot fetch {repo_id!r} from the Hugging Face Hub "
-                              f"({type(e).__name__}: {why}); check the id and the network, "
-                              f"or pass a local directory with config.json and "
-                              f"model.safetensors") from None
-
-
-def resolve_source(source) -> str:
-    """A local HF directory as is; a hub id downloaded (or taken from the hub cache)."""
-    source = os.fspath(source)
-    path = os.path.expanduser(source)
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise CheckpointError(f"{source} is a file: pass the directory that holds "
-                              f"{CONFIG_FILE} and {SAFETENSORS_FILE}")
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise CheckpointError(f"no directory {source}: pass a Hugging Face GPT-2 directory "
-                              f"or a hub id such as 'gpt2'")
-    if not hub_name_ok(source):
-        raise CheckpointError(f"{source!r} is neither a directory nor a known model name "
-                              f"({', '.join(KNOWN_MODELS)}) nor an org/name hub id")
-    return _download(source)
-
-
 def from_hf(source, dtype: Optional[str] = None) -> tuple[dict, GPTConfig]:
     """(params, cfg) from a Hugging Face GPT-2 directory or hub id.
 
@@ -302,8 +199,7 @@ def from_hf(source, dtype: Optional[str] = None) -> tuple[dict, GPTConfig]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {config_path}: {e}") from None
     cfg = config_from_hf(hf_config, directory, dtype)
-    params = params_from_tensors(_read_tensors(directory), cfg, directory)
-    from gpt_jax.checkpoint import first_non_finite
+    params = params_from_tensors(read_tensors(directory), cfg, directory)
     bad = first_non_finite(params)
     if bad is not None:
         raise CheckpointError(f"{directory}: tensor {bad} holds NaN or inf values; the weights "
@@ -367,7 +263,6 @@ def to_hf(params, cfg: GPTConfig, out_dir: str, *, overwrite: bool = False) -> s
     and renamed, so a failed export (a full disk) never leaves half a file under the real
     name, and gets the usual permissions (0666 less the umask)."""
     from safetensors.numpy import save_file
-    from gpt_jax.checkpoint import first_non_finite
     tensors = hf_tensors(params, cfg)
     bad = first_non_finite(tensors)
     if bad is not None:

@@ -240,33 +240,6 @@ def _init(cfg: GPTConfig, key):
     return GPT(cfg).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
 
 
-def stack_layers(params: dict, n_layer: int) -> dict:
-    """h_0..h_{L-1} -> "h" with a leading layer axis on every leaf (the scan_layers layout)."""
-    out = {k: v for k, v in params.items() if not k.startswith("h_")}
-    layers = [params[f"h_{i}"] for i in range(n_layer)]
-    out["h"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-    return out
-
-
-def unstack_layers(params: dict) -> dict:
-    """The inverse of stack_layers: the GPT-2 layout that checkpoints and HF files hold."""
-    if "h" not in params:
-        return params
-    out = {k: v for k, v in params.items() if k != "h"}
-    n_layer = jax.tree_util.tree_leaves(params["h"])[0].shape[0]
-    for i in range(n_layer):
-        out[f"h_{i}"] = jax.tree_util.tree_map(lambda x: x[i], params["h"])
-    return out
-
-
-def map_param_trees(fn, tree):
-    """Apply fn to every parameter-shaped dict inside tree (params, and Adam's mu and nu inside
-    an optax state), so a whole train state converts between layouts in one call."""
-    is_params = lambda x: isinstance(x, dict) and ("wte" in x)
-    return jax.tree_util.tree_map(lambda x: fn(x) if is_params(x) else x, tree,
-                                  is_leaf=is_params)
-
-
 def init_params(cfg: GPTConfig, key) -> dict:
     """GPT-2-initialised parameters as a plain nested dict of arrays."""
     return _init(cfg, key)

@@ -32,3 +32,18 @@ def run_cli(script, *args, env=None, timeout=300, cwd=ROOT):
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
                           cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# A tiny run for the training-function tests (test_steps, test_optimizer, test_loss).
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=512, batch_size=4)
+
+
+def tiny_tc(**kw):
+    from gpt_jax.train_config import TrainConfig
+    return TrainConfig.from_dict({**TINY, "warmup_iters": 5, "lr_decay_iters": 100, **kw})
+
+
+def random_batch(key, shape, vocab=512):
+    import jax
+    import jax.numpy as jnp
+    return jax.random.randint(jax.random.key(key), shape, 0, vocab, jnp.int32)

@@ -14,12 +14,16 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpt_jax.sharding import batch_sharding, make_global_batch, make_mesh, replicated  # noqa: E402
-from gpt_jax.train import (TrainConfig, checkpoint_layout, grads_and_loss, make_model,  # noqa: E402
-                           make_optimizer, make_train_step, new_state)
+from gpt_jax.optimizer import make_optimizer  # noqa: E402
+from gpt_jax.stacking import unstack_tree  # noqa: E402
+from gpt_jax.state import new_state  # noqa: E402
+from gpt_jax.steps import grads_and_loss, make_model, make_train_step  # noqa: E402
+from gpt_jax.train_config import TrainConfig  # noqa: E402
 
 STEPS = 5
-TC = TrainConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=256, batch_size=8,
-                 warmup_iters=2, lr_decay_iters=100, learning_rate=3e-3)
+TC = TrainConfig.from_dict(dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=256,
+                                batch_size=8, warmup_iters=2, lr_decay_iters=100,
+                                learning_rate=3e-3))
 # (name, mesh spec, remat, scan_layers); "1dev" is the reference.
 VARIANTS = [("1dev", None, False, False), ("data8", "data=8", False, False),
             ("fsdp8", "fsdp=8", False, False), ("d2f4", "data=2,fsdp=4", False, False),
@@ -36,10 +40,10 @@ def per_device_bytes(tree) -> int:
 
 def main(out_dir):
     assert jax.device_count() == 8, jax.devices()
-    cfg = TC.model_config()
+    cfg = TC.model
     tx, schedule = make_optimizer(TC)
     batches = np.random.default_rng(0).integers(0, cfg.vocab_size, (STEPS, 1, TC.batch_size,
-                                                                    TC.block_size + 1),
+                                                                    cfg.block_size + 1),
                                                 dtype=np.int32)
     result = {}
     for name, spec, remat, scan in VARIANTS:
@@ -54,7 +58,7 @@ def main(out_dir):
                           out_shardings=(replicated(mesh), None))
         first = make_global_batch(batches[0], mesh, batches[0].shape)
         loss0, grads = grad_fn(state.params, first)
-        grads = jax.device_get(checkpoint_layout(grads))
+        grads = jax.device_get(unstack_tree(grads))
         flat = {jax.tree_util.keystr(p): np.asarray(g)
                 for p, g in jax.tree_util.tree_leaves_with_path(grads)}
         np.savez(os.path.join(out_dir, f"grads_{name}.npz"), **flat)

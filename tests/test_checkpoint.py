@@ -8,6 +8,7 @@ import pytest
 from gpt_jax import CheckpointError, init_params, load_checkpoint, save_checkpoint
 from gpt_jax import checkpoint as ckpt
 from gpt_jax.checkpoint import checkpoint_dir, latest_step
+from gpt_jax.integrity import NonFiniteError
 
 
 def leaves_equal(a, b):
@@ -107,7 +108,7 @@ def test_save_refuses_an_existing_step(tmp_path, tiny_cfg):
 def test_save_refuses_non_finite_values(tmp_path, tiny_cfg, bad):
     params = init_params(tiny_cfg, jax.random.key(0))
     params["h_1"]["mlp"]["c_fc"]["kernel"] = params["h_1"]["mlp"]["c_fc"]["kernel"].at[3, 5].set(bad)
-    with pytest.raises(ckpt.NonFiniteError, match="NaN or inf.*h_1/mlp/c_fc/kernel"):
+    with pytest.raises(NonFiniteError, match="NaN or inf.*h_1/mlp/c_fc/kernel"):
         save_checkpoint(str(tmp_path / "o"), 1, params, tiny_cfg)
     assert not (tmp_path / "o").exists()
 
@@ -220,7 +221,9 @@ def test_save_into_a_file_is_one_line(tmp_path, tiny_cfg):
 def test_resuming_a_params_only_checkpoint_says_what_it_is(tmp_path, tiny_cfg):
     """save_checkpoint writes no optimizer state: that is not damage, and the message says
     how to use it."""
-    from gpt_jax.train import TrainConfig, abstract_state, make_optimizer
+    from gpt_jax.optimizer import make_optimizer
+    from gpt_jax.state import abstract_state
+    from gpt_jax.train_config import TrainConfig
     save_checkpoint(str(tmp_path), 1, init_params(tiny_cfg, jax.random.key(0)), tiny_cfg)
     tx, _ = make_optimizer(TrainConfig())
     with pytest.raises(CheckpointError, match="holds no optimizer state.*--init_from") as e:

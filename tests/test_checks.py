@@ -5,7 +5,7 @@ import pytest
 
 from gpt_jax import UserError, init_params, log_probs
 from gpt_jax.checks import check_params
-from gpt_jax.model import stack_layers
+from gpt_jax.stacking import stack_layers
 
 
 def test_params_that_do_not_match_cfg_are_named_in_one_line(tiny_cfg):

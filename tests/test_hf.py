@@ -22,7 +22,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 import gpt_jax
-from gpt_jax import hf
+from gpt_jax import hf, hf_files
 from gpt_jax.errors import CheckpointError, ConfigError, UserError
 
 FP32_TOL = 1e-4    # max |Δlogits| <= FP32_TOL * max(1, max |logits|)
@@ -433,7 +433,8 @@ def test_non_finite_weights_are_damage(small, tmp_path):
 @pytest.mark.parametrize("name", ["resme", "GPT2", "gpt-2"])
 def test_unknown_bare_names_are_not_sent_to_the_hub(name, monkeypatch):
     """A typo is not a hub id: said at once, without a network round trip."""
-    monkeypatch.setattr(hf, "_download", lambda repo: pytest.fail(f"asked the hub for {repo}"))
+    monkeypatch.setattr(hf_files, "download",
+                        lambda repo: pytest.fail(f"asked the hub for {repo}"))
     one_line_error(CheckpointError, name, "neither a directory nor a known model name",
                    "gpt2-medium", "distilgpt2", "org/name")
 

@@ -5,6 +5,7 @@ import pytest
 
 from gpt_jax import GPT, GPTConfig, UserError, init_params
 from gpt_jax.model import PADDED_LOGIT
+from gpt_jax.stacking import stack_layers
 
 
 def forward(cfg, params, tokens, **kw):
@@ -149,7 +150,7 @@ def test_padded_vocab_gets_no_probability():
 
 @pytest.mark.parametrize("remat,scan_layers", [(True, False), (False, True), (True, True)])
 def test_remat_and_scan_layers_compute_the_same_function(remat, scan_layers):
-    from gpt_jax.model import stack_layers, unstack_layers
+    from gpt_jax.stacking import unstack_layers
     cfg = GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=128)
     params = init_params(cfg, jax.random.key(0))
     tokens = random_tokens(cfg, (2, 16))
@@ -167,17 +168,3 @@ def test_remat_and_scan_layers_compute_the_same_function(remat, scan_layers):
     np.testing.assert_allclose(value, ref, rtol=1e-6)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            grad, ref_grad)
-
-
-def test_stack_unstack_round_trip():
-    from gpt_jax.model import map_param_trees, stack_layers, unstack_layers
-    cfg = GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=128)
-    params = init_params(cfg, jax.random.key(0))
-    back = unstack_layers(stack_layers(params, 3))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
-    # A whole optimizer state converts in one call (Adam's mu and nu mirror the params).
-    import optax
-    state = optax.adamw(1e-3).init(stack_layers(params, 3))
-    unstacked = map_param_trees(unstack_layers, state)
-    assert jax.tree_util.tree_structure(unstacked) == \
-        jax.tree_util.tree_structure(optax.adamw(1e-3).init(params))

@@ -148,7 +148,7 @@ def test_only_scored_positions_reach_the_head(model):
 
 def test_stacked_params_score_like_unstacked(model):
     """A run's scan_layers layout (layers stacked under "h") scores what GPT-2's layout does."""
-    from gpt_jax.model import stack_layers
+    from gpt_jax.stacking import stack_layers
     params, _ = model
     rng = np.random.default_rng(4)
     reqs = [(ids(rng, 5), ids(rng, 3)), ([], ids(rng, 4)), (ids(rng, 40), ids(rng, 2))]

@@ -140,8 +140,7 @@ def test_prepare_end_to_end(tmp_path):
 
 def test_config_precedence(tmp_path):
     from gpt_jax.errors import ConfigError, UserError
-    from gpt_jax.train import TrainConfig
-    from gpt_jax.trainer import resolve_config
+    from gpt_jax.train_config import TrainConfig, resolve_config
     sys.path.insert(0, ROOT)
     import train as train_cli
     f = tmp_path / "c.json"
@@ -150,14 +149,16 @@ def test_config_precedence(tmp_path):
                                                   "--bias", "false", "--process_id", "1"])
     assert launch == {"coordinator_address": None, "num_processes": None, "process_id": 1}
     tc = resolve_config(config, flags)
-    assert (tc.n_layer, tc.batch_size, tc.bias, tc.learning_rate) == (3, 7, False, 1.0)
-    assert tc.n_embd == TrainConfig().n_embd                       # default
+    assert (tc.model.n_layer, tc.batch_size, tc.model.bias, tc.learning_rate) == \
+        (3, 7, False, 1.0)
+    assert tc.model.n_embd == TrainConfig().model.n_embd           # default
     g = resolve_config("gpt2-124m", {"max_iters": 10})
-    assert (g.n_layer, g.n_embd, g.dtype, g.max_iters) == (12, 768, "bfloat16", 10)
+    assert (g.model.n_layer, g.model.n_embd, g.model.dtype, g.max_iters) == \
+        (12, 768, "bfloat16", 10)
     assert g.tokens_per_step == 524288
     t = tmp_path / "c.toml"
     t.write_text('n_head = 8\nn_embd = 128\ndtype = "bfloat16"\n')
-    assert resolve_config(str(t)).n_head == 8
+    assert resolve_config(str(t)).model.n_head == 8
     f.write_text(json.dumps({"n_layers": 3}))
     with pytest.raises(ConfigError, match="unknown key.*n_layers"):
         resolve_config(str(f))

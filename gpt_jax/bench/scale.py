@@ -6,9 +6,12 @@ import jax
 import numpy as np
 
 from gpt_jax.bench.harness import Context, Result, peak_memory_bytes, result_from_timing
+from gpt_jax.optimizer import make_optimizer
 from gpt_jax.sharding import make_global_batch, make_mesh
+from gpt_jax.state import new_state
+from gpt_jax.steps import make_train_step
 from gpt_jax.timing import compile_seconds, time_calls
-from gpt_jax.train import TrainConfig, make_optimizer, make_train_step, new_state
+from gpt_jax.train_config import TrainConfig
 
 
 def run(ctx: Context) -> list[Result]:
@@ -23,8 +26,8 @@ def run(ctx: Context) -> list[Result]:
         label, arch, B, T, V = "tiny-2x64", dict(n_layer=2, n_head=2, n_embd=64), 2, 64, 512
     else:
         label, arch, B, T, V = "12x256", dict(n_layer=12, n_head=4, n_embd=256), 4, 256, 8192
-    tc = TrainConfig(**arch, block_size=T, batch_size=B, vocab_size=V)
-    cfg = tc.model_config()
+    tc = TrainConfig.from_dict(dict(**arch, block_size=T, batch_size=B, vocab_size=V))
+    cfg = tc.model
     tx, schedule = make_optimizer(tc)
     mesh = make_mesh(None, jax.devices()[:1])
     tokens = np.random.default_rng(0).integers(0, V, (1, B, T + 1), dtype=np.int32)

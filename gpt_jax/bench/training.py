@@ -10,8 +10,11 @@ from gpt_jax.bench.harness import Context, Result, ratio_row, result_from_timing
 from gpt_jax.bench.peers import have_peers, torch_train_step
 from gpt_jax.model import count_params, init_params
 from gpt_jax.timing import compile_seconds, time_calls
-from gpt_jax.train import (TrainConfig, flops_per_token, init_state, make_optimizer,
-                           make_train_step)
+from gpt_jax.flops import flops_per_token
+from gpt_jax.optimizer import make_optimizer
+from gpt_jax.state import init_state
+from gpt_jax.steps import make_train_step
+from gpt_jax.train_config import TrainConfig
 
 
 def train_variants(ctx: Context) -> list[tuple[str, dict]]:
@@ -41,8 +44,8 @@ def run(ctx: Context) -> list[Result]:
     have_torch = have_peers(ctx, "train")
     rows = []
     for name, arch, B in sizes:
-        tc = TrainConfig(**arch, block_size=T, batch_size=B, vocab_size=50257)
-        base = tc.model_config()
+        tc = TrainConfig.from_dict(dict(**arch, block_size=T, batch_size=B, vocab_size=50257))
+        base = tc.model
         tx, sched = make_optimizer(tc)
         params = init_params(base, jax.random.key(0))
         rng = np.random.default_rng(0)

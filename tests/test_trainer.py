@@ -1,135 +1,28 @@
-"""The pure training functions (gpt_jax/train.py) and the Trainer loop, in process."""
+"""The Trainer loop (gpt_jax/trainer.py and the builders of gpt_jax/init_from.py), in process:
+what it learns, what reaches the disk, and what the messages say about it."""
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from gpt_jax import checkpoint as ckpt
 from gpt_jax.config import GPTConfig
-from gpt_jax.model import GPT, init_params
-from gpt_jax.train import (TrainConfig, cross_entropy, decay_mask, grads_and_loss, init_state,
-                           lr_schedule, make_optimizer, make_train_step)
+from gpt_jax.model import init_params
+from gpt_jax.train_config import TrainConfig
 
-TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=512, batch_size=4)
-
-
-def tiny_tc(**kw):
-    return TrainConfig(**{**TINY, "warmup_iters": 5, "lr_decay_iters": 100, **kw})
-
-
-def random_batch(key, shape, vocab=512):
-    return jax.random.randint(jax.random.key(key), shape, 0, vocab, jnp.int32)
-
-
-def test_overfits_one_batch():
-    tc = tiny_tc(learning_rate=1e-2, min_lr=1e-3, weight_decay=0.0)
-    cfg = tc.model_config()
-    tx, sched = make_optimizer(tc)
-    state = init_state(init_params(cfg, jax.random.key(0)), tx, jax.random.key(1))
-    step = make_train_step(cfg, tx, sched)
-    batch = random_batch(2, (1, 4, 17))
-    losses = []
-    for _ in range(100):
-        state, m = step(state, batch)
-        losses.append(float(m["loss"]))
-        if losses[-1] < 0.1:
-            break
-    assert losses[0] > 5.5 and losses[-1] < 0.1, losses[::10]
-    assert int(state.step) == len(losses)
-
-
-def test_gradient_accumulation_matches_one_big_batch():
-    cfg = GPTConfig(**{k: v for k, v in TINY.items() if k != "batch_size"})
-    params = init_params(cfg, jax.random.key(0))
-    big = random_batch(3, (1, 12, 17))
-    key = jax.random.key(9)
-    f = jax.jit(grads_and_loss, static_argnums=1)
-    loss1, g1 = f(params, cfg, big, key)
-    for k in (3,):
-        lossk, gk = f(params, cfg, big.reshape(k, 12 // k, 17), key)
-        np.testing.assert_allclose(lossk, loss1, rtol=1e-5)
-        np.testing.assert_allclose(optax.tree.norm(gk), optax.tree.norm(g1), rtol=1e-5)
-        for a, b in zip(jax.tree_util.tree_leaves(gk), jax.tree_util.tree_leaves(g1)):
-            # summation order moves an entry by up to ~1e-6 of its leaf's largest (rounding
-            # scales with the summed terms, not the result); a dropped micro-batch moves ~0.5
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
-    # and through the jitted train step: the metrics report the same loss and gradient norm
-    tc = tiny_tc()
-    tx, sched = make_optimizer(tc)
-    step = make_train_step(cfg, tx, sched, donate=False)
-    state = init_state(params, tx, key)
-    _, m1 = step(state, big)
-    _, m3 = step(state, big.reshape(3, 4, 17))
-    np.testing.assert_allclose(m3["loss"], m1["loss"], rtol=1e-5)
-    np.testing.assert_allclose(m3["grad_norm"], m1["grad_norm"], rtol=1e-5)
-
-
-def test_decay_mask_by_name():
-    cfg = GPTConfig(**{k: v for k, v in TINY.items() if k != "batch_size"})
-    params = init_params(cfg, jax.random.key(0))
-    flat = {jax.tree_util.keystr(p): v for p, v in
-            jax.tree_util.tree_leaves_with_path(decay_mask(params))}
-    decayed = sorted(k for k, v in flat.items() if v)
-    expected = sorted([f"['h_{i}']['{m}']['{d}']['kernel']" for i in range(2)
-                       for m, d in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"),
-                                    ("mlp", "c_proj"))]
-                      + ["['wte']['embedding']", "['wpe']['embedding']"])
-    assert decayed == expected
-    assert all(("bias" in k or "scale" in k) for k, v in flat.items() if not v)
-    # the optimizer really decays only those: zero gradients, lr 1 -> kernels shrink by lr*wd
-    tc = tiny_tc(learning_rate=1.0, min_lr=1.0, warmup_iters=0, weight_decay=0.5, grad_clip=0.0)
-    tx, _ = make_optimizer(tc)
-    params = jax.tree_util.tree_map(jnp.ones_like, params)
-    updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
-    for path, u in jax.tree_util.tree_leaves_with_path(updates):
-        want = -0.5 if flat[jax.tree_util.keystr(path)] else 0.0
-        np.testing.assert_allclose(u, want, atol=1e-6)
-
-
-def test_lr_schedule_formula():
-    lr, mn, W, D = 6e-4, 6e-5, 10, 100
-    sched = lr_schedule(tiny_tc(learning_rate=lr, min_lr=mn, warmup_iters=W, lr_decay_iters=D))
-
-    def formula(s):
-        u = s + 1
-        if u <= W:
-            return lr * u / W
-        if u <= D:
-            return mn + (lr - mn) * 0.5 * (1 + math.cos(math.pi * (u - W) / (D - W)))
-        return mn
-    for s in [0, 1, 5, 8, 9, 10, 11, 50, 98, 99, 100, 150]:
-        np.testing.assert_allclose(float(sched(s)), formula(s), rtol=1e-5, err_msg=f"step {s}")
-    assert float(sched(0)) == pytest.approx(lr / W)       # the first update gets lr / W
-    assert float(sched(W - 1)) == pytest.approx(lr)       # the peak ends the warm-up
-
-
-def test_padded_vocab_carries_no_loss_or_gradient():
-    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50304)
-    params = init_params(cfg, jax.random.key(0))
-    tokens = random_batch(1, (2, 17), vocab=50257)
-    logits = GPT(cfg).apply({"params": params}, tokens[:, :-1])
-    assert float(logits[..., 50257:].max()) == -1e9
-    full = cross_entropy(logits, tokens[:, 1:])
-    real = cross_entropy(logits[..., :50257], tokens[:, 1:])
-    assert float(full) == pytest.approx(float(real), rel=1e-6)
-    _, g = jax.jit(grads_and_loss, static_argnums=1)(params, cfg, tokens[None], None)
-    assert float(jnp.abs(g["wte"]["embedding"][50257:]).max()) == 0.0
-
-
-# -- the Trainer loop, in process ------------------------------------------------------------
 
 def trainer_tc(out_dir, **kw):
     base = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, max_iters=30,
                 learning_rate=5e-3, min_lr=5e-4, warmup_iters=5, lr_decay_iters=30,
                 eval_interval=15, eval_iters=2, log_interval=5, out_dir=str(out_dir))
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_dict({**base, **kw})
 
 
 def test_loss_falls_on_builtin_corpus(builtin_data, tmp_path):
-    from gpt_jax.trainer import Trainer, read_metrics
+    from gpt_jax.metrics import read_metrics
+    from gpt_jax.trainer import Trainer
     out = Trainer(trainer_tc(tmp_path), progress=False, log=lambda *a: None).fit()
     evals = [r for r in read_metrics(str(tmp_path)) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 15, 30]
@@ -189,33 +82,11 @@ def small_tc(out_dir, **kw):
                                          log_interval=1), **kw})
 
 
-@pytest.mark.parametrize("field, value", [
-    ("learning_rate", float("nan")), ("learning_rate", float("inf")), ("min_lr", float("nan")),
-    ("weight_decay", float("inf")), ("beta2", float("nan")), ("grad_clip", float("inf")),
-    ("seed", 2**31), ("seed", 99999999999999999999), ("out_dir", 5), ("data", ["x"]),
-    ("init_from", ""), ("resume_step", 3), ("resume_step", -2)])
-def test_config_refuses_non_finite_and_mistyped_values(field, value):
-    from gpt_jax.errors import ConfigError
-    with pytest.raises(ConfigError, match=field):
-        TrainConfig(**{field: value})
-
-
-@pytest.mark.parametrize("content", ['{"out_dir": 5}', '{"data": ["x"]}',
-                                     '{"learning_rate": 1' + '0' * 400 + '}',
-                                     '{"learning_rate": NaN}'])
-def test_config_file_values_of_the_wrong_type(tmp_path, content):
-    from gpt_jax.errors import ConfigError
-    from gpt_jax.trainer import resolve_config
-    f = tmp_path / "c.json"
-    f.write_text(content)
-    with pytest.raises(ConfigError, match="out_dir|data|learning_rate"):
-        resolve_config(str(f))
-
-
 def test_huge_learning_rate_saves_nothing_non_finite(builtin_data, tmp_path):
     """lr 1e30: the step-1 update leaves finite but huge weights whose eval loss is NaN; the
     run must stop there, save nothing, and say that no checkpoint is on disk."""
-    from gpt_jax.trainer import Trainer, TrainingDiverged, read_metrics
+    from gpt_jax.metrics import read_metrics
+    from gpt_jax.trainer import Trainer, TrainingDiverged
     tc = small_tc(tmp_path, learning_rate=1e30, min_lr=1.0, eval_interval=1, max_iters=3)
     with pytest.raises(TrainingDiverged, match="step 1 was not saved; no checkpoint is on disk"):
         Trainer(tc, **QUIET).fit()
@@ -261,20 +132,20 @@ def test_signal_during_the_first_eval_says_nothing_was_saved(builtin_data, tmp_p
 def test_resume_takes_the_architecture_from_the_checkpoint(builtin_data, tmp_path):
     from gpt_jax.errors import CheckpointError, ConfigError
     from gpt_jax.trainer import Trainer
-    from gpt_jax.train import TrainConfig as TC
+    TC = TrainConfig.from_dict
     Trainer(small_tc(tmp_path), **QUIET).fit()
     # no architecture flags at all: n_layer=1, n_embd=32, block_size=32 come from step 4
-    t = Trainer(TC(out_dir=str(tmp_path), init_from="resume", max_iters=6, batch_size=4,
-                   eval_iters=1), **QUIET)
+    t = Trainer(TC(dict(out_dir=str(tmp_path), init_from="resume", max_iters=6, batch_size=4,
+                        eval_iters=1)), **QUIET)
     assert (t.cfg.n_layer, t.cfg.n_embd, t.cfg.block_size) == (1, 32, 32)
-    assert (t.tc.n_layer, t.tc.n_embd, t.tc.block_size) == (1, 32, 32)
+    assert (t.tc.model.n_layer, t.tc.model.n_embd, t.tc.model.block_size) == (1, 32, 32)
     assert int(t.state.step) == 4
     # a flag the user gave that differs is an error naming it; a default is not a flag
     with pytest.raises(CheckpointError, match="n_embd: 32 vs 64"):
-        Trainer(TC(out_dir=str(tmp_path), init_from="resume", max_iters=6, n_embd=64),
+        Trainer(TC(dict(out_dir=str(tmp_path), init_from="resume", max_iters=6, n_embd=64)),
                 **QUIET, explicit={"n_embd"})
     with pytest.raises(ConfigError, match="at step 4 and --max_iters is 4: nothing to train"):
-        Trainer(TC(out_dir=str(tmp_path), init_from="resume", max_iters=4), **QUIET)
+        Trainer(TC(dict(out_dir=str(tmp_path), init_from="resume", max_iters=4)), **QUIET)
     with pytest.raises(ConfigError, match="--max_iters 0 trains nothing"):
         Trainer(small_tc(tmp_path / "new", max_iters=0), **QUIET)
 
@@ -345,6 +216,6 @@ def test_init_from_sources(builtin_data, tmp_path):
     ckpt.save_checkpoint(str(tmp_path / "run"), 7, params, cfg)
     t = Trainer(small_tc(tmp_path / "b", init_from=str(tmp_path / "run")), **QUIET,
                 explicit={"block_size"})
-    assert t.cfg.block_size == 64 and t.tc.block_size == 32 and int(t.state.step) == 0
+    assert t.cfg.block_size == 64 and t.tc.model.block_size == 32 and int(t.state.step) == 0
     for a, b in zip(jax.tree_util.tree_leaves(t.state.params), jax.tree_util.tree_leaves(params)):
         np.testing.assert_array_equal(a, b)
