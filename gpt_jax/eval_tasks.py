@@ -76,9 +76,9 @@ class TaskEvals:
                                                      f"local copy")
             self.data.append(tasks.load_task(task, path, cfg, limit))
 
-    def __call__(self, params, step: int) -> list[dict]:
+    def __call__(self, params, step: Optional[int]) -> list[dict]:
         """One metrics.jsonl row per task: {"kind": "eval_task", "step", "task", "n",
-        <the task's metrics>, "seconds"}."""
+        <the task's metrics>, "seconds"} (step None: not a training step, e.g. --eval_only)."""
         rows = []
         for data in self.data:
             t0 = time.perf_counter()
@@ -89,7 +89,9 @@ class TaskEvals:
 
 
 def format_row(row: dict) -> str:
-    """The one line a row prints: `step 50: hellaswag acc 0.2600 acc_norm 0.2800 (n=100, 3.1s)`."""
+    """The one line a row prints: `step 50: hellaswag acc 0.2600 acc_norm 0.2800 (n=100, 3.1s)`
+    (`eval: ...` without a step)."""
     metrics = " ".join(f"{m} {row[m]:.4f}" for m in tasks.METRICS[row["task"]]
                        if m != "tokens")
-    return f"step {row['step']}: {row['task']} {metrics} (n={row['n']}, {row['seconds']:.1f}s)"
+    where = "eval" if row["step"] is None else f"step {row['step']}"
+    return f"{where}: {row['task']} {metrics} (n={row['n']}, {row['seconds']:.1f}s)"

@@ -151,7 +151,7 @@ class Trainer:
         self.log(f"eval: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
                  f"({self.tc.eval_iters} batches of {self.tc.batch_size} x "
                  f"{self.tc.model.block_size} tokens each)")
-        for row in self.task_evals(self.state.params, int(self.state.step)):
+        for row in self.task_evals(self.state.params, None):
             self.log(eval_tasks.format_row(row))
         return losses
 
