@@ -1,5 +1,5 @@
-"""out_dir/metrics.jsonl (one JSON object per line: train and eval rows, see docs/design.md)
-and out_dir/loss.png drawn from it."""
+"""out_dir/metrics.jsonl (one JSON object per line: train, eval and eval_task rows, see
+docs/design.md) and out_dir/loss.png drawn from it."""
 from __future__ import annotations
 
 import json
@@ -49,15 +49,19 @@ def restart_metrics(out_dir: str, step: int) -> None:
 
 
 def plot_loss(out_dir: str) -> None:
-    """Redraw out_dir/loss.png from metrics.jsonl (written to a temporary name, then renamed:
-    a reader never sees half a file)."""
+    """Redraw out_dir/loss.png from metrics.jsonl: the losses, and below them a panel of the
+    eval_task metrics (when there are any) against the step. Written to a temporary name, then
+    renamed: a reader never sees half a file."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = read_metrics(out_dir)
     train = [r for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    tasks = [r for r in rows if r.get("kind") == "eval_task"]
+    fig, axes = plt.subplots(2 if tasks else 1, 1, squeeze=False, sharex=True,
+                             figsize=(7, 7.4 if tasks else 4.2), dpi=110)
+    ax = axes[0, 0]
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.5,
                 label="train (batch)")
@@ -66,13 +70,49 @@ def plot_loss(out_dir: str) -> None:
                 label="train (eval)")
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "s-", ms=3,
                 label="val")
-    ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(os.path.basename(os.path.abspath(out_dir)))
     ax.grid(alpha=0.3)
     ax.legend()
+    if tasks:
+        plot_tasks(axes[1, 0], tasks)
+    axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     tmp = os.path.join(out_dir, "loss.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, os.path.join(out_dir, LOSS_PLOT))
+
+
+# eval_task metrics that are fractions (left axis); the others (ppl, bits_per_byte) go on a
+# log-scaled right axis. The row keys that are not metrics are left out.
+FRACTIONS = ("acc", "acc_norm")
+NOT_METRICS = ("kind", "step", "task", "n", "tokens", "seconds")
+
+
+def plot_tasks(ax, rows: list[dict]) -> None:
+    """The eval_task panel: one line per (task, metric) against the step."""
+    series: dict[tuple[str, str], list] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in NOT_METRICS and isinstance(v, (int, float)):
+                series.setdefault((r["task"], k), []).append((r["step"], v))
+    right = None
+    for i, ((task, metric), points) in enumerate(series.items()):
+        steps, values = zip(*sorted(points))
+        if metric in FRACTIONS:
+            ax.plot(steps, values, "o-", ms=3, color=f"C{i}", label=f"{task} {metric}")
+        else:
+            right = right or ax.twinx()
+            right.plot(steps, values, "^--", ms=3, color=f"C{i}",
+                       label=f"{task} {metric} (right)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if right is not None:
+        right.set_yscale("log")
+        right.set_ylabel("perplexity / bits per byte")
+        h, l = right.get_legend_handles_labels()
+        handles, labels = handles + h, labels + l
+    ax.set_title("eval tasks", fontsize=9)
+    ax.legend(handles, labels, fontsize=8)

@@ -1,9 +1,10 @@
 """Zero-shot evaluation tasks: HellaSwag, LAMBADA and the perplexity of a text.
 
 run_task(params, cfg, task, path) reads a task's file, scores it with gpt_jax.scoring and
-returns {"task", "n", <metrics>}: the library call behind `python eval.py --task ...`, made to be
-called again and again (e.g. at every eval_interval of a training run): the compiled scorer is
-kept per config, and the data files are read once per call.
+returns {"task", "n", <metrics>}: the library call behind `python eval.py --task ...`. It is
+load_task (read and encode the file) then score_task (score and aggregate): a training run
+(gpt_jax/eval_tasks.py) loads once and scores at every eval_interval, and the compiled scorer
+is kept per config.
 
 - hellaswag: jsonl rows {"ctx", "endings": [4 strings], "label"} (the official
   hellaswag_val.jsonl, 10,042 rows). Each ending is scored as " " + ending after ctx, the two
@@ -24,7 +25,7 @@ import os
 import sys
 import time
 import urllib.request
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -78,9 +79,9 @@ def cache_dir() -> str:
 
 # -- data files -------------------------------------------------------------------------------
 
-def default_data(task: str) -> str:
+def default_data(task: str, hint: str = "pass --data PATH with a local copy") -> str:
     """The standard file of a task, downloaded into cache_dir() on first use. Offline (or on
-    any failure) a one-line UserError says to pass --data."""
+    any failure) a one-line UserError ending in `hint` (what to pass instead)."""
     name, source = SOURCES[task]
     path = os.path.join(cache_dir(), name)
     if os.path.isfile(path) and os.path.getsize(path) > 0:
@@ -89,7 +90,7 @@ def default_data(task: str) -> str:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         if task == "text":
-            _fetch_wikitext(source, tmp)
+            _fetch_wikitext(source, tmp, hint)
         else:
             with urllib.request.urlopen(source, timeout=30) as r, open(tmp, "wb") as f:
                 while chunk := r.read(1 << 20):
@@ -100,20 +101,19 @@ def default_data(task: str) -> str:
     except Exception as e:  # offline, DNS, HTTP error, disk full, ...
         why = (str(e).strip().splitlines() or [""])[0][:160]
         raise DataError(f"cannot download the {task} data ({source}: {type(e).__name__}: "
-                        f"{why}); pass --data PATH with a local copy") from None
+                        f"{why}); {hint}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
 
 
-def _fetch_wikitext(source: str, out: str) -> None:
+def _fetch_wikitext(source: str, out: str, hint: str) -> None:
     try:
         import datasets
     except ImportError:
-        raise DataError("the default text data (WikiText-2) needs Hugging Face datasets: "
-                        "pip install 'gpt-jax[data]', or pass --data PATH with a text file") \
-            from None
+        raise DataError(f"the default text data (WikiText-2) needs Hugging Face datasets: "
+                        f"pip install 'gpt-jax[data]', or {hint}") from None
     repo, config, split = source.split(":")
     ds = datasets.load_dataset(repo, config, split=split)
     with open(out, "w", encoding="utf-8") as f:
@@ -227,12 +227,74 @@ def _bar(total: int, unit: str, enabled: bool):
                 dynamic_ncols=True, leave=False)
 
 
+class TaskData(NamedTuple):
+    """A task's file read and encoded once, to be scored again and again (score_task)."""
+    task: str
+    requests: list      # hellaswag, lambada: [(context ids, continuation ids)]
+    labels: list        # hellaswag: the right ending of each row
+    counts: list        # hellaswag: endings per row (its requests are row-major)
+    tokens: list        # text: the token ids scored
+
+
+def load_task(task: str, path: str, cfg: GPTConfig, limit: Optional[int] = None) -> TaskData:
+    """Read and encode a task's file (limit: the first rows; for text: tokens). Bad data is a
+    one-line DataError, raised here, before any scoring."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task == "hellaswag":
+        requests, labels, counts = hellaswag_requests(path, cfg, limit)
+        return TaskData(task, requests, labels, counts, [])
+    if task == "lambada":
+        return TaskData(task, lambada_requests(path, cfg, limit), [], [], [])
+    tokens = get_tokenizer().encode(_open_text(path, task), allowed_special={EOT_TOKEN})[:limit]
+    return TaskData(task, [], [], [], tokens)
+
+
+def score_task(params, cfg: GPTConfig, data: TaskData, *, batch_size: Optional[int] = None,
+               stride: Optional[int] = None, progress: bool = False) -> dict:
+    """{"task", "n", <its metrics>} (METRICS[task]) of params on load_task's data. params may
+    be a run's: stacked for scan_layers, sharded on a mesh (gpt_jax.scoring takes both)."""
+    task = data.task
+    if task == "hellaswag":
+        requests = data.requests
+        with _bar(len(requests), "req", progress) as bar:
+            answers = scoring.loglikelihood(params, cfg, requests, batch_size=batch_size,
+                                            progress=bar.update)
+        acc = acc_norm = 0
+        i = 0
+        for label, k in zip(data.labels, data.counts):
+            sums = np.array([answers[i + j][0] for j in range(k)])
+            lens = np.array([len(requests[i + j][1]) for j in range(k)])
+            acc += int(np.argmax(sums)) == label
+            acc_norm += int(np.argmax(sums / lens)) == label
+            i += k
+        n = len(data.labels)
+        return {"task": task, "n": n, "acc": acc / n, "acc_norm": acc_norm / n}
+    if task == "lambada":
+        with _bar(len(data.requests), "req", progress) as bar:
+            answers = scoring.loglikelihood(params, cfg, data.requests, batch_size=batch_size,
+                                            progress=bar.update)
+        n = len(answers)
+        mean_logp = sum(lp for lp, _ in answers) / n
+        return {"task": task, "n": n, "acc": sum(g for _, g in answers) / n,
+                "ppl": math.exp(-mean_logp)}
+    tokens = data.tokens
+    with _bar(scoring.n_windows(len(tokens), cfg, stride), "window", progress) as bar:
+        logp = scoring.token_logprobs(params, cfg, tokens, stride=stride,
+                                      batch_size=batch_size, progress=bar.update)
+    total = float(np.sum(logp, dtype=np.float64))
+    n = len(tokens)
+    n_bytes = len(get_tokenizer().decode_bytes(tokens))
+    return {"task": task, "n": n, "tokens": n, "ppl": math.exp(-total / n),
+            "bits_per_byte": -total / math.log(2) / n_bytes}
+
+
 def run_task(params, cfg: GPTConfig, task: str, path: Optional[str] = None, *,
              limit: Optional[int] = None, batch_size: Optional[int] = None,
              stride: Optional[int] = None, progress: bool = False) -> dict:
-    """Evaluate one task: {"task", "n", <its metrics>} (METRICS[task]) plus "seconds" and
-    "examples_per_s". path None downloads the standard file (default_data). limit: the first
-    `limit` rows (for text: tokens). progress: a tqdm bar on stderr."""
+    """Evaluate one task: {"task", "n", <its metrics>} (METRICS[task]) plus "seconds" (reading
+    and scoring) and "examples_per_s". path None downloads the standard file (default_data).
+    limit: the first `limit` rows (for text: tokens). progress: a tqdm bar on stderr."""
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
@@ -242,40 +304,8 @@ def run_task(params, cfg: GPTConfig, task: str, path: Optional[str] = None, *,
         raise UserError("stride applies to the text task only")
     path = default_data(task) if path is None else path
     t0 = time.perf_counter()
-    if task == "hellaswag":
-        requests, labels, counts = hellaswag_requests(path, cfg, limit)
-        with _bar(len(requests), "req", progress) as bar:
-            answers = scoring.loglikelihood(params, cfg, requests, batch_size=batch_size,
-                                            progress=bar.update)
-        acc = acc_norm = 0
-        i = 0
-        for label, k in zip(labels, counts):
-            sums = np.array([answers[i + j][0] for j in range(k)])
-            lens = np.array([len(requests[i + j][1]) for j in range(k)])
-            acc += int(np.argmax(sums)) == label
-            acc_norm += int(np.argmax(sums / lens)) == label
-            i += k
-        n = len(labels)
-        out = {"task": task, "n": n, "acc": acc / n, "acc_norm": acc_norm / n}
-    elif task == "lambada":
-        requests = lambada_requests(path, cfg, limit)
-        with _bar(len(requests), "req", progress) as bar:
-            answers = scoring.loglikelihood(params, cfg, requests, batch_size=batch_size,
-                                            progress=bar.update)
-        n = len(answers)
-        mean_logp = sum(lp for lp, _ in answers) / n
-        out = {"task": task, "n": n, "acc": sum(g for _, g in answers) / n,
-               "ppl": math.exp(-mean_logp)}
-    else:
-        enc = get_tokenizer()
-        tokens = enc.encode(_open_text(path, task), allowed_special={EOT_TOKEN})[:limit]
-        with _bar(scoring.n_windows(len(tokens), cfg, stride), "window", progress) as bar:
-            logp = scoring.token_logprobs(params, cfg, tokens, stride=stride,
-                                          batch_size=batch_size, progress=bar.update)
-        total = float(np.sum(logp, dtype=np.float64))
-        n = len(tokens)
-        out = {"task": task, "n": n, "tokens": n, "ppl": math.exp(-total / n),
-               "bits_per_byte": -total / math.log(2) / len(enc.decode_bytes(tokens))}
+    out = score_task(params, cfg, load_task(task, path, cfg, limit), batch_size=batch_size,
+                     stride=stride, progress=progress)
     seconds = time.perf_counter() - t0
     out.update(seconds=seconds, examples_per_s=out["n"] / seconds if seconds > 0 else 0.0)
     return out

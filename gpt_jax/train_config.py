@@ -64,6 +64,12 @@ class TrainConfig:
         50, "evaluate, checkpoint and redraw loss.png every this many steps")
     eval_iters: int = help_field(8, "batches per split in each evaluation")
     eval_only: bool = help_field(False, "evaluate the --init_from weights and exit")
+    # zero-shot tasks at every evaluation (gpt_jax/eval_tasks.py): metrics.jsonl eval_task rows
+    eval_tasks: str = help_field(
+        "", "tasks scored at every evaluation, e.g. hellaswag=PATH,lambada=PATH (also text=PATH; "
+        "a name without =PATH downloads the standard file)")
+    eval_task_limit: int = help_field(
+        0, "score the first N rows of each eval task (text: tokens); 0: all")
     log_interval: int = help_field(5, "steps between metrics.jsonl train rows")
     seed: int = help_field(1337, "parameter init, dropout and batch sampling")
     # parallelism and memory: none of them changes the losses (up to rounding)
@@ -110,6 +116,15 @@ class TrainConfig:
                               f"{self.learning_rate}, min_lr={self.min_lr}")
         if not (self.beta1 < 1 and self.beta2 < 1):
             raise ConfigError("beta1 and beta2 must be below 1")
+        from gpt_jax.eval_tasks import parse_spec   # lazy: it imports the scoring code
+        parse_spec(self.eval_tasks)
+        if isinstance(self.eval_task_limit, bool) or not isinstance(self.eval_task_limit, int) \
+                or self.eval_task_limit < 0:
+            raise ConfigError(f"eval_task_limit must be a non-negative integer (0: all rows), "
+                              f"got {self.eval_task_limit!r}")
+        if self.eval_task_limit and not self.eval_tasks.strip():
+            raise ConfigError(f"eval_task_limit {self.eval_task_limit} needs eval_tasks (the "
+                              f"tasks it limits), e.g. --eval_tasks hellaswag=PATH")
         if self.lr_decay_iters <= self.warmup_iters:
             raise ConfigError(f"lr_decay_iters ({self.lr_decay_iters}) must exceed "
                               f"warmup_iters ({self.warmup_iters})")

@@ -24,6 +24,7 @@ import numpy as np
 
 from gpt_jax import checkpoint as ckpt
 from gpt_jax import data as data_lib
+from gpt_jax import eval_tasks
 from gpt_jax import init_from
 from gpt_jax import sharding as sh
 from gpt_jax.cli import writable_dir
@@ -80,6 +81,8 @@ class Trainer:
             explicit = {k for k, v in tc.to_dict().items() if v != defaults[k]}
         # One line for what can be told from the flags, before out_dir is created or anything
         # downloaded, tokenised or compiled.
+        task_specs = eval_tasks.parse_spec(tc.eval_tasks)
+        eval_tasks.check_files(task_specs)
         if tc.init_from != "resume":
             init_from.check_steps_left(tc, 0, self.out_dir)
             init_from.check_init_from(tc.init_from)
@@ -108,6 +111,9 @@ class Trainer:
             accum=tc.gradient_accumulation_steps, seed=seed)
         self.eval_step = make_eval_step(self.cfg, mesh=self.mesh,
                                         param_shardings=self.shardings.params, **self.run)
+        # read and encoded now: a bad row is said before training, not at the first eval
+        self.task_evals = eval_tasks.TaskEvals(task_specs, self.cfg,
+                                               limit=tc.eval_task_limit or None)
         self.stop_signal: Optional[int] = None
 
     def _data_dir(self) -> str:
@@ -140,10 +146,13 @@ class Trainer:
         return out
 
     def evaluate_only(self) -> dict[str, float]:
+        """The losses (and the --eval_tasks, printed) of the weights; nothing is written."""
         losses = self.estimate_loss(self.state.params, 0)
         self.log(f"eval: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
                  f"({self.tc.eval_iters} batches of {self.tc.batch_size} x "
                  f"{self.tc.model.block_size} tokens each)")
+        for row in self.task_evals(self.state.params, None):
+            self.log(eval_tasks.format_row(row))
         return losses
 
     # -- checkpoints and metrics -------------------------------------------------------------
@@ -328,12 +337,19 @@ class Trainer:
                                  f"{losses['val']})", step)
         self._append({"kind": "eval", "step": step, "train_loss": losses["train"],
                       "val_loss": losses["val"], "time": round(self.elapsed, 3)})
+        self._say(f"step {step}: train loss {losses['train']:.4f}, val loss "
+                  f"{losses['val']:.4f}")
+        for row in self.task_evals(self.state.params, step):   # every process scores
+            self._append(row)
+            self._say(eval_tasks.format_row(row))
         if self.main:
             plot_loss(self.out_dir)
-        msg = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-        from tqdm import tqdm
+        return {"train_loss": losses["train"], "val_loss": losses["val"]}
+
+    def _say(self, msg: str) -> None:
+        """One line above the progress bar (or logged, without one)."""
         if self.progress:
+            from tqdm import tqdm
             tqdm.write(msg)
         else:
             self.log(msg)
-        return {"train_loss": losses["train"], "val_loss": losses["val"]}

@@ -17,7 +17,8 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     doc = json.loads(out.read_text())
     assert {"platform", "device_kind", "device_count", "jax", "jaxlib", "cpu"} <= set(doc["machine"])
     rows = doc["results"]
-    assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode", "scale"}
+    assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode", "scale",
+                                            "eval"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = {r["name"] for r in rows}
     # The peers (torch + transformers are in the test extra) and the ratios against them.
@@ -36,6 +37,15 @@ def test_bench_smoke_writes_valid_json(tmp_path):
         r["name"].split(" ", 1)[1] for r in scale if " " in r["name"]}
     assert any(r["unit"] == "bytes" for r in scale)
     assert all(r["compile_s"] > 0 for r in scale if r["unit"] == "tokens/s")
+    # eval: ours against lm-eval's HF backend (lm-eval is in the eval extra, which CI installs),
+    # on the same requests: the answers agree, and the ratio rows are there
+    ev = {(r["name"], r["metric"]): r for r in rows if r["section"] == "eval"}
+    for shape in ("hellaswag", "lambada"):
+        ours = ev[(f"{shape} gpt_jax loglikelihood b4", "requests/s")]
+        peer = ev[(f"{shape} lm-eval HF backend b4", "scored tokens/s")]
+        assert ours["compile_s"] > 0 and peer["compile_s"] is None
+        assert peer["config"]["max_abs_logp_diff_vs_ours"] < 1e-3
+        assert ev[(f"{shape} gpt_jax / lm-eval HF b4", "requests/s ratio")]["unit"] == "x"
 
 
 def test_bench_bad_input_is_one_line(tmp_path):

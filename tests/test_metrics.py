@@ -31,3 +31,41 @@ def test_plot_loss_writes_the_png(tmp_path):
     with open(os.path.join(out, LOSS_PLOT), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(out)) == sorted([METRICS, LOSS_PLOT])
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def task_row(step, task="lambada", **metrics):
+    return {"kind": "eval_task", "step": step, "task": task, "n": 8, "seconds": 0.5,
+            **(metrics or {"acc": 0.25, "ppl": 900.0 - step})}
+
+
+def test_restart_drops_later_eval_task_rows(tmp_path):
+    out = str(tmp_path)
+    for s in (0, 2, 4):
+        append_metrics(out, {"kind": "eval", "step": s, "train_loss": 5.0, "val_loss": 5.1})
+        append_metrics(out, task_row(s))
+    restart_metrics(out, 2)      # resumed at step 2: step 4's rows are written again later
+    assert [(r["kind"], r["step"]) for r in read_metrics(out)] == [
+        ("eval", 0), ("eval_task", 0), ("eval", 2), ("eval_task", 2)]
+
+
+def test_plot_loss_adds_a_panel_for_eval_tasks(tmp_path):
+    plain, with_tasks = tmp_path / "plain", tmp_path / "tasks"
+    for d in (plain, with_tasks):
+        d.mkdir()
+        for r in rows([1, 2]) + [{"kind": "eval", "step": 2, "train_loss": 4.8,
+                                  "val_loss": 4.9}]:
+            append_metrics(str(d), r)
+    for s in (0, 2):
+        append_metrics(str(with_tasks), task_row(s))
+        append_metrics(str(with_tasks), task_row(s, "hellaswag", acc=0.3, acc_norm=0.31))
+    plot_loss(str(plain))
+    plot_loss(str(with_tasks))
+    (w0, h0), (w1, h1) = png_size(plain / LOSS_PLOT), png_size(with_tasks / LOSS_PLOT)
+    assert w1 == w0 and h1 > 1.5 * h0     # a second panel under the losses

@@ -110,6 +110,53 @@ def test_sigterm_saves_and_exits(builtin_data, tmp_path):
     assert f"SIGTERM: saved step {step}" in stderr
 
 
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_eval_tasks_during_training(builtin_data, tmp_path):
+    """--eval_tasks on a scan_layers run over a 2-device fsdp mesh (stacked, sharded params):
+    eval_task rows at step 0 and every eval_interval, printed, and a loss.png panel; the last
+    rows equal run_task on the saved weights (GPT-2 layout, one device); a resume drops the rows
+    after its step and writes them again, the same."""
+    from test_eval_tasks import task_files
+    from gpt_jax import load_checkpoint, tasks
+    files = task_files(tmp_path, rows=8)
+    out = str(tmp_path / "out")
+    args = [*TINY, "--max_iters", "4", "--eval_interval", "2", "--log_interval", "2",
+            "--eval_tasks", f"hellaswag={files['hellaswag']},lambada={files['lambada']}",
+            "--eval_task_limit", "6", "--mesh", "fsdp=2", "--scan_layers", "true",
+            "--out_dir", out]
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    r = run_cli("train.py", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    first = rows(out, "eval_task")
+    assert [(x["step"], x["task"]) for x in first] == [
+        (s, t) for s in (0, 2, 4) for t in ("hellaswag", "lambada")]
+    assert set(first[0]) == {"kind", "step", "task", "n", "acc", "acc_norm", "seconds"}
+    assert set(first[1]) == {"kind", "step", "task", "n", "acc", "ppl", "seconds"}
+    assert all(x["n"] == 6 for x in first)
+    assert "step 4: lambada acc " in r.stdout and "step 0: hellaswag acc " in r.stdout
+    width, height = png_size(os.path.join(out, "loss.png"))
+    assert height > width      # the losses alone are a wide panel; the tasks' is under it
+    params, cfg = load_checkpoint(out)
+    for row in first[-2:]:
+        want = tasks.run_task(params, cfg, row["task"], files[row["task"]], limit=6)
+        for m in tasks.METRICS[row["task"]]:
+            assert row[m] == pytest.approx(want[m], rel=1e-4), (row, want)
+    assert abs(first[-1]["ppl"] / first[1]["ppl"] - 1) > 1e-3   # scored on trained weights
+    r = run_cli("train.py", *args, "--init_from", "resume", "--resume_step", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    again = rows(out, "eval_task")
+    assert [(x["step"], x["task"]) for x in again] == [(x["step"], x["task"]) for x in first]
+    for a, b in zip(first, again):
+        assert {k: v for k, v in a.items() if k != "seconds"} == \
+            {k: v for k, v in b.items() if k != "seconds"}
+
+
 def test_bad_data_one_line_errors(tmp_path):
     r = run_cli("train.py", *TINY, "--data", str(tmp_path / "missing.txt"),
                 "--out_dir", str(tmp_path / "o"))
@@ -182,7 +229,8 @@ def run_main(capsys, *argv):
 @pytest.mark.parametrize("case", [
     "bogus", "seed", "nan", "inf", "max_iters", "resme", "out_file", "out_under_file",
     "config_out_dir", "config_data", "config_dir", "resume_step", "resume_missing_step",
-    "num_processes", "process_id", "no_coordinator"])
+    "num_processes", "process_id", "no_coordinator", "eval_task_unknown", "eval_task_missing",
+    "eval_task_dir", "eval_task_no_path", "eval_task_twice", "eval_task_limit_alone"])
 def test_one_line_errors(tmp_path, capsys, monkeypatch, case):
     """Each is one `error:` line and exit 1, before any data is read or anything compiled."""
     for var in ("JAX_COORDINATOR_ADDRESS", "GPT_JAX_DISTRIBUTED"):
@@ -210,6 +258,13 @@ def test_one_line_errors(tmp_path, capsys, monkeypatch, case):
         "no_coordinator": (["--num_processes", "2", "--process_id", "1", *out],
                            "need --coordinator_address"),
         "resume_missing_step": (["--init_from", "resume", *out], "does not exist: train a"),
+        "eval_task_unknown": (["--eval_tasks", "mmlu=x.jsonl", *out], "unknown task 'mmlu'"),
+        "eval_task_missing": (["--eval_tasks", f"lambada={tmp_path / 'nope.jsonl'}", *out],
+                              "nope.jsonl: the file does not exist"),
+        "eval_task_dir": (["--eval_tasks", f"hellaswag={tmp_path}", *out], "is not a file"),
+        "eval_task_no_path": (["--eval_tasks", "hellaswag=", *out], "hellaswag= needs a path"),
+        "eval_task_twice": (["--eval_tasks", "text=a,text=b", *out], "names text twice"),
+        "eval_task_limit_alone": (["--eval_task_limit", "5", *out], "needs eval_tasks"),
     }[case]
     code, err = run_main(capsys, *args)
     assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err

@@ -2,6 +2,7 @@
 same weights (torch and transformers are optional: without them those rows are left out)."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -63,3 +64,35 @@ def params_to_hf(params, cfg: GPTConfig):
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model
+
+
+def lm_eval_hf(params, cfg: GPTConfig, batch_size: int, section: str):
+    """lm-eval's own Hugging Face backend (HFLM: transformers + PyTorch, the scorer everyone's
+    lm-eval numbers come from) over our weights, or None, with a note on stderr, when lm-eval
+    is not installed. Its tokenizer is built from the local BPE files (no download)."""
+    try:
+        import lm_eval.models  # noqa: F401 - loads lm-eval's own models into its registry
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        print(f"[bench] {section}: lm-eval missing, skipping its Hugging Face backend rows "
+              f"(pip install 'gpt-jax[eval]')", file=sys.stderr)
+        return None
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+    from gpt_jax.hf import to_transformers
+    from gpt_jax.tokenizer import EOT_TOKEN, bpe_files
+    vocab_bpe, encoder_json = bpe_files()
+    # transformers 5 builds an empty GPT-2 tokenizer from vocab/merges files: wrap the
+    # tokenizers library's byte-level BPE instead (docs/design.md, "Things known to bite").
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=ByteLevelBPETokenizer(encoder_json, vocab_bpe),
+        bos_token=EOT_TOKEN, eos_token=EOT_TOKEN, unk_token=EOT_TOKEN)
+    # Passing a built model is deliberate here: HFLM's warnings about it would only be noise.
+    quiet = logging.getLogger("lm_eval.models.huggingface")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return HFLM(pretrained=to_transformers(params, cfg).eval(), tokenizer=tokenizer,
+                    batch_size=batch_size, device="cpu")
+    finally:
+        quiet.setLevel(level)
