@@ -108,3 +108,15 @@ def test_bench_device_that_is_not_here_is_one_line():
         assert_refused_before_running(
             run_cli("bench.py", "--tiny", "--only", "machine", "--device", device),
             f"--device {device}: no {device} backend is available here")
+
+
+def test_peers_are_left_out_when_ours_run_on_an_accelerator(monkeypatch):
+    """The Hugging Face peers run on torch's CPU build: on a GPU, bench.py put our GPU figures
+    over their CPU ones in a ratio row."""
+    import jax
+    from gpt_jax.bench.harness import Context
+    from gpt_jax.bench.peers import have_peers
+    assert have_peers(Context(), "train")          # torch and transformers: the test extra
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not have_peers(Context(), "train")
+    assert not have_peers(Context(options={"peers": False}), "train")
