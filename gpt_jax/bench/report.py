@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Optional
 
 from gpt_jax.bench.harness import Result, machine_info
@@ -101,14 +102,17 @@ def table_markers(name: str) -> tuple[str, str]:
 
 
 def _marked_span(text: str, name: str, path: str) -> tuple[int, int]:
-    """(start, end) of what lies between the markers in text; a UserError unless each marker
+    """(start, end) of what lies between the marker lines in text (lines holding the marker
+    alone: the README also mentions them in its prose); a UserError unless each marker line
     is there exactly once, start before end."""
     start, end = table_markers(name)
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+    found = [[m for m in re.finditer(rf"^{re.escape(marker)}[ \t]*$", text, re.MULTILINE)]
+             for marker in (start, end)]
+    if len(found[0]) != 1 or len(found[1]) != 1 or found[0][0].start() > found[1][0].start():
         raise UserError(f"--table {path} exists but does not hold the lines {start} and {end} "
                         f"(once each, in that order): add them where the table goes, or give "
                         f"a new file")
-    return text.index(start) + len(start), text.index(end)
+    return found[0][0].end(), found[1][0].start()
 
 
 def check_table_file(path: str, name: str) -> None:
