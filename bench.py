@@ -1,7 +1,11 @@
 """Benchmarks: python bench.py [--only machine,forward] [--json out.json] [--preset gpt2] ...
 
 Prints a table; --json writes docs/design.md's bench JSON. The method: gpt_jax/bench/harness.py.
-Every flag is checked (and the --json / --plot paths tried) before any section runs.
+Every flag is checked (and the --json / --plot / --table paths tried) before any section runs.
+
+python bench.py --suite gpu [--json FILE] [--table README.md] runs a fixed recipe instead
+(gpt_jax/bench/suite.py): the GPU tests, then sections with their own sizes, and writes a
+markdown table between README's <!-- gpu-table:start --> / <!-- gpu-table:end --> lines.
 """
 import argparse
 import os
@@ -16,22 +20,36 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=None,
                    help="comma-separated sections to run (default: all)")
+    p.add_argument("--suite", default=None, choices=["gpu"],
+                   help="run a fixed recipe of tests and sections (gpt_jax/bench/suite.py) "
+                        "instead; its sizes are fixed, so --only, --preset, --dtype, "
+                        "--batch_size, --seq_len and --train_gpt2 do not go with it")
+    p.add_argument("--table", default=None,
+                   help="with --suite: write its markdown table into this file, between its "
+                        "<!-- NAME-table:start --> and <!-- NAME-table:end --> lines (a new "
+                        "file gets them)")
+    p.add_argument("--tests", type=str2bool, default=True,
+                   help="with --suite: run its pytest selection first")
     p.add_argument("--json", default=None, help="write results as JSON to this path")
     p.add_argument("--plot", default=None, help="draw the results as a PNG chart at this path")
     p.add_argument("--peers", type=str2bool, default=True,
                    help="time Hugging Face PyTorch peers where torch/transformers are installed")
-    p.add_argument("--preset", default="gpt2", help="model preset for the model sections")
-    p.add_argument("--batch_size", type=int, default=8, help="forward section: batch")
+    p.add_argument("--preset", default=None,
+                   help="model preset for the model sections (default gpt2)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="forward section: batch (default 8)")
     p.add_argument("--seq_len", type=int, default=None,
                    help="forward section: sequence length, at most the model's block_size "
                         "(default: block_size)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype of the model sections (default float32)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (>= 0)")
     p.add_argument("--tiny", type=str2bool, nargs="?", const=True, default=False,
                    help="smoke-test sizes (small matrices and vocab): checks the harness only")
-    p.add_argument("--train_gpt2", type=str2bool, default=True,
-                   help="train section: also time GPT-2-small widths (batch 4, block 256)")
+    p.add_argument("--train_gpt2", type=str2bool, default=None,
+                   help="train section: also time GPT-2-small widths (batch 4, block 256; "
+                        "default true)")
     p.add_argument("--torch_threads", type=int, default=None,
                    help="threads for the PyTorch peers (default: the CPU count)")
     p.add_argument("--device", default=None, choices=list(DEVICES),
@@ -42,6 +60,17 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < least:
             p.error(f"--{name} must be at least {least}, got {value}")
+    fixed = ("only", "preset", "dtype", "batch_size", "seq_len", "train_gpt2")
+    if args.suite:
+        given = [f"--{k}" for k in fixed if getattr(args, k) is not None]
+        if given:
+            p.error(f"--suite {args.suite} runs fixed sizes: leave out {', '.join(given)}")
+    elif args.table:
+        p.error("--table writes a suite's table: give --suite too")
+    defaults = {"preset": "gpt2", "dtype": "float32", "batch_size": 8, "train_gpt2": True}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     return args
 
 
@@ -80,15 +109,17 @@ def use_device(device: str) -> None:
 def main():
     args = parse_args()
     from gpt_jax.errors import UserError
-    for flag in ("json", "plot"):
+    for flag in ("json", "plot", "table"):
         if getattr(args, flag):
             check_output_path(getattr(args, flag), f"--{flag}")
+    if args.suite:
+        return main_suite(args)
     if args.device:
         use_device(args.device)
     from gpt_jax.bench import SECTIONS, run_sections
     from gpt_jax.bench.forward import check_forward_memory
     from gpt_jax.bench.harness import Context
-    from gpt_jax.bench.report import format_table, write_json, write_plot
+    from gpt_jax.bench.report import format_table
     ctx = Context(repeats=args.repeats, warmup=args.warmup, preset=args.preset,
                   batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
                   tiny=args.tiny, options={"torch_threads": args.torch_threads})
@@ -109,7 +140,16 @@ def main():
         check_forward_memory(ctx)
     results = run_sections(ctx, names)
     print(format_table(results))
-    for path, write in ((args.json, write_json), (args.plot, write_plot)):
+    write_outputs(args, results)
+
+
+def write_outputs(args, results, extra=(), write_json=None) -> None:
+    """--json and --plot (and a suite's outputs in `extra`: (path, write(path, results)))."""
+    from gpt_jax.bench.report import write_plot
+    from gpt_jax.errors import UserError
+    if write_json is None:
+        from gpt_jax.bench.report import write_json
+    for path, write in ((args.json, write_json), (args.plot, write_plot), *extra):
         if path:
             try:
                 write(path, results)
@@ -117,6 +157,42 @@ def main():
                 raise UserError(f"could not write {path} ({e.strerror or e}); the table above "
                                 f"holds the results") from None
             print(f"[bench] wrote {path}", file=sys.stderr)
+
+
+def main_suite(args) -> None:
+    """--suite NAME: its pytest run, then its steps, each in a process of its own with a time
+    budget (gpt_jax/bench/suite.py); the table on stdout, and the --json / --plot / --table
+    files. This process only checks --device: the children measure."""
+    import time
+    from gpt_jax.bench.harness import Context, machine_info
+    from gpt_jax.bench.report import check_table_file, format_table, write_json, write_table
+    from gpt_jax.bench.suite import SUITES, markdown_table, run_steps, run_tests
+    suite = SUITES[args.suite]
+    if args.table:
+        check_table_file(args.table, args.suite)
+    env = dict(os.environ)   # the children's: theirs to preallocate the GPU's memory
+    # This process holds no arrays: it must not take the memory the children measure with.
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if args.device:
+        use_device(args.device)
+    platform = DEVICES.get(args.device)
+    t0 = time.perf_counter()
+    root = os.path.dirname(os.path.abspath(__file__))
+    results = run_tests(args.suite, root, platform, env) if args.tests else []
+    ctx = Context(repeats=args.repeats, warmup=args.warmup, preset=suite.preset,
+                  dtype=suite.dtype, tiny=args.tiny,
+                  options={"peers": False, "torch_threads": args.torch_threads})
+    steps, machine = run_steps(args.suite, ctx, platform, env)
+    results += steps
+    machine = machine or machine_info()   # every step failed: this process's view
+    print(format_table(results))
+    command = "python bench.py " + " ".join(sys.argv[1:])
+    table = markdown_table(args.suite, results, machine, command, args.tiny)
+    print(table)
+    print(f"[bench] suite {args.suite}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    write_outputs(args, results,
+                  [(args.table, lambda path, _: write_table(path, args.suite, table))],
+                  write_json=lambda path, rows: write_json(path, rows, machine))
 
 
 if __name__ == "__main__":

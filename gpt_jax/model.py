@@ -22,13 +22,27 @@ from gpt_jax.errors import TokenError
 PADDED_LOGIT = -1e9
 
 
+# cuDNN's flash attention (jax.nn.dot_product_attention(implementation="cudnn")) takes only
+# fp16/bf16, and head dims that are multiples of 8 up to 128 (256 from Hopper on; 128 keeps
+# the rule independent of the chip). Anything else raises inside JAX, so auto picks XLA there.
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def cudnn_supports(cfg: GPTConfig) -> bool:
+    """Whether cuDNN's fused attention takes this config's inputs (dtype and head dim)."""
+    return (cfg.dtype in CUDNN_DTYPES and cfg.head_dim % 8 == 0
+            and cfg.head_dim <= CUDNN_MAX_HEAD_DIM)
+
+
 def attention_implementation(cfg: GPTConfig) -> Optional[str]:
-    """cuDNN's fused kernel on GPU in 16-bit (it rejects float32 and raises on CPU), else XLA."""
+    """cuDNN's fused kernel on a GPU where it takes the inputs (16-bit, head_dim a multiple of
+    8 up to 128; it raises otherwise, and on CPU), else XLA's."""
     if cfg.attn_impl == "xla":
         return None
     if cfg.attn_impl == "cudnn":
         return "cudnn"
-    use_cudnn = jax.default_backend() == "gpu" and cfg.dtype in ("bfloat16", "float16")
+    use_cudnn = jax.default_backend() == "gpu" and cudnn_supports(cfg)
     return "cudnn" if use_cudnn else None
 
 

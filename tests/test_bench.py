@@ -118,3 +118,218 @@ def test_bench_device_that_is_not_here_is_one_line():
         assert_refused_before_running(
             run_cli("bench.py", "--tiny", "--only", "machine", "--device", device),
             f"--device {device}: no {device} backend is available here")
+
+
+def test_peers_are_left_out_when_ours_run_on_an_accelerator(monkeypatch):
+    """The Hugging Face peers run on torch's CPU build: on a GPU, bench.py put our GPU figures
+    over their CPU ones in a ratio row."""
+    import jax
+    from gpt_jax.bench.harness import Context
+    from gpt_jax.bench.peers import have_peers
+    assert have_peers(Context(), "train")          # torch and transformers: the test extra
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not have_peers(Context(), "train")
+    assert not have_peers(Context(options={"peers": False}), "train")
+
+
+# -- bench.py --suite gpu ------------------------------------------------------------------------
+
+SUITE_SECTIONS = {"tests", "machine", "attention", "train", "decode", "loglikelihood", "suite"}
+
+
+def marker_lines(name="gpu"):
+    return f"\n<!-- {name}-table:start -->\n", f"\n<!-- {name}-table:end -->\n"
+
+
+def outside_markers(text):
+    start, end = marker_lines()
+    return text[:text.index(start)], text[text.index(end):]
+
+
+def inside_markers(text):
+    start, end = marker_lines()
+    return text.split(start)[1].split(end)[0]
+
+
+def test_readme_has_one_gpu_table_that_says_it_was_not_run():
+    """The table --suite gpu fills: its markers once each, and until then a line saying no GPU
+    has run it (not figures from elsewhere)."""
+    from conftest import ROOT
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start, end = marker_lines()
+    assert text.count(start) == text.count(end) == 1
+    inside = inside_markers(text)
+    assert "Not yet run on a GPU" in inside
+
+
+def test_gpu_suite_plumbing_on_cpu(tmp_path):
+    """The first-GPU command on tiny sizes on the CPU: every step ran in its own process and
+    reported its rows; the JSON holds them with the machine that measured; the table went
+    between the markers of a copy of README.md and nothing else in it changed."""
+    from conftest import ROOT
+    readme = os.path.join(ROOT, "README.md")
+    original = open(readme, encoding="utf-8").read()
+    copy, out = tmp_path / "README.md", tmp_path / "gpu.json"
+    copy.write_text(original, encoding="utf-8")
+    r = run_cli("bench.py", "--suite", "gpu", "--device", "cpu", "--tiny", "--repeats", "1",
+                "--json", out, "--table", copy, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert open(readme, encoding="utf-8").read() == original     # the real one untouched
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["platform"] == "cpu"
+    rows = doc["results"]
+    for row in rows:
+        assert set(row) == ROW_KEYS
+    assert {row["section"] for row in rows} == SUITE_SECTIONS
+    assert not [row for row in rows if row["metric"] == "failed" and row["section"] == "suite"]
+    by = {(row["section"], row["name"], row["metric"]): row for row in rows}
+    tests = {m: by[("tests", "pytest -m gpu tests/test_gpu.py", m)] for m in
+             ("passed", "failed", "skipped")}
+    # Without a GPU every gpu test is collected and skips, saying why.
+    assert tests["passed"]["value"] == tests["failed"]["value"] == 0
+    assert tests["skipped"]["value"] >= 5
+    assert all("needs" in s and "GPU" in s for s in tests["skipped"]["config"]["skipped"])
+    # cuDNN runs only on a GPU: XLA's attention alone, and no ratio.
+    att = by[("attention", "xla attention", "tokens/s")]
+    assert att["config"]["implementation"] == "xla" and att["config"]["dtype"] == "bfloat16"
+    assert att["value"] > 0 and att["compile_s"] > 0
+    assert not [row for row in rows if row["section"] == "attention" and row["unit"] == "x"]
+    train = [row for row in rows if row["section"] == "train" and row["unit"] == "tokens/s"]
+    assert [t["config"]["dtype"] for t in train] == ["bfloat16"]   # no float32 variant
+    assert ("train", "tiny gpt_jax bfloat16", "MFU (vs measured matmul)") in by  # the peak
+    decode = [row for row in rows if row["section"] == "decode" and row["unit"] == "tokens/s"
+              and row["name"].startswith("ours cached")]
+    assert sorted(d["config"]["batch"] for d in decode) == [1, 8]
+    assert {d["config"]["dtype"] for d in decode} == {"bfloat16"}
+    assert not [row for row in rows if "uncached" in row["name"] or "HF" in row["name"]]
+    ll = [row for row in rows if row["section"] == "loglikelihood"]
+    assert {row["metric"] for row in ll} == {"requests/s", "scored tokens/s"}
+    assert all(row["value"] > 0 for row in ll)
+    walls = [row for row in rows if row["section"] == "suite" and row["metric"] == "wall time"]
+    assert [w["name"] for w in walls] == ["machine", "attention", "train", "decode",
+                                          "loglikelihood"]
+    assert all(0 < w["value"] < w["config"]["budget_s"] for w in walls)
+    # The table: between the markers, the rest of the file byte for byte.
+    text = copy.read_text(encoding="utf-8")
+    assert outside_markers(text) == outside_markers(original)
+    inside = inside_markers(text)
+    assert "Not yet run on a GPU" not in inside and "**Plumbing run" in inside
+    assert "| figure | result | target |" in inside
+    for figure in ("`pytest -m gpu tests/test_gpu.py` | 0 passed, 0 failed",
+                   "cuDNN not run: needs a GPU", "| attention xla, forward + backward",
+                   "| train tiny, batch 2 x 64, bfloat16, xla attention |",
+                   "| decode gpt2-tiny, bfloat16, batch 8", "| loglikelihood gpt2-tiny lambada-like",
+                   "| wall time: tests + steps"):
+        assert figure in inside, figure
+    assert inside.strip() in r.stdout.replace("\r", "")       # the same table on stdout
+
+
+def test_gpu_suite_refuses_what_it_cannot_do_before_running(tmp_path):
+    """Sizes are the suite's own; --table needs --suite, and a file without the markers is
+    refused at once, not after minutes of benchmarks."""
+    assert_refused_before_running(run_cli("bench.py", "--suite", "gpu", "--preset", "gpt2",
+                                          "--dtype", "float32"),
+                                  "--suite gpu runs fixed sizes: leave out --preset, --dtype")
+    assert_refused_before_running(run_cli("bench.py", "--table", tmp_path / "t.md"),
+                                  "--table writes a suite's table: give --suite too")
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no markers here\n")
+    r = run_cli("bench.py", "--suite", "gpu", "--device", "cpu", "--tiny", "--table", plain)
+    assert_refused_before_running(r, f"--table {plain} exists but does not hold the lines",
+                                  "<!-- gpu-table:start -->")
+    assert plain.read_text() == "# no markers here\n"
+
+
+def test_suite_budgets_fit_in_its_wall_time():
+    """Each step is killed at its budget, so the budgets bound the whole run: they must fit in
+    the 8 minutes the gpu suite promises, with room for this process's start-up."""
+    from gpt_jax.bench.suite import SUITES, resolve
+    gpu = SUITES["gpu"]
+    assert gpu.max_wall_s == 480
+    assert gpu.tests_budget_s + sum(s.budget_s for s in gpu.steps) <= gpu.max_wall_s - 15
+    for step in gpu.steps:
+        assert callable(resolve(step.section)), step.section
+
+
+def test_suite_step_failures_are_rows_and_the_rest_still_run(monkeypatch):
+    """A step that raises and one that runs past its budget each become a failed row with the
+    reason; the steps after them still run, and a peak measured by one step reaches the next
+    (its own process) with the suite's options and sizes."""
+    from conftest import ROOT
+    from gpt_jax.bench import suite
+    from gpt_jax.bench.harness import Context
+    steps = (suite.Step("suite_steps:broken", 60), suite.Step("suite_steps:sleepy", 8),
+             suite.Step("suite_steps:measures", 60, {"a": 1}),
+             suite.Step("suite_steps:reads", 60, {"b": 2}))
+    monkeypatch.setitem(suite.SUITES, "fake", suite.Suite(
+        preset="gpt2", dtype="bfloat16", tests=(), tests_budget_s=1, steps=steps,
+        min_mfu=0.5, max_wall_s=200))
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")}
+    ctx = Context(repeats=1, tiny=True, dtype="bfloat16", options={"peers": False})
+    rows, machine = suite.run_steps("fake", ctx, "cpu", env, log=lambda *a, **k: None)
+    failed = {r.name: r for r in rows if r.metric == "failed"}
+    assert set(failed) == {"suite_steps:broken", "suite_steps:sleepy"}
+    assert failed["suite_steps:broken"].unit == "error"
+    assert "RuntimeError: this step is broken on purpose" in \
+        failed["suite_steps:broken"].config["error"]
+    assert failed["suite_steps:sleepy"].config["error"] == "ran past its budget of 8 s"
+    walls = {r.name: r.value for r in rows if r.metric == "wall time"}
+    assert list(walls) == [s.section for s in steps]
+    assert 8 <= walls["suite_steps:sleepy"] < 30          # killed, not waited for
+    got = {r.name: r for r in rows if r.section == "fake"}
+    assert got["measures"].config == {"option": 1}
+    reads = got["reads"]
+    assert reads.value == 123.0                            # the earlier step's peak
+    assert reads.config == {"options": {"peers": False, "b": 2}, "tiny": True,
+                            "dtype": "bfloat16"}
+    assert machine["platform"] == "cpu"
+    # The table states the failures.
+    table = suite.markdown_table("fake", rows, machine, "python bench.py --suite fake", True)
+    assert "| suite_steps:sleepy | **failed**: ran past its budget of 8 s |" in table
+
+
+def gpu_rows(mfu_value, cudnn_tps, xla_tps):
+    """Rows as an H100 run would give them (the figures are made up: they test the table)."""
+    from gpt_jax.bench.harness import Result
+    conf = {"n_layer": 12, "batch": 16, "seq": 1024, "dtype": "bfloat16"}
+    rows = []
+    for label, tps in (("cudnn", cudnn_tps), ("xla", xla_tps)):
+        name = f"gpt2-124m bfloat16 {label} attn"
+        rows += [Result("train", name, "tokens/s", tps, "tokens/s",
+                        {**conf, "attention": label}, median=16384 / tps, min=0.1, max=0.1,
+                        repeats=3, compile_s=20.0),
+                 Result("train", name, "MFU (vs datasheet peak)", mfu_value * tps / cudnn_tps,
+                        "fraction", {**conf, "peak_flops": 989e12})]
+    rows.append(Result("train", "gpt2-124m cudnn / xla attention", "tokens/s ratio",
+                       cudnn_tps / xla_tps, "x", conf))
+    rows.append(Result("suite", "train", "peak bytes in use (allocator)", 30 * 2**30, "bytes",
+                       {"bytes_limit": 100 * 2**30, "peak_bytes_in_use": 30 * 2**30}))
+    rows.append(Result("suite", "train", "wall time", 100.0, "s", {"budget_s": 150}))
+    return rows
+
+
+def test_gpu_table_states_each_target_met_or_not(tmp_path):
+    """The verdicts come from the figures: MFU against 50% of the datasheet peak, cuDNN
+    against XLA, the wall time against 480 s; and rewriting the table twice gives one table."""
+    from gpt_jax.bench.report import write_table
+    from gpt_jax.bench.suite import markdown_table
+    machine = {"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "device_count": 1,
+               "jax": "0.10.2"}
+    good = markdown_table("gpu", gpu_rows(0.55, 400000, 300000), machine, "cmd", False)
+    bad = markdown_table("gpu", gpu_rows(0.35, 300000, 400000), machine, "cmd", False)
+    assert "Plumbing run" not in good and "NVIDIA H100 80GB HBM3 x 1 (gpu)" in good
+    assert "MFU 55.0% of 989 TFLOP/s (datasheet) | MFU >= 50%: **met** |" in good
+    assert "MFU 35.0% of 989 TFLOP/s (datasheet) | MFU >= 50%: **not met** |" in bad
+    assert "| cuDNN / XLA attention, train step | 1.33x | > 1.00x: **met** |" in good
+    assert "| cuDNN / XLA attention, train step | 0.75x | > 1.00x: **not met** |" in bad
+    assert "30,720.0 MiB of 102,400.0 MiB" in good
+    assert "| 100 s | < 480 s: **met** |" in good
+    readme = tmp_path / "README.md"
+    # prose that names the markers inline (README's does) is not where the table goes
+    prose = "between `<!-- gpu-table:start -->` and `<!-- gpu-table:end -->`\n"
+    readme.write_text("# x\n\n<!-- gpu-table:start -->\nNot yet run\n<!-- gpu-table:end -->\n"
+                      + prose)
+    write_table(str(readme), "gpu", bad)
+    write_table(str(readme), "gpu", good)
+    text = readme.read_text()
+    assert text == f"# x\n\n<!-- gpu-table:start -->\n{good}<!-- gpu-table:end -->\n{prose}"

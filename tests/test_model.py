@@ -168,3 +168,20 @@ def test_remat_and_scan_layers_compute_the_same_function(remat, scan_layers):
     np.testing.assert_allclose(value, ref, rtol=1e-6)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            grad, ref_grad)
+
+
+def test_auto_attention_picks_cudnn_only_where_cudnn_takes_the_inputs(monkeypatch):
+    """auto chose cuDNN for any 16-bit config on a GPU, so a head_dim that is not a multiple
+    of 8 (or above 128) raised inside jax.nn.dot_product_attention; it gets XLA's now."""
+    from gpt_jax.model import attention_implementation
+    gpu = GPTConfig(n_layer=1, n_head=2, n_embd=128, dtype="bfloat16")   # head_dim 64
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention_implementation(gpu) == "cudnn"
+    assert attention_implementation(gpu.replace(dtype="float16")) == "cudnn"
+    assert attention_implementation(gpu.replace(dtype="float32")) is None
+    assert attention_implementation(gpu.replace(n_head=8, n_embd=96)) is None      # head_dim 12
+    assert attention_implementation(gpu.replace(n_head=1, n_embd=256)) is None     # head_dim 256
+    assert attention_implementation(gpu.replace(attn_impl="xla")) is None
+    assert attention_implementation(gpu.replace(attn_impl="cudnn", dtype="float32")) == "cudnn"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert attention_implementation(gpu) is None

@@ -18,7 +18,9 @@ def run(ctx: Context) -> list[Result]:
     """Greedy decoding tokens/s: our cached lax.scan decoder vs our jitted no-cache recompute vs
     Hugging Face PyTorch generate(use_cache=True), interleaved, at batch 1 and 8; the same
     decoder op by op (jit disabled: what compiling buys); the read-bandwidth floor at batch 1
-    (all weights are read once per step)."""
+    (all weights are read once per step). The option decode_references false leaves out the
+    no-cache and op-by-op baselines (a suite that wants the decoder's own figures only)."""
+    refs = ctx.options.get("decode_references", True)
     peers = have_peers(ctx, "decode")
     if peers:
         import torch
@@ -36,9 +38,11 @@ def run(ctx: Context) -> list[Result]:
         ours, args = compile_generate(params, cfg, prompts, N, temperature=0)
         compile_s = time.perf_counter() - t0
         tokens, pad = args.tokens, args.pad     # left-padded, as generate() places them
-        unc, unc_compile_s = compile_seconds(generate_uncached, params, tokens, pad, cfg=cfg,
-                                             max_new_tokens=n_uncached)
-        fns = {"ours": lambda: ours(*args), "uncached": lambda: unc(params, tokens, pad)}
+        fns = {"ours": lambda: ours(*args)}
+        if refs:
+            unc, unc_compile_s = compile_seconds(generate_uncached, params, tokens, pad,
+                                                 cfg=cfg, max_new_tokens=n_uncached)
+            fns["uncached"] = lambda: unc(params, tokens, pad)
         if B == 1:  # the read floor, timed between the same runs (bandwidth drifts by minutes)
             fns["read"], read_bytes = read_probe(ctx)
         conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
@@ -59,18 +63,19 @@ def run(ctx: Context) -> list[Result]:
                                  metric="tokens/s", unit="tokens/s", config=conf,
                                  compile_s=compile_s)
         rows.append(row)
-        rows.append(result_from_timing(
-            "decode", f"ours uncached recompute b{B}", t["uncached"], work=B * n_uncached,
-            metric="tokens/s", unit="tokens/s", config={**conf, "new_tokens": n_uncached},
-            compile_s=unc_compile_s))
-        with jax.disable_jit():
-            eager = time_call(lambda: generate(params, cfg, prompts, n_eager, temperature=0),
-                              max(1, min(ctx.repeats, 2)), 1)
-        eager_row = result_from_timing("decode", f"ours op-by-op (jit disabled) b{B}", eager,
-                                       work=B * n_eager, metric="tokens/s", unit="tokens/s",
-                                       config={**conf, "new_tokens": n_eager})
-        rows += [eager_row, ratio_row("decode", f"ours jitted / op-by-op b{B}", row, eager_row,
-                                      conf)]
+        if refs:
+            rows.append(result_from_timing(
+                "decode", f"ours uncached recompute b{B}", t["uncached"], work=B * n_uncached,
+                metric="tokens/s", unit="tokens/s", config={**conf, "new_tokens": n_uncached},
+                compile_s=unc_compile_s))
+            with jax.disable_jit():
+                eager = time_call(lambda: generate(params, cfg, prompts, n_eager, temperature=0),
+                                  max(1, min(ctx.repeats, 2)), 1)
+            eager_row = result_from_timing("decode", f"ours op-by-op (jit disabled) b{B}",
+                                           eager, work=B * n_eager, metric="tokens/s",
+                                           unit="tokens/s", config={**conf, "new_tokens": n_eager})
+            rows += [eager_row, ratio_row("decode", f"ours jitted / op-by-op b{B}", row,
+                                          eager_row, conf)]
         if hf is not None:
             peer = result_from_timing("decode", f"HF PyTorch generate b{B}", t["hf"],
                                       work=B * N, metric="tokens/s", unit="tokens/s",

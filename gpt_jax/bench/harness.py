@@ -56,8 +56,9 @@ def ratio_row(section: str, name: str, ours: Result, theirs: Result,
 
 
 def peak_memory_bytes(compiled) -> Optional[int]:
-    """Peak device memory of a compiled program: allocator stats where the device keeps them,
-    else XLA's static estimate (arguments + outputs + temporaries - aliased)."""
+    """Peak device memory of one compiled program, XLA's static estimate (arguments + outputs
+    + temporaries - aliased). The allocator's own peak (device_memory() on a GPU) is the
+    whole process's high-water mark, not one program's: a suite reports it once, at the end."""
     try:
         m = compiled.memory_analysis()
         if m is None:
@@ -66,6 +67,14 @@ def peak_memory_bytes(compiled) -> Optional[int]:
                    - m.alias_size_in_bytes)
     except Exception:  # not every backend implements it
         return None
+
+
+def device_memory() -> Optional[dict]:
+    """The first device's allocator figures (bytes_limit, bytes_in_use, peak_bytes_in_use)
+    where it keeps them (GPUs, TPUs); None on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    keys = ("bytes_limit", "bytes_in_use", "peak_bytes_in_use")
+    return {k: int(stats[k]) for k in keys if k in stats} or None
 
 
 def cpu_model() -> str:
@@ -85,7 +94,8 @@ def machine_info() -> dict:
     return {"platform": dev.platform, "device_kind": dev.device_kind,
             "device_count": jax.device_count(), "process_count": jax.process_count(),
             "jax": jax.__version__, "jaxlib": jaxlib.__version__, "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "device_memory_limit": (device_memory() or {}).get("bytes_limit")}
 
 
 @dataclass
@@ -108,7 +118,8 @@ class Context:
     def model(self) -> tuple[str, GPTConfig]:
         """(name, config) of the model the forward and decode sections run."""
         if self.tiny:
-            return "gpt2-tiny", GPTConfig.from_preset("gpt2-tiny", vocab_size=512)
+            return "gpt2-tiny", GPTConfig.from_preset("gpt2-tiny", vocab_size=512,
+                                                      dtype=self.dtype)
         return self.preset, self.config()
 
 

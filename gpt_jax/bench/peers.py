@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+import jax
 import numpy as np
 
 from gpt_jax.bench.harness import Context
@@ -13,8 +14,15 @@ from gpt_jax.config import GPTConfig
 
 
 def have_peers(ctx: Context, section: str) -> bool:
-    """Whether to time the Hugging Face PyTorch peers (installed, and not --peers false)."""
+    """Whether to time the Hugging Face PyTorch peers (installed, not --peers false, and our
+    side on the CPU too: the peers run on torch's CPU build, so against a GPU or TPU their
+    ratio would compare two machines)."""
     if not ctx.options.get("peers", True):
+        return False
+    backend = jax.default_backend()
+    if backend != "cpu":
+        print(f"[bench] {section}: the Hugging Face peers run on the CPU and ours on the "
+              f"{backend}: leaving them out", file=sys.stderr)
         return False
     try:
         import torch

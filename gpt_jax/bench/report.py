@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from typing import Optional
 
 from gpt_jax.bench.harness import Result, machine_info
+from gpt_jax.errors import UserError
 
 
 def format_value(value: float, unit: str) -> str:
@@ -79,13 +82,63 @@ def write_plot(path: str, results: list[Result]) -> None:
             os.remove(tmp)
 
 
-def write_json(path: str, results: list[Result]) -> None:
-    doc = {"machine": machine_info(), "results": [r.to_dict() for r in results]}
+def write_json(path: str, results: list[Result], machine: Optional[dict] = None) -> None:
+    """The bench JSON; machine: the measuring process's machine_info() when that was another
+    process (a suite's steps), else this one's."""
+    doc = {"machine": machine or machine_info(), "results": [r.to_dict() for r in results]}
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=1)
         os.replace(tmp, path)
     finally:  # a failed write (disk full) leaves no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def table_markers(name: str) -> tuple[str, str]:
+    """The HTML comments that fence a suite's table in a markdown file (README.md)."""
+    return f"<!-- {name}-table:start -->", f"<!-- {name}-table:end -->"
+
+
+def _marked_span(text: str, name: str, path: str) -> tuple[int, int]:
+    """(start, end) of what lies between the marker lines in text (lines holding the marker
+    alone: the README also mentions them in its prose); a UserError unless each marker line
+    is there exactly once, start before end."""
+    start, end = table_markers(name)
+    found = [[m for m in re.finditer(rf"^{re.escape(marker)}[ \t]*$", text, re.MULTILINE)]
+             for marker in (start, end)]
+    if len(found[0]) != 1 or len(found[1]) != 1 or found[0][0].start() > found[1][0].start():
+        raise UserError(f"--table {path} exists but does not hold the lines {start} and {end} "
+                        f"(once each, in that order): add them where the table goes, or give "
+                        f"a new file")
+    return found[0][0].end(), found[1][0].start()
+
+
+def check_table_file(path: str, name: str) -> None:
+    """Refuse, before any benchmark runs, an existing file the table could not go into."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            _marked_span(f.read(), name, path)
+
+
+def write_table(path: str, name: str, table: str) -> None:
+    """Put `table` between the suite's markers in `path`, leaving every other byte as it was;
+    a file that does not exist yet gets the markers and the table. Written whole or not at
+    all (a temporary file renamed over it)."""
+    start, end = table_markers(name)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        a, b = _marked_span(text, name, path)
+        text = text[:a] + "\n" + table.rstrip("\n") + "\n" + text[b:]
+    else:
+        text = f"{start}\n{table.rstrip()}\n{end}\n"
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
