@@ -1,7 +1,10 @@
 """Section "eval": zero-shot scoring speed, gpt_jax.loglikelihood against lm-eval's own
 Hugging Face backend (HFLM: transformers + PyTorch) on the same requests, weights and batch
-size, interleaved."""
+size, interleaved. `throughput` is the gpu suite's step "loglikelihood": ours alone, over
+request lists large enough to fill an accelerator."""
 from __future__ import annotations
+
+import time
 
 import jax
 import numpy as np
@@ -11,7 +14,7 @@ from gpt_jax.bench.peers import have_peers, lm_eval_hf
 from gpt_jax.config import GPTConfig
 from gpt_jax.model import init_params
 from gpt_jax.scoring import get_scorer, loglikelihood
-from gpt_jax.timing import time_calls
+from gpt_jax.timing import time_call, time_calls
 
 # Request shapes, in tokens: (examples, context range, continuations per example, their
 # length range). HellaSwag: 4 endings of ~20 tokens after a ~40-token context. LAMBADA: the
@@ -23,6 +26,15 @@ SHAPES = {
 TINY_SHAPES = {
     "hellaswag": (2, (6, 10), 4, (3, 6)),
     "lambada": (8, (8, 16), 1, (1, 3)),
+}
+# The gpu suite's workloads: one length each, so each compiles one program per batch.
+THROUGHPUT_SHAPES = {
+    "hellaswag-like": (128, (64, 64), 4, (24, 24)),
+    "lambada-like": (512, (96, 96), 1, (2, 2)),
+}
+TINY_THROUGHPUT_SHAPES = {
+    "hellaswag-like": (8, (24, 24), 4, (6, 6)),
+    "lambada-like": (16, (32, 32), 1, (2, 2)),
 }
 
 
@@ -100,4 +112,35 @@ def time_shape(ctx: Context, name: str, cfg: GPTConfig, params, hf, shape: str,
     if "hf" in res:
         rows.append(ratio_row("eval", f"{shape} gpt_jax / lm-eval HF b{B}", res["ours"],
                               res["hf"], conf))
+    return rows
+
+
+def throughput(ctx: Context) -> list[Result]:
+    """Requests/s and scored (continuation) tokens/s of loglikelihood() over whole request
+    lists at its default batching, host work (checks, batching, sorting) included: what an
+    evaluation sees. The first call compiles (compile_s); the timed calls reuse its programs.
+    Rows in section "loglikelihood" (the gpu suite's step)."""
+    name, cfg = ctx.model()
+    params = init_params(cfg, jax.random.key(0))
+    scorer = get_scorer(cfg)
+    rows = []
+    shapes = TINY_THROUGHPUT_SHAPES if ctx.tiny else THROUGHPUT_SHAPES
+    for label, spec in shapes.items():
+        reqs = make_requests(spec, cfg.n_real_vocab, seed=0)
+        before = scorer.compile_seconds
+        t0 = time.perf_counter()
+        loglikelihood(params, cfg, reqs)                  # compiles; results read back
+        first_s = time.perf_counter() - t0
+        compile_s = scorer.compile_seconds - before
+        # loglikelihood returns Python floats: every call has waited for its device work.
+        t = time_call(lambda: loglikelihood(params, cfg, reqs), ctx.repeats, warmup=0)
+        conf = {"preset": name, "dtype": cfg.dtype, "requests": len(reqs),
+                "context_tokens": spec[1][0], "continuation_tokens": spec[3][0],
+                "first_call_s": first_s}
+        scored = sum(len(c) for _, c in reqs)
+        for work, metric, unit in ((len(reqs), "requests/s", "requests/s"),
+                                   (scored, "scored tokens/s", "tokens/s")):
+            rows.append(result_from_timing("loglikelihood", f"{name} {label}", t, work=work,
+                                           metric=metric, unit=unit, config=conf,
+                                           compile_s=compile_s))
     return rows

@@ -77,8 +77,8 @@ SUITES = {
 
 def sections() -> dict[str, Callable[[Context], list[Result]]]:
     """What a suite step may name: bench.py's sections and the suite-only ones."""
-    from gpt_jax.bench import SECTIONS, attention, scoring
-    return {**SECTIONS, "attention": attention.run, "loglikelihood": scoring.run}
+    from gpt_jax.bench import SECTIONS, attention, evaluation
+    return {**SECTIONS, "attention": attention.run, "loglikelihood": evaluation.throughput}
 
 
 def resolve(section: str) -> Callable[[Context], list[Result]]:
