@@ -22,7 +22,8 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="text files or directories")
     src.add_argument("--builtin", action="store_true",
-                     help="the built-in corpus (Python's standard library docstrings and reference manual)")
+                     help="the built-in corpus (the docstrings and reference manual of "
+                          "Python's standard library)")
     src.add_argument("--hf_dataset", metavar="NAME",
                      help="a Hugging Face dataset (pip install datasets; needs internet)")
     p.add_argument("--out_dir", required=True, help="where train.bin, val.bin, meta.json go")
