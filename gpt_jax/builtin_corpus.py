@@ -95,11 +95,17 @@ def documents(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     return docs, sources
 
 
+def stamp() -> dict:
+    """What makes a prepared built-in corpus the one this code would prepare: data.resolve
+    prepares it again when meta.json's "stamp" differs (an older corpus, another Python)."""
+    return {"corpus": NAME, "method": METHOD, "python": platform.python_version()}
+
+
 def meta(docs: list[str], sources: list[str]) -> dict:
     """What meta.json records about the built-in corpus, beyond prepare()'s own keys;
     text_sha256 hashes the documents joined by NUL (UTF-8): equal hashes, equal corpus."""
     text = "\0".join(docs).encode("utf-8", errors="surrogatepass")
     return {"corpus": NAME, "python": platform.python_version(), "stdlib": stdlib_root(),
-            "method": METHOD,
+            "method": METHOD, "stamp": stamp(),
             "sources_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
             "text_sha256": hashlib.sha256(text).hexdigest()}

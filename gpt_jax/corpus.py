@@ -294,3 +294,36 @@ def prepare_builtin(out_dir: Optional[str] = None, progress: bool = True) -> dic
                    progress=progress,
                    extra_meta={**builtin_corpus.meta(docs, sources),
                                "max_bytes": BUILTIN_MAX_BYTES})
+
+
+def prepare_files(paths: Sequence[str], out_dir: str, *, extra_meta: Optional[dict] = None,
+                  **kw) -> dict:
+    """Text files and directories (see select_text_files) -> out_dir. meta.json also lists
+    the files skipped as not text and, per file, the bytes that were not UTF-8."""
+    files, skipped = select_text_files(paths)
+    replaced: dict = {}   # filled while the documents stream; meta is built after the stream
+    extra = {**(extra_meta or {}), "skipped": skipped, "not_utf8": replaced}
+    return prepare((read_source(p, replaced) for p in files), len(files), out_dir,
+                   sources=files, extra_meta=extra, **kw)
+
+
+def hf_documents(name: str, config: Optional[str], split: str, field: str,
+                 max_docs: int) -> Iterable[str]:
+    """The texts of a Hugging Face dataset (streamed; needs the `datasets` package)."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("--hf_dataset needs the `datasets` package: pip install 'gpt-jax[data]'")
+    ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    return row_texts(ds, name, field, max_docs)
+
+
+def row_texts(rows, name: str, field: str, max_docs: int) -> Iterable[str]:
+    """The `field` of each row, up to max_docs; a row without a text there is an error."""
+    for i, row in zip(range(max_docs), rows):
+        text = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            fields = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"row {i} of {name} has no text field {field!r} (it has: "
+                            f"{fields}): pass --hf_text_field")
+        yield text
