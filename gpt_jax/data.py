@@ -143,7 +143,7 @@ def resolve(data: str, *, cache_dir: Optional[str] = None, progress: bool = True
     if data == "builtin":
         d = corpus.builtin_dir()
         if not _reusable(d, builtin_corpus.stamp()):   # e.g. an older version's corpus
-            print(f"preparing the built-in corpus (Python {platform.python_version()} stdlib) "
+            print(f"preparing the built-in corpus (Python {platform.python_version()} stdlib docs) "
                   f"into {d} ...", flush=True)
             corpus.prepare_builtin(d, progress=progress)
         return d
