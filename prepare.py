@@ -1,7 +1,7 @@
 """Tokenise text into train.bin / val.bin + meta.json for train.py --data DIR.
 
     python prepare.py --input notes.txt src/ --out_dir data/mine     # text files / directories
-    python prepare.py --builtin --out_dir data/builtin               # Python's stdlib source
+    python prepare.py --builtin --out_dir data/builtin               # Python's stdlib docs
     python prepare.py --hf_dataset Skylion007/openwebtext --out_dir data/owt   # needs `datasets`
 
 Documents (files, or dataset rows) are GPT-2 BPE tokens, each followed by <|endoftext|>; every
@@ -22,7 +22,8 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="text files or directories")
     src.add_argument("--builtin", action="store_true",
-                     help="the built-in corpus (Python's standard library source)")
+                     help="the built-in corpus (the docstrings and reference manual of "
+                          "Python's standard library)")
     src.add_argument("--hf_dataset", metavar="NAME",
                      help="a Hugging Face dataset (pip install datasets; needs internet)")
     p.add_argument("--out_dir", required=True, help="where train.bin, val.bin, meta.json go")

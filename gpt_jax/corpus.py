@@ -16,10 +16,8 @@ a crash inside the swap leaves no meta.json, so a mix of old and new is never re
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -30,15 +28,16 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from gpt_jax import builtin_corpus
 from gpt_jax.data import FORMAT_VERSION, META, SPLITS
 from gpt_jax.errors import ConfigError, DataError, UserError
-from gpt_jax.textfiles import no_text, read_source, read_text, select_text_files
+from gpt_jax.textfiles import no_text, read_source, select_text_files
 from gpt_jax.tokenizer import EOT_ID, N_VOCAB, get_tokenizer
 
 VAL_FRACTION = 0.1   # of the documents (with few documents: of the tokens) that go to val
 
-# The built-in corpus: the source of Python's standard library, prepared on first use into
-# builtin_dir() (relative to the working directory, like out/; override with $GPT_JAX_DATA).
+# The built-in corpus (gpt_jax/builtin_corpus.py): the docstrings of the standard library's .py
+# files and its reference manual, prepared on first use into builtin_dir() (relative to the working directory, like out/; override with $GPT_JAX_DATA).
 # Skipped: site-packages/ (not the stdlib), test dirs (huge generated data files), caches.
 BUILTIN_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "__pycache__",
                      "idle_test", "lib2to3", "ensurepip", "config-3"}
@@ -288,16 +287,13 @@ def _tokenise(documents: Iterable[str], n_docs: int, stage: str, *, sources: Seq
 # -- the sources -----------------------------------------------------------------------------
 
 def prepare_builtin(out_dir: Optional[str] = None, progress: bool = True) -> dict:
-    """The built-in corpus (builtin_sources) -> out_dir (default: builtin_dir())."""
-    out_dir = out_dir or builtin_dir()
-    root = sysconfig.get_paths()["stdlib"]
-    sources = builtin_sources()
-    extra = {"corpus": "python-stdlib", "python": platform.python_version(), "stdlib": root,
-             "max_bytes": BUILTIN_MAX_BYTES,
-             "sources_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest()}
-    return prepare((read_text(p) for p in sources), len(sources), out_dir,
-                   sources=[os.path.relpath(p, root) for p in sources], progress=progress,
-                   extra_meta=extra)
+    """The built-in corpus (gpt_jax/builtin_corpus.py: the docstrings of builtin_sources()
+    and the reference manual) -> out_dir (default: builtin_dir())."""
+    docs, sources = builtin_corpus.documents(builtin_sources())
+    return prepare(docs, len(docs), out_dir or builtin_dir(), sources=sources,
+                   progress=progress,
+                   extra_meta={**builtin_corpus.meta(docs, sources),
+                               "max_bytes": BUILTIN_MAX_BYTES})
 
 
 def prepare_files(paths: Sequence[str], out_dir: str, *, extra_meta: Optional[dict] = None,

@@ -136,14 +136,14 @@ def _reusable(data_dir: str, stamp=None) -> bool:
 def resolve(data: str, *, cache_dir: Optional[str] = None, progress: bool = True) -> str:
     """A prepared token directory for --data: `builtin` (prepared once into builtin_dir()),
     a directory with meta.json, or text files/dirs (comma-separated; tokenised into
-    cache_dir, reused while the sources are unchanged). A damaged builtin or cache directory
-    is prepared again."""
+    cache_dir, reused while the sources are unchanged). A damaged builtin or cache directory,
+    or a builtin one prepared by other code or another Python, is prepared again."""
     # Imported on use: both import this module (the format they write and check).
-    from gpt_jax import corpus, textfiles
+    from gpt_jax import builtin_corpus, corpus, textfiles
     if data == "builtin":
         d = corpus.builtin_dir()
-        if not _reusable(d):
-            print(f"preparing the built-in corpus (Python {platform.python_version()} stdlib) "
+        if not _reusable(d, builtin_corpus.stamp()):   # e.g. an older version's corpus
+            print(f"preparing the built-in corpus (Python {platform.python_version()} stdlib docs) "
                   f"into {d} ...", flush=True)
             corpus.prepare_builtin(d, progress=progress)
         return d

@@ -1,11 +1,12 @@
 """gpt_jax.corpus: documents -> token files (the split, the built-in corpus), and nothing lost:
 interrupted, failed or refused prepares leave the old directory as it was."""
 import os
+import textwrap
 
 import numpy as np
 import pytest
 
-from gpt_jax import corpus, data
+from gpt_jax import builtin_corpus, corpus, data
 from gpt_jax.errors import DataError, UserError
 from gpt_jax.tokenizer import get_tokenizer
 
@@ -145,12 +146,52 @@ def test_stale_staging_dirs_are_removed(tmp_path):
 
 def test_builtin_corpus(builtin_data):
     meta = data.read_meta(builtin_data)
-    assert meta["corpus"] == "python-stdlib" and meta["python"]
+    assert meta["corpus"] == builtin_corpus.NAME and meta["python"]
+    assert meta["method"] == builtin_corpus.METHOD
     srcs = meta["sources"]
     assert not any(part in ("site-packages", "test", "tests") for p in srcs
                    for part in p.split(os.sep))
-    assert meta["train_tokens"] > 1_000_000 and meta["val_tokens"] > 100_000
+    assert any(p.startswith("pydoc_data/topics.py:") for p in srcs)
+    assert meta["train_tokens"] > 400_000 and meta["val_tokens"] > 40_000
     assert corpus.builtin_sources() == corpus.builtin_sources()   # deterministic selection
+    # prose, not source: a small model learns words, not indentation (issue 16)
+    ids = np.fromfile(os.path.join(builtin_data, "train.bin"), np.uint16)
+    text = get_tokenizer().decode(ids[:200_000].tolist())
+    assert "Return the" in text
+    assert sum(c.isspace() for c in text) / len(text) < 0.2    # Python source: about 0.32
+    # no whitespace-only token can follow itself: no "\n" after "\n", and " " (a space GPT-2's
+    # BPE could not attach to a word) at most once in 10,000 tokens
+    newline, space = get_tokenizer().encode("\n") + get_tokenizer().encode(" ")
+    assert not np.any((ids[:-1] == newline) & (ids[1:] == newline))
+    assert np.count_nonzero(ids == space) < len(ids) / 10_000
+    docs, sources = builtin_corpus.documents(corpus.builtin_sources()[:50])
+    assert builtin_corpus.meta(docs, sources)["text_sha256"] == builtin_corpus.meta(
+        *builtin_corpus.documents(corpus.builtin_sources()[:50]))["text_sha256"]
+
+
+def test_builtin_corpus_takes_docstrings_in_source_order():
+    src = textwrap.dedent('''\
+        """Module doc."""
+        import os
+        class A:
+            """Class A.
+
+
+            Indented
+                more   aligned    text.
+            """
+            def f(self):
+                """Method f."""
+                x = "not a docstring"
+        def g():
+            pass
+        async def h():
+            """Coroutine h."""
+        ''').replace("Indented", "Indented  \t")   # and trailing whitespace
+    assert builtin_corpus.module_docs(src) == (
+        "Module doc.\nClass A.\nIndented\nmore aligned text.\nMethod f.\nCoroutine h.")
+    assert builtin_corpus.module_docs("def broken(:\n") == ""
+    assert builtin_corpus.normalise("  a  b \n\n\n\tc\n \n") == "a b\nc"
 
 
 def test_disk_full_while_writing_keeps_the_old_data(tmp_path, monkeypatch):

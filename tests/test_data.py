@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from gpt_jax import corpus, data
+from gpt_jax import builtin_corpus, corpus, data
 from gpt_jax.errors import DataError
 
 from token_dirs import good_dir, write
@@ -123,6 +123,22 @@ def test_resolve_rebuilds_a_damaged_builtin(tmp_path, monkeypatch, capsys):
     assert data.resolve("builtin", progress=False) == d
     assert "damaged" in capsys.readouterr().out
     data.TokenData(d, block_size=8, vocab_size=50257)
+
+
+def test_resolve_replaces_an_older_builtin_corpus(tmp_path, monkeypatch):
+    """A data/builtin left by an earlier version (Python source, no stamp) is not reused."""
+    monkeypatch.setattr(corpus, "BUILTIN_MAX_BYTES", 100_000)
+    monkeypatch.setenv("GPT_JAX_DATA", str(tmp_path / "b"))
+    d = data.resolve("builtin", progress=False)
+    path = os.path.join(d, "meta.json")
+    with open(path) as f:
+        meta = json.load(f)
+    assert meta["stamp"] == builtin_corpus.stamp()
+    old = {k: v for k, v in meta.items() if k not in ("stamp", "method")}
+    with open(path, "w") as f:
+        json.dump({**old, "corpus": "python-stdlib"}, f)
+    assert data.resolve("builtin", progress=False) == d
+    assert data.read_meta(d)["stamp"] == builtin_corpus.stamp()
 
 
 def test_odd_data_paths(tmp_path):
