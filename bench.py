@@ -52,6 +52,10 @@ def parse_args(argv=None):
                         "default true)")
     p.add_argument("--torch_threads", type=int, default=None,
                    help="threads for the PyTorch peers (default: the CPU count)")
+    p.add_argument("--flax_python", default=None,
+                   help="train section: the python of a side environment with transformers<5 "
+                        "and flax (README, Benchmarks), to time HF Flax GPT-2's train step as "
+                        "a peer in a separate process (default: skipped, with a note)")
     p.add_argument("--device", default=None, choices=list(DEVICES),
                    help="JAX platform (default: JAX's choice)")
     args = p.parse_args(argv)
@@ -116,6 +120,9 @@ def main():
         return main_suite(args)
     if args.device:
         use_device(args.device)
+    if args.flax_python and args.peers:
+        from gpt_jax.bench.flax_peer import check_flax_python
+        check_flax_python(args.flax_python)
     from gpt_jax.bench import SECTIONS, run_sections
     from gpt_jax.bench.forward import check_forward_memory
     from gpt_jax.bench.harness import Context
@@ -125,6 +132,7 @@ def main():
                   tiny=args.tiny, options={"torch_threads": args.torch_threads})
     ctx.options["train_gpt2"] = args.train_gpt2
     ctx.options["peers"] = args.peers
+    ctx.options["flax_python"] = args.flax_python
     ctx.config()  # validates --preset and --dtype with a one-line error
     name, cfg = ctx.model()
     if args.seq_len is not None and args.seq_len > cfg.block_size:

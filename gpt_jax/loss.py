@@ -22,9 +22,11 @@ def cross_entropy(logits, targets):
 
 def loss_fn(params, cfg: GPTConfig, tokens, dropout_key=None, *, model: Optional[GPT] = None):
     """tokens int32 (B, T + 1): predict tokens[:, 1:] from tokens[:, :-1]. model: the GPT
-    module to apply (steps.make_model; default GPT(cfg)); dropout only with a dropout_key."""
+    module to apply (steps.make_model; default GPT(cfg)); dropout only with a dropout_key.
+
+    The value of cross_entropy(logits, tokens[:, 1:]), with the head and the loss fused
+    (GPT(..., targets=), gpt_jax/head_loss.py) so the (B, T, V) logits are never stored."""
     model = GPT(cfg) if model is None else model
     rngs = None if dropout_key is None else {"dropout": dropout_key}
-    logits = model.apply({"params": params}, tokens[:, :-1], deterministic=dropout_key is None,
-                         rngs=rngs)
-    return cross_entropy(logits, tokens[:, 1:])
+    return model.apply({"params": params}, tokens[:, :-1], deterministic=dropout_key is None,
+                       rngs=rngs, targets=tokens[:, 1:])

@@ -17,6 +17,8 @@ import flax.linen as nn
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import TokenError
+from gpt_jax.head_loss import head_cross_entropy
+from gpt_jax.ops import dense_dot_general
 
 # Logit for padded vocab ids. Finite (not -inf) so that p * log p stays 0 rather than NaN.
 PADDED_LOGIT = -1e9
@@ -57,6 +59,28 @@ def attention(q, k, v, mask=None, *, is_causal=False, implementation=None):
                                         implementation=implementation)
 
 
+def causal_attention(q, k, v):
+    """attention(q, k, v, is_causal=True) for self-attention without a cache (T == S), as the
+    training step and full forwards run it on XLA. q, k, v: (B, T, H, D) -> (B, T, H, D);
+    scores and softmax statistics in float32.
+
+    The same function, with fewer passes over the (B, H, T, T) scores: heads go next to the
+    batch before the two batched matmuls, the scale is applied to q rather than to the scores,
+    the causal mask is one additive pass, and the softmax is normalised after the matmul with
+    v, on the (B, H, T, D) output rather than on the probabilities. The row maximum is a
+    constant to autodiff (it cancels out of the softmax), so the backward pass reads the scores
+    fewer times. Nothing here is specific to one backend: it is the arithmetic, not a layout.
+    """
+    q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))             # (B, H, T, D)
+    s = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+    s = s + jnp.where(causal_mask(q.shape[2])[0, 0], 0.0, -jnp.inf)    # every row sees itself
+    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+    y = jnp.einsum("bhts,bhsd->bhtd", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    y = y / jnp.sum(e, axis=-1, keepdims=True)
+    return jnp.swapaxes(y, 1, 2).astype(q.dtype)                       # (B, T, H, D)
+
+
 def attention_with_dropout(q, k, v, mask, dropout=lambda probs: probs):
     """The same function spelt out, so `dropout` (probs -> probs) can reach the attention
     probabilities: jax.nn.dot_product_attention has no dropout."""
@@ -89,7 +113,7 @@ def causal_mask(t: int, s: int | None = None):
 def _dense(cfg: GPTConfig, features: int, name: str, std: float = 0.02) -> nn.Dense:
     return nn.Dense(features, use_bias=cfg.bias, dtype=cfg.compute_dtype,
                     param_dtype=cfg.storage_dtype, kernel_init=nn.initializers.normal(std),
-                    bias_init=nn.initializers.zeros, name=name)
+                    bias_init=nn.initializers.zeros, dot_general=dense_dot_general, name=name)
 
 
 def _residual_std(cfg: GPTConfig) -> float:
@@ -131,6 +155,8 @@ class CausalSelfAttention(nn.Module):
             m = causal_mask(T) if mask is None else mask
             drop = nn.Dropout(cfg.dropout, deterministic=False)
             y = attention_with_dropout(q, k, v, m, drop)
+        elif mask is None and attention_implementation(cfg) is None:
+            y = causal_attention(q, k, v)
         elif mask is None:
             y = attention(q, k, v, is_causal=True, implementation=attention_implementation(cfg))
         else:
@@ -195,6 +221,10 @@ class GPT(nn.Module):
     "h" (see stack_layers / unstack_layers), so compile time stops growing with depth.
     activation_sharding (a NamedSharding for (B, T, C) activations, set by the train step on a
     mesh) pins the residual stream at block boundaries.
+
+    targets (int (B, T), training): return the mean next-token cross-entropy (float32) of the
+    logits against them instead of the logits, through head_cross_entropy (head_loss.py), which
+    the float32 (B, T, V) logits never leave.
     """
     config: GPTConfig
     remat: bool = False
@@ -203,9 +233,12 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, *, deterministic=True, positions=None, mask=None, kv_cache=None,
-                 cache_index=None, logits_at=None):
+                 cache_index=None, logits_at=None, targets=None):
         cfg = self.config
         B, T = tokens.shape
+        if targets is not None and (kv_cache is not None or logits_at is not None):
+            raise ValueError("targets (the training loss) goes with neither kv_cache nor "
+                             "logits_at")
         if T > cfg.block_size:
             raise TokenError(f"sequence length {T} exceeds the model's block_size "
                              f"{cfg.block_size}: pass at most {cfg.block_size} tokens")
@@ -243,8 +276,11 @@ class GPT(nn.Module):
 
         # Tied LM head: the token embedding read backwards (wte.attend), but with float32
         # accumulation and output, since attend would round bfloat16 logits to bfloat16.
-        logits = jnp.einsum("btc,vc->btv", x, wte.embedding.astype(x.dtype),
-                            preferred_element_type=jnp.float32)
+        embedding = wte.embedding.astype(x.dtype)
+        if targets is not None:
+            return head_cross_entropy(x.reshape(B * T, -1), embedding, targets.reshape(B * T),
+                                      cfg.n_real_vocab)
+        logits = jnp.einsum("btc,vc->btv", x, embedding, preferred_element_type=jnp.float32)
         logits = mask_padded_vocab(logits, cfg)
         return logits if kv_cache is None else (logits, tuple(new_cache))
 

@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 from conftest import run_cli
 
@@ -25,6 +26,9 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     assert {"HF PyTorch generate b1", "ours / HF PyTorch b8", "tiny gpt_jax / HF torch",
             "ours op-by-op (jit disabled) b1"} <= names
     assert all(r["value"] > 0 for r in rows if r["unit"] == "x")
+    assert "tiny gpt_jax / HF torch (CPU time)" in names
+    # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.
+    assert "--flax_python" in proc.stderr and not any("Flax" in n for n in names)
     for row in rows:
         assert set(row) == ROW_KEYS
         assert row["value"] > 0
@@ -88,6 +92,16 @@ def test_bench_refuses_bad_flags_before_running(tmp_path):
     assert_refused_before_running(run_cli("bench.py", *tiny, "--peers", "maybe"),
                                   "--peers", "expected true or false")
     assert_refused_before_running(run_cli("bench.py", "--only", ","), "unknown bench section")
+    # --flax_python that is no python, or one without transformers<5's Flax GPT-2
+    assert_refused_before_running(run_cli("bench.py", *tiny, "--flax_python",
+                                          tmp_path / "missing"),
+                                  "--flax_python", "not an executable file")
+    try:
+        from transformers.models.gpt2 import modeling_flax_gpt2  # noqa: F401
+    except ImportError:   # as in the test environment (transformers >= 5)
+        assert_refused_before_running(run_cli("bench.py", *tiny, "--flax_python",
+                                              sys.executable),
+                                      "--flax_python", "cannot import HF Flax GPT-2")
     # a forward batch far past the memory: refused with the estimate (it was killed by the OS)
     assert_refused_before_running(run_cli("bench.py", "--only", "forward", "--preset", "gpt2",
                                           "--batch_size", "100000"),

@@ -133,6 +133,48 @@ def test_attention_dropout_path_equals_fused_path_without_dropout(tiny_cfg):
     np.testing.assert_allclose(fused, explicit, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_causal_attention_equals_jax_attention_and_its_gradients(dtype, rtol):
+    # causal_attention (the XLA path of training and full forwards) against
+    # jax.nn.dot_product_attention and the explicit softmax path: outputs and gradients of a
+    # random projection of the output, with scores large enough (x3) that the normaliser and
+    # the masked entries matter.
+    from gpt_jax.model import attention, attention_with_dropout, causal_attention, causal_mask
+    q, k, v, w = (jax.random.normal(jax.random.key(i), (2, 12, 3, 16)) for i in range(4))
+    q = 3 * q
+    loss = lambda f: lambda q, k, v: jnp.sum(f(q.astype(dtype), k.astype(dtype),
+                                               v.astype(dtype)).astype(jnp.float32) * w)
+    paths = {"jax": lambda q, k, v: attention(q, k, v, is_causal=True),
+             "explicit": lambda q, k, v: attention_with_dropout(q, k, v, causal_mask(12))}
+    ours = jax.value_and_grad(loss(causal_attention), argnums=(0, 1, 2))(q, k, v)
+    assert causal_attention(q.astype(dtype), k, v).dtype == dtype
+    for name, f in paths.items():
+        ref = jax.value_and_grad(loss(f), argnums=(0, 1, 2))(q, k, v)
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+            scale = float(jnp.max(jnp.abs(b)))
+            np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("vocab_size", [256, 50304])
+def test_targets_give_the_loss_of_the_logits(tiny_cfg, vocab_size):
+    # GPT(..., targets=) returns the mean cross-entropy of the logits it would return without
+    # them, with the same gradients (50304: the 47 padded ids past the tokenizer's 50257).
+    from gpt_jax.loss import cross_entropy
+    cfg = tiny_cfg.replace(vocab_size=vocab_size, n_layer=1)
+    params = init_params(cfg, jax.random.key(0))
+    params = jax.tree_util.tree_map(
+        lambda a: a + 0.1 * jax.random.normal(jax.random.key(5), a.shape), params)
+    tokens = random_tokens(cfg, (2, 17))
+    fused = lambda p: forward(cfg, p, tokens[:, :-1], targets=tokens[:, 1:])
+    plain = lambda p: cross_entropy(forward(cfg, p, tokens[:, :-1]), tokens[:, 1:])
+    (l1, g1), (l0, g0) = jax.value_and_grad(fused)(params), jax.value_and_grad(plain)(params)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    with pytest.raises(ValueError, match="targets"):
+        forward(cfg, params, tokens, targets=tokens, logits_at=0)
+
+
 def test_sequence_longer_than_block_size_is_an_error(tiny_cfg):
     params = init_params(tiny_cfg, jax.random.key(0))
     with pytest.raises(UserError, match="exceeds the model's block_size 32"):

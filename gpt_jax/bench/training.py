@@ -1,16 +1,24 @@
 """Section "train": the full jitted train step against Hugging Face GPT2LMHeadModel + torch
-AdamW on the same weights and batches, interleaved."""
+AdamW and, given a side environment (--flax_python), HF FlaxGPT2LMHeadModule + optax AdamW, on
+the same weights and batches, interleaved. Besides wall-clock rows, CPU-time ratios: on a
+machine other jobs load, CPU time per step moves less than wall time does."""
 from __future__ import annotations
+
+import statistics
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_jax.bench.flax_peer import NOTE, FlaxPeer
 from gpt_jax.bench.harness import (Context, Result, peak_memory_bytes, ratio_row,
                                    result_from_timing)
 from gpt_jax.bench.peers import have_peers, torch_train_step
+from gpt_jax.loss import loss_fn
 from gpt_jax.model import attention_implementation, count_params, init_params
-from gpt_jax.timing import compile_seconds, time_calls
+from gpt_jax.timing import block, compile_seconds, time_calls
 from gpt_jax.flops import datasheet_flops, flops_per_token
 from gpt_jax.optimizer import make_optimizer
 from gpt_jax.state import init_state
@@ -46,14 +54,35 @@ def train_sizes(ctx: Context) -> list[tuple[str, dict, int, int]]:
     return sizes
 
 
+def with_cpu_time(fn, seconds: list):
+    """fn, appending each call's CPU time in this process (the call waited for) to seconds."""
+    def timed():
+        c0 = time.process_time()
+        out = block(fn())
+        seconds.append(time.process_time() - c0)
+        return out
+    return timed
+
+
+def cpu_ratio_row(name: str, ours: list, theirs: list, warmup: int, config: dict) -> Result:
+    """Speed as ours / theirs from the median CPU seconds per step (warm-up calls dropped)."""
+    ours, theirs = ours[warmup:], theirs[warmup:]
+    return Result("train", name, "CPU-time speed ratio",
+                  statistics.median(theirs) / statistics.median(ours), "x", config,
+                  repeats=len(ours))
+
+
 def run(ctx: Context) -> list[Result]:
     """Tokens/s, step time and MFU of the full jitted train step (forward, backward, AdamW,
-    clipping) against Hugging Face GPT2LMHeadModel + torch AdamW on the same weights and
-    batches, interleaved. FLOPs per token: 6N + 12 L C T (docs/design.md). MFU is stated
-    against this run's measured matmul and, on a device with a datasheet figure
-    (flops.PEAK_FLOPS, dense bf16), against that for the 16-bit variants; on a GPU the two
-    bfloat16 attention paths get a cuDNN / XLA ratio row."""
+    clipping) against Hugging Face GPT2LMHeadModel + torch AdamW and (ctx.options
+    "flax_python") HF Flax on the same weights and batches, interleaved. FLOPs per token:
+    6N + 12 L C T (docs/design.md). MFU is stated against this run's measured matmul and, on a
+    device with a datasheet figure (flops.PEAK_FLOPS, dense bf16), against that for the
+    16-bit variants; on a GPU the two bfloat16 attention paths get a cuDNN / XLA ratio row."""
     have_torch = have_peers(ctx, "train")
+    flax_python = ctx.options.get("flax_python") if ctx.options.get("peers", True) else None
+    if flax_python is None and ctx.options.get("peers", True):
+        print(NOTE, file=sys.stderr)
     datasheet = datasheet_flops(jax.devices()[0].device_kind)
     rows = []
     for name, arch, B, T in train_sizes(ctx):
@@ -65,7 +94,7 @@ def run(ctx: Context) -> list[Result]:
         rng = np.random.default_rng(0)
         batches = [rng.integers(0, base.n_real_vocab, (1, B, T + 1), dtype=np.int32)
                    for _ in range(4)]
-        fns, compile_s, configs, memory = {}, {}, {}, {}
+        fns, compile_s, configs, memory, cpu = {}, {}, {}, {}, {}
         for label, overrides in train_variants(ctx):
             cfg = base.replace(**overrides)
             # The step donates its state: each variant gets its own copy of the weights.
@@ -73,26 +102,45 @@ def run(ctx: Context) -> list[Result]:
             step, compile_s[label] = compile_seconds(make_train_step(cfg, tx, sched), state,
                                                      batches[0])
             memory[label] = peak_memory_bytes(step)
-            box = {"state": state, "i": 0}
+            box = {"state": state, "i": -1}
 
             def ours(step=step, box=box):
                 box["i"] += 1
                 box["state"], m = step(box["state"], batches[box["i"] % 4])
                 return m["loss"]
-            fns[label], configs[label] = ours, cfg
+            cpu[label] = []
+            fns[label], configs[label] = with_cpu_time(ours, cpu[label]), cfg
         if have_torch:
             peer = torch_train_step(params, base, tc)
-            fns["torch"] = lambda: peer(batches[0][0])
-        timings = time_calls(fns, ctx.repeats, ctx.warmup)
+            cpu["torch"] = []
+            fns["torch"] = with_cpu_time(lambda: peer(batches[0][0]), cpu["torch"])
+        flax = None
+        if flax_python:
+            flax = FlaxPeer(flax_python, params, base, tc, np.stack([b[0] for b in batches]))
+            compile_s["flax"] = flax.compile_s
+            # The same function, or the ratio means nothing: its first loss (on batches[0],
+            # before any update) against ours; both float32, so 1e-4 is rounding.
+            ours0 = float(jax.jit(loss_fn, static_argnums=1)(params, base, batches[0][0]))
+            if abs(flax.loss0 - ours0) > 1e-4 * abs(ours0):
+                flax.close()
+                raise RuntimeError(f"HF Flax peer's first loss {flax.loss0} differs from "
+                                   f"ours {ours0}: it is not the same model")
+            fns["flax"] = flax
+        try:
+            timings = time_calls(fns, ctx.repeats, ctx.warmup)
+        finally:
+            if flax is not None:
+                flax.close()
         fpt = flops_per_token(base, T, count_params(base, non_embedding=True))
+        peers = {"torch": ("HF GPT2LMHeadModel + torch AdamW", "torch sdpa"),
+                 "flax": ("HF FlaxGPT2LMHeadModule + optax AdamW", "HF Flax")}
         res = {}
         for impl, t in timings.items():
             cfg = configs.get(impl, base)
-            label = f"gpt_jax {impl}" if impl != "torch" else "HF GPT2LMHeadModel + torch AdamW"
+            label, peer_attn = peers.get(impl, (f"gpt_jax {impl}", None))
             conf = {**arch, "batch": B, "seq": T, "dtype": cfg.dtype, "vocab": cfg.vocab_size,
-                    "attn_impl": cfg.attn_impl if impl != "torch" else "torch sdpa",
-                    "flops_per_token": fpt}
-            if impl != "torch":
+                    "attn_impl": peer_attn or cfg.attn_impl, "flops_per_token": fpt}
+            if impl not in peers:
                 conf["attention"] = attention_implementation(cfg) or "xla"
             res[impl] = result_from_timing("train", f"{name} {label}", t, work=B * T,
                                            metric="tokens/s", unit="tokens/s", config=conf,
@@ -105,7 +153,7 @@ def run(ctx: Context) -> list[Result]:
                 rows.append(Result("train", f"{name} {label}", "MFU (vs measured matmul)",
                                    res[impl].value * fpt / peak, "fraction",
                                    {**conf, "peak_flops": peak}))
-            if datasheet and impl != "torch" and cfg.dtype != "float32":
+            if datasheet and impl not in peers and cfg.dtype != "float32":
                 rows.append(Result("train", f"{name} {label}", "MFU (vs datasheet peak)",
                                    res[impl].value * fpt / datasheet, "fraction",
                                    {**conf, "peak_flops": datasheet,
@@ -117,8 +165,13 @@ def run(ctx: Context) -> list[Result]:
             rows.append(ratio_row("train", f"{name} cudnn / xla attention",
                                   res["bfloat16 cudnn attn"], res["bfloat16 xla attn"],
                                   {**arch, "batch": B, "seq": T, "dtype": "bfloat16"}))
-        if "torch" in res and "float32" in res:
-            conf = {**arch, "batch": B, "seq": T, "dtype": "float32"}
-            rows.append(ratio_row("train", f"{name} gpt_jax / HF torch", res["float32"],
-                                  res["torch"], conf))
+        conf = {**arch, "batch": B, "seq": T, "dtype": "float32"}
+        if flax is not None:
+            cpu["flax"] = flax.cpu_seconds
+        for impl, peer_name in (("flax", "HF Flax"), ("torch", "HF torch")):
+            if impl in res and "float32" in res:
+                rows.append(ratio_row("train", f"{name} gpt_jax / {peer_name}", res["float32"],
+                                      res[impl], conf))
+                rows.append(cpu_ratio_row(f"{name} gpt_jax / {peer_name} (CPU time)",
+                                          cpu["float32"], cpu[impl], ctx.warmup, conf))
     return rows
