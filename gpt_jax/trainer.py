@@ -256,8 +256,11 @@ class Trainer:
         last = {}
         self.saved_step = self.resumed_step   # what the disk holds of this run
         mngr = ckpt.manager(self.out_dir, max_to_keep=MAX_TO_KEEP)
-        # steps after the resumed one (--resume_step): kept until this run saves its first
-        self._stale = [s for s in mngr.all_steps() if s > start]
+        # steps after the resumed one (--resume_step): kept until this run saves its first.
+        # A run that did not resume owns no steps here (one written since the start-up check
+        # is another run's: never deleted; saving over it is refused).
+        self._stale = ([s for s in mngr.all_steps() if s > start]
+                       if self.resumed_step is not None else [])
         try:
             step = start
             if start == 0:

@@ -1,6 +1,8 @@
 """The Trainer loop (gpt_jax/trainer.py and the builders of gpt_jax/init_from.py), in process:
 what it learns, what reaches the disk, and what the messages say about it."""
 import math
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -174,6 +176,20 @@ def test_damaged_latest_step_and_resume_step(builtin_data, tmp_path):
     after = ckpt.load_checkpoint(str(tmp_path))[0]
     for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_scratch_run_never_deletes_steps_it_did_not_write(builtin_data, tmp_path):
+    """Another run's step that appears in out_dir after a scratch run's start-up check is
+    not this run's to delete (it used to reach delete_steps_after(mngr, None): a TypeError)."""
+    from gpt_jax.trainer import Trainer
+    other = tmp_path / "other"
+    Trainer(small_tc(other, max_iters=6, eval_interval=6), **QUIET).fit()
+    t = Trainer(small_tc(tmp_path), **QUIET)          # the out_dir check passes: it is empty
+    os.makedirs(ckpt.checkpoint_dir(str(tmp_path)))
+    shutil.copytree(os.path.join(ckpt.checkpoint_dir(str(other)), "6"),
+                    os.path.join(ckpt.checkpoint_dir(str(tmp_path)), "6"))
+    t.fit()
+    assert ckpt.all_steps(str(tmp_path)) == [2, 4, 6]
 
 
 def test_full_disk_during_a_training_save(builtin_data, tmp_path, monkeypatch, capfd):
