@@ -6,11 +6,13 @@ and the cache can stay heads-major (heads_major). The prefill runs GPT itself ov
 prompt, writing a (B, S, H, D) cache from init_cache; generation.py converts it once and loops
 decode_step. Tests check the step against GPT's full forward pass.
 
-A step reads every weight once per token, so at small batches it runs at the speed weights
-stream from memory. decode_weights can store the products' weights narrower than the compute
-dtype (WEIGHT_FORMATS: bfloat16, or int8 with a float32 scale per output channel, see
-quantize_int8); the step widens each one right before its product, where XLA:CPU fuses the
-conversion into a one-row product, so the loop reads the narrow bytes.
+A step reads every weight once per token, so at batch 1 it runs at the speed weights stream
+from memory. decode_weights can store the products' weights narrower than the compute dtype
+(WEIGHT_FORMATS: bfloat16, or int8 with a float32 scale per output channel, see quantize_int8);
+a one-row step widens each right inside its product (XLA:CPU fuses the conversion into a
+matrix-vector product), so the loop reads the narrow bytes. With more rows a step is
+compute-bound and that fused product is slow, so the loop widens them once before it starts
+(widened): the same numbers, at the wide speed.
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ from gpt_jax.model import layer_norm, mask_padded_vocab
 
 # How decode_weights may store the Dense kernels and the token embedding (the tied head): the
 # bytes a step streams. None in the API means the compute dtype (cfg.dtype).
-WEIGHT_FORMATS = (*DTYPES, "int8")
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 
+# Vocabulary rows per product when the head is narrow: XLA:CPU fuses the conversion into a
+# product of this size, not into one over all 50257 rows (it widens the whole (V, C) first).
 HEAD_ROWS = 8192
 
 KVCache = tuple  # per layer: (k, v), each (B, S, n_head, head_dim), or (B*H, S, D) heads-major
@@ -73,9 +77,9 @@ def decode_weights(params, cfg: GPTConfig, weights: str | None = None) -> dict:
     the compute dtype). "int8" stores each as int8 with a float32 "scale" beside it, one per
     output channel (per vocabulary row for wte, which is also the tied head). Leaves that need
     no change are returned as they are, not copied."""
-    fmt = weights or cfg.dtype
-    if fmt not in WEIGHT_FORMATS:
+    if weights is not None and weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {WEIGHT_FORMATS} or None, got {weights!r}")
+    fmt = weights or cfg.dtype
     dt = cfg.compute_dtype
     transposed = kernels_out_in()
 
@@ -86,7 +90,7 @@ def decode_weights(params, cfg: GPTConfig, weights: str | None = None) -> dict:
         if fmt == "int8":
             q, scale = quantize_int8(x, axis=1 - out_axis)
             return {"w": q, "scale": scale}
-        return {"w": cast(x, jnp.dtype(fmt))}
+        return {"w": cast(x, jnp.dtype(DTYPES[fmt]))}
 
     def lay(tree, name=None):
         if not isinstance(tree, dict):
@@ -105,8 +109,44 @@ def decode_weights(params, cfg: GPTConfig, weights: str | None = None) -> dict:
         return {n: lay(v, n) for n, v in tree.items()}
     out = lay(params)
     if fmt != cfg.dtype:
-        out["unit"] = jnp.ones((), dt)
+        # A runtime 1 that a narrow product's input is divided by. XLA counts a divide as
+        # expensive and so computes that input once, instead of re-deriving it (a LayerNorm,
+        # say) inside the fused product for every weight it multiplies.
+        out["one"] = jnp.ones((), dt)
     return out
+
+
+def widened(weights: dict, dt) -> dict:
+    """decode_weights' output with every narrow leaf widened to dt (int8 scales kept, so the
+    step computes the same numbers): for steps of several rows, done once before the loop."""
+    def wide(path, x):
+        return x.astype(dt) if path[-1].key in ("kernel", "embedding") and x.dtype != dt else x
+    return jax.tree_util.tree_map_with_path(wide, {k: v for k, v in weights.items()
+                                                   if k != "one"})
+
+
+def rounded_params(params, weights: dict, cfg: GPTConfig):
+    """params with the Dense kernels and wte as decode_weights rounded them (for narrow
+    formats; params themselves otherwise), in params' layout and the compute dtype: what the
+    prefill reads, so that one generate() call runs one model."""
+    if "one" not in weights:
+        return params
+    dt, transposed = cfg.compute_dtype, kernels_out_in()
+
+    def wide(w, scale, out_axis: int):
+        w = widen(w, dt)
+        return w if scale is None else w * jnp.expand_dims(scale, 1 - out_axis).astype(dt)
+
+    def lay(tree, stored, name=None):
+        if not isinstance(tree, dict):
+            return tree
+        if "kernel" in tree:                   # stored (out, in) where transposed
+            k = wide(stored["kernel"], stored.get("scale"), out_axis=0 if transposed else 1)
+            return {**tree, "kernel": k.T if transposed else k}
+        if name == "wte":
+            return {**tree, "embedding": wide(stored["embedding"], stored.get("scale"), 0)}
+        return {n: lay(v, stored[n], n) for n, v in tree.items()}
+    return lay(params, weights)
 
 
 def weight_bytes(weights: dict) -> int:
@@ -117,29 +157,31 @@ def weight_bytes(weights: dict) -> int:
 
 
 def widen(w, dt):
-    """A stored weight in the compute dtype, converted where it is read: inside the step, so
-    that XLA fuses the conversion into the product that reads it (a no-op when it is stored
-    in dt)."""
+    """A stored weight in the compute dtype (a no-op when it is stored in dt)."""
     return w if w.dtype == dt else w.astype(dt)
 
 
-def linear(x, p, transposed: bool, unit=None):
+def linear(x, p, transposed: bool, one=None):
     """x (B, in) -> (B, out); p["kernel"] is (in, out), or (out, in) when transposed, in the
-    compute dtype or narrower (with p["scale"] (out,) for int8: the product is scaled after)."""
+    compute dtype or narrower (with p["scale"] (out,) for int8: the product is scaled after).
+    one: decode_weights' runtime 1, for narrow kernels."""
     dt = x.dtype
     w = p["kernel"]
-    if transposed and w.dtype == dt:
+    if w.dtype != dt:
+        # Widened inside the product, which XLA:CPU then fuses into one pass over the narrow
+        # rows. The barriers tie w to x, which changes every step, so XLA does not hoist the
+        # widening out of the decode loop (it is loop-invariant: the loop would stream a wide
+        # copy), and keep the scale and bias out of the product's fusion (with them in, the
+        # widening is not fused).
+        w, x = jax.lax.optimization_barrier((w, x))
+        x = x / one if one is not None else x
+        y = jax.lax.optimization_barrier(x @ widen(w, dt).T if transposed else x @ widen(w, dt))
+    elif transposed:
         # The barrier keeps XLA from folding the transpose into the dot (and so back into the
         # slow (B, out) orientation); the transpose left is of a (out, B) activation: cheap.
         y = jax.lax.optimization_barrier(w @ x.T).T
     else:
-        # Narrow weights, widened where the product reads them. The barrier ties w to x, which
-        # changes every step, so XLA cannot hoist the conversion out of the decode loop (it
-        # would, as loop-invariant, and the loop would stream a wide copy).
-        w, x = jax.lax.optimization_barrier((w, x))
-        if unit is not None:
-            x = x / unit
-        y = jax.lax.optimization_barrier(x @ widen(w, dt).T if transposed else x @ widen(w, dt))
+        y = x @ w
     if "scale" in p:
         y = (y * p["scale"]).astype(dt)
     return y + p["bias"] if "bias" in p else y
@@ -171,11 +213,11 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
     if "scale" in weights["wte"]:
         x = (x * weights["wte"]["scale"][tokens][:, None]).astype(dt)
     x = x + weights["wpe"]["embedding"][positions]
-    unit = weights.get("unit")
+    one = weights.get("one")
     new_cache = []
     for i in range(cfg.n_layer):
         p = weights[f"h_{i}"]
-        qkv = linear(norm(p["ln_1"], x), p["attn"]["c_attn"], transposed, unit)
+        qkv = linear(norm(p["ln_1"], x), p["attn"]["c_attn"], transposed, one)
         q, k, v = (a.reshape(B, H, D) for a in jnp.split(qkv, 3, axis=-1))
         k_cache, v_cache = kv_cache[i]
         start = (0, cache_index, 0)
@@ -189,17 +231,20 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
         s = jnp.where(mask[:, None, :], s.reshape(B, H, -1), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(s, axis=-1).astype(dt).reshape(B * H, -1)
         y = jnp.einsum("ns,nsd->nd", probs, v_cache).reshape(B, cfg.n_embd)
-        x = x + linear(y, p["attn"]["c_proj"], transposed, unit)
-        h = linear(norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, unit)
-        x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed, unit)
+        x = x + linear(y, p["attn"]["c_proj"], transposed, one)
+        h = linear(norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, one)
+        x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed, one)
     x = norm(weights["ln_f"], x)
     # The tied head: wte (V, C) is already the (out, in) orientation.
-    if transposed and wte.dtype == dt:
+    if wte.dtype != dt:
+        logits = jnp.concatenate([linear(x, {"kernel": wte[r:r + HEAD_ROWS]}, True, one)
+                                  for r in range(0, wte.shape[0], HEAD_ROWS)], axis=-1)
+        logits = logits.astype(jnp.float32)
+    elif transposed:
         logits = jax.lax.optimization_barrier(
             jnp.einsum("vc,bc->vb", wte, x, preferred_element_type=jnp.float32)).T
     else:
-        logits = jnp.concatenate([linear(x, {"kernel": wte[r:r + HEAD_ROWS]}, True, unit)
-                                  for r in range(0, wte.shape[0], HEAD_ROWS)], axis=-1)
+        logits = jnp.einsum("bc,vc->bv", x, wte, preferred_element_type=jnp.float32)
     if "scale" in weights["wte"]:
         logits = logits * weights["wte"]["scale"]
     logits = mask_padded_vocab(logits, cfg)

@@ -28,7 +28,8 @@ import numpy as np
 from gpt_jax.checks import (check_decode_weights, check_eos_id, check_key, check_max_new_tokens,
                             check_params, check_prompts, check_sampling)
 from gpt_jax.config import GPTConfig
-from gpt_jax.decode import decode_mask, decode_step, decode_weights, heads_major, init_cache
+from gpt_jax.decode import (decode_mask, decode_step, decode_weights, heads_major, init_cache,
+                            rounded_params, widened)
 from gpt_jax.errors import DecodeMemoryError, UserError
 from gpt_jax.model import GPT, mask_vocab
 from gpt_jax.sampling import first_argmax, sample_logits
@@ -88,13 +89,16 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
     idx = jnp.arange(P)
     positions = jnp.maximum(idx[None, :] - pad[:, None], 0)                    # (B, P)
-    logits, cache = model.apply({"params": params}, tokens, positions=positions,
+    logits, cache = model.apply({"params": rounded_params(params, weights, cfg)}, tokens,
+                                positions=positions,
                                 mask=decode_mask(pad, idx, S), kv_cache=init_cache(cfg, B, S),
                                 cache_index=0, logits_at=P - 1)
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
     first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
 
     cache = heads_major(cache)               # laid out once for the loop, as are the weights
+    if B > 1:                                # narrow weights pay only in one-row products
+        weights = widened(weights, cfg.compute_dtype)
 
     def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
         cache, tok, done = carry
@@ -122,11 +126,11 @@ class Decoder:
 
     weights(params, cfg, fmt) is decode_weights(params, cfg, fmt), made once per params and
     format: on CPU a transposed copy of the Dense kernels (most of the weights), in a bfloat16
-    run or format a bfloat16 copy, for int8 a quantised one. The copy for the last params is kept while those params live: it holds weak
-    references to their leaves, and drops the copy when one of them dies, so repeated
-    generate() calls skip the work and a model that is let go takes its copy with it. Only
-    immutable jax Arrays are cached (numpy arrays could change in place). cached_weights is
-    the copy held now, or None.
+    run or format a bfloat16 copy, for int8 a quantised one. The copy for the last params is
+    kept while those params live: it holds weak references to their leaves, and drops the copy
+    when one of them dies, so repeated generate() calls skip the work and a model that is let
+    go takes its copy with it. Only immutable jax Arrays are cached (numpy arrays could change
+    in place). cached_weights is the copy held now, or None.
     """
 
     def __init__(self):
@@ -208,7 +212,9 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     weights: how the decode loop stores the Dense kernels and the embedding (the tied head),
     the bytes each new token reads: None (the compute dtype, cfg.dtype), "float32",
     "bfloat16", or "int8" (one float32 scale per output channel); see decode.decode_weights.
-    The prompt's prefill reads params as they are. A format is compiled once, like a shape.
+    Narrow weights make batch-1 decoding faster where it is bound by memory bandwidth (on
+    CPU), and the logits differ from the model's by their rounding; the prefill reads the
+    same rounded weights, so one call runs one model. A format is compiled once, like a shape.
 
     Bad input raises a UserError before anything is compiled or allocated: PromptTooLongError
     when prompt + max_new_tokens exceeds block_size, DecodeMemoryError when the KV cache and
