@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from gpt_jax.config import GPTConfig
+from gpt_jax.decode import WEIGHT_FORMATS
 from gpt_jax.errors import PromptTooLongError, TokenError, UserError
 from gpt_jax.model import param_shapes
 
@@ -165,6 +166,15 @@ def check_sampling(temperature, top_k, top_p) -> tuple[float, Optional[int], Opt
         raise UserError(f"top_p must be a number in (0, 1] (or None for no top-p), "
                         f"got {top_p!r}")
     return t, k, p
+
+
+def check_decode_weights(weights) -> Optional[str]:
+    """None (the compute dtype), or one of the formats the decode loop can store weights in:
+    a compute dtype name or "int8"."""
+    if weights is not None and (not isinstance(weights, str) or weights not in WEIGHT_FORMATS):
+        raise UserError(f"weights must be None (the model's dtype) or one of "
+                        f"{', '.join(map(repr, WEIGHT_FORMATS))}, got {weights!r}")
+    return weights
 
 
 def check_eos_id(eos_id, cfg: GPTConfig) -> Optional[int]:

@@ -5,6 +5,14 @@ the weights' layout can suit a step that is one matrix-vector product per weight
 and the cache can stay heads-major (heads_major). The prefill runs GPT itself over the whole
 prompt, writing a (B, S, H, D) cache from init_cache; generation.py converts it once and loops
 decode_step. Tests check the step against GPT's full forward pass.
+
+A step reads every weight once per token, so at batch 1 it runs at the speed weights stream
+from memory. decode_weights can store the products' weights narrower than the compute dtype
+(WEIGHT_FORMATS: bfloat16, or int8 with a float32 scale per output channel, see quantize_int8);
+a one-row step widens each right inside its product (XLA:CPU fuses the conversion into a
+matrix-vector product), so the loop reads the narrow bytes. With more rows a step is
+compute-bound and that fused product is slow, so the loop widens them once before it starts
+(widened): the same numbers, at the wide speed.
 """
 from __future__ import annotations
 
@@ -14,8 +22,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gpt_jax.config import GPTConfig
+from gpt_jax.config import DTYPES, GPTConfig
 from gpt_jax.model import layer_norm, mask_padded_vocab
+
+# How decode_weights may store the Dense kernels and the token embedding (the tied head): the
+# bytes a step streams. None in the API means the compute dtype (cfg.dtype).
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+
+# Vocabulary rows per product when the head is narrow: XLA:CPU fuses the conversion into a
+# product of this size, not into one over all 50257 rows (it widens the whole (V, C) first).
+HEAD_ROWS = 8192
 
 KVCache = tuple  # per layer: (k, v), each (B, S, n_head, head_dim), or (B*H, S, D) heads-major
 
@@ -43,29 +59,131 @@ def kernels_out_in() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def decode_weights(params, cfg: GPTConfig) -> dict:
-    """params laid out as decode_step reads them: Dense kernels, biases and embeddings in the
-    compute dtype (cast once, so a bfloat16 run streams half the bytes per token), and kernels
-    as (out, in) where kernels_out_in(). Leaves that need neither are returned as they are, not
-    copied."""
+def quantize_int8(w, axis: int):
+    """(q int8, scale float32): w ~= q * scale, symmetric, one scale per slice along the other
+    axes (reduced over `axis`, the input axis: one scale per output channel). |q| <= 127, so
+    each weight is off by at most scale / 2; an all-zero channel gets scale 1 (q = 0)."""
+    w = jnp.asarray(w, jnp.float32)
+    amax = jnp.max(jnp.abs(w), axis=axis, keepdims=True)
+    scale = jnp.where(amax > 0, amax / 127, 1.0)
+    q = jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8)
+    return q, jnp.squeeze(scale, axis)
+
+
+def decode_weights(params, cfg: GPTConfig, weights: str | None = None) -> dict:
+    """params laid out as decode_step reads them: kernels as (out, in) where kernels_out_in();
+    biases and wpe in the compute dtype (cast once, so a bfloat16 run streams half the bytes per
+    token); Dense kernels and wte, most of the bytes, stored as `weights` (WEIGHT_FORMATS; None:
+    the compute dtype). "int8" stores each as int8 with a float32 "scale" beside it, one per
+    output channel (per vocabulary row for wte, which is also the tied head). Leaves that need
+    no change are returned as they are, not copied."""
+    if weights is not None and weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS} or None, got {weights!r}")
+    fmt = weights or cfg.dtype
+    dt = cfg.compute_dtype
     transposed = kernels_out_in()
 
-    def lay(path, x):
-        name = path[-1].key
-        if name in ("kernel", "bias", "embedding") and x.dtype != cfg.compute_dtype:
-            x = jnp.asarray(x, cfg.compute_dtype)
-        return x.T if transposed and name == "kernel" else x
-    return jax.tree_util.tree_map_with_path(lay, params)
+    def cast(x, dtype):
+        return x if x.dtype == dtype else jnp.asarray(x, dtype)
+
+    def store(x, out_axis: int) -> dict:  # a kernel or wte -> {"w", maybe "scale"}
+        if fmt == "int8":
+            q, scale = quantize_int8(x, axis=1 - out_axis)
+            return {"w": q, "scale": scale}
+        return {"w": cast(x, jnp.dtype(DTYPES[fmt]))}
+
+    def lay(tree, name=None):
+        if not isinstance(tree, dict):
+            return cast(tree, dt) if name == "bias" else tree
+        if "kernel" in tree:                      # a Dense: kernel (in, out), maybe bias
+            k = tree["kernel"]
+            k = k.T if transposed else k
+            out = store(k, out_axis=0 if transposed else 1)
+            kernel = {"kernel": out.pop("w"), **out}
+            return {**kernel, **{n: cast(v, dt) for n, v in tree.items() if n != "kernel"}}
+        if name == "wte":                         # (V, C): rows are the head's outputs
+            out = store(tree["embedding"], out_axis=0)
+            return {"embedding": out.pop("w"), **out}
+        if "embedding" in tree:                   # wpe: one row a step
+            return {**tree, "embedding": cast(tree["embedding"], dt)}
+        return {n: lay(v, n) for n, v in tree.items()}
+    out = lay(params)
+    if fmt != cfg.dtype:
+        # A runtime 1 that a narrow product's input is divided by. XLA counts a divide as
+        # expensive and so computes that input once, instead of re-deriving it (a LayerNorm,
+        # say) inside the fused product for every weight it multiplies.
+        out["one"] = jnp.ones((), dt)
+    return out
 
 
-def linear(x, p, transposed: bool):
-    """x (B, in) -> (B, out); p["kernel"] is (in, out), or (out, in) when transposed."""
-    if transposed:
+def widened(weights: dict, dt) -> dict:
+    """decode_weights' output with every narrow leaf widened to dt (int8 scales kept, so the
+    step computes the same numbers): for steps of several rows, done once before the loop."""
+    def wide(path, x):
+        return x.astype(dt) if path[-1].key in ("kernel", "embedding") and x.dtype != dt else x
+    return jax.tree_util.tree_map_with_path(wide, {k: v for k, v in weights.items()
+                                                   if k != "one"})
+
+
+def rounded_params(params, weights: dict, cfg: GPTConfig):
+    """params with the Dense kernels and wte as decode_weights rounded them (for narrow
+    formats; params themselves otherwise), in params' layout and the compute dtype: what the
+    prefill reads, so that one generate() call runs one model."""
+    if "one" not in weights:
+        return params
+    dt, transposed = cfg.compute_dtype, kernels_out_in()
+
+    def wide(w, scale, out_axis: int):
+        w = widen(w, dt)
+        return w if scale is None else w * jnp.expand_dims(scale, 1 - out_axis).astype(dt)
+
+    def lay(tree, stored, name=None):
+        if not isinstance(tree, dict):
+            return tree
+        if "kernel" in tree:                   # stored (out, in) where transposed
+            k = wide(stored["kernel"], stored.get("scale"), out_axis=0 if transposed else 1)
+            return {**tree, "kernel": k.T if transposed else k}
+        if name == "wte":
+            return {**tree, "embedding": wide(stored["embedding"], stored.get("scale"), 0)}
+        return {n: lay(v, stored[n], n) for n, v in tree.items()}
+    return lay(params, weights)
+
+
+def weight_bytes(weights: dict) -> int:
+    """Bytes of the leaves a decode step streams (all of decode_weights' output but wpe, of
+    which a step reads one row)."""
+    return sum(x.nbytes for path, x in jax.tree_util.tree_leaves_with_path(weights)
+               if path[0].key != "wpe")
+
+
+def widen(w, dt):
+    """A stored weight in the compute dtype (a no-op when it is stored in dt)."""
+    return w if w.dtype == dt else w.astype(dt)
+
+
+def linear(x, p, transposed: bool, one=None):
+    """x (B, in) -> (B, out); p["kernel"] is (in, out), or (out, in) when transposed, in the
+    compute dtype or narrower (with p["scale"] (out,) for int8: the product is scaled after).
+    one: decode_weights' runtime 1, for narrow kernels."""
+    dt = x.dtype
+    w = p["kernel"]
+    if w.dtype != dt:
+        # Widened inside the product, which XLA:CPU then fuses into one pass over the narrow
+        # rows. The barriers tie w to x, which changes every step, so XLA does not hoist the
+        # widening out of the decode loop (it is loop-invariant: the loop would stream a wide
+        # copy), and keep the scale and bias out of the product's fusion (with them in, the
+        # widening is not fused).
+        w, x = jax.lax.optimization_barrier((w, x))
+        x = x / one if one is not None else x
+        y = jax.lax.optimization_barrier(x @ widen(w, dt).T if transposed else x @ widen(w, dt))
+    elif transposed:
         # The barrier keeps XLA from folding the transpose into the dot (and so back into the
         # slow (B, out) orientation); the transpose left is of a (out, B) activation: cheap.
-        y = jax.lax.optimization_barrier(p["kernel"] @ x.T).T
+        y = jax.lax.optimization_barrier(w @ x.T).T
     else:
-        y = x @ p["kernel"]
+        y = x @ w
+    if "scale" in p:
+        y = (y * p["scale"]).astype(dt)
     return y + p["bias"] if "bias" in p else y
 
 
@@ -91,11 +209,15 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
     B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
     norm = lambda p, x: layer_norm(cfg).apply({"params": p}, x)
     wte = weights["wte"]["embedding"]                                     # (V, C)
-    x = wte[tokens] + weights["wpe"]["embedding"][positions]              # (B, C)
+    x = widen(wte[tokens], dt)                                            # (B, C)
+    if "scale" in weights["wte"]:
+        x = (x * weights["wte"]["scale"][tokens][:, None]).astype(dt)
+    x = x + weights["wpe"]["embedding"][positions]
+    one = weights.get("one")
     new_cache = []
     for i in range(cfg.n_layer):
         p = weights[f"h_{i}"]
-        qkv = linear(norm(p["ln_1"], x), p["attn"]["c_attn"], transposed)
+        qkv = linear(norm(p["ln_1"], x), p["attn"]["c_attn"], transposed, one)
         q, k, v = (a.reshape(B, H, D) for a in jnp.split(qkv, 3, axis=-1))
         k_cache, v_cache = kv_cache[i]
         start = (0, cache_index, 0)
@@ -109,15 +231,21 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
         s = jnp.where(mask[:, None, :], s.reshape(B, H, -1), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(s, axis=-1).astype(dt).reshape(B * H, -1)
         y = jnp.einsum("ns,nsd->nd", probs, v_cache).reshape(B, cfg.n_embd)
-        x = x + linear(y, p["attn"]["c_proj"], transposed)
-        h = linear(norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed)
-        x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed)
+        x = x + linear(y, p["attn"]["c_proj"], transposed, one)
+        h = linear(norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, one)
+        x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed, one)
     x = norm(weights["ln_f"], x)
     # The tied head: wte (V, C) is already the (out, in) orientation.
-    if transposed:
+    if wte.dtype != dt:
+        logits = jnp.concatenate([linear(x, {"kernel": wte[r:r + HEAD_ROWS]}, True, one)
+                                  for r in range(0, wte.shape[0], HEAD_ROWS)], axis=-1)
+        logits = logits.astype(jnp.float32)
+    elif transposed:
         logits = jax.lax.optimization_barrier(
             jnp.einsum("vc,bc->vb", wte, x, preferred_element_type=jnp.float32)).T
     else:
         logits = jnp.einsum("bc,vc->bv", x, wte, preferred_element_type=jnp.float32)
+    if "scale" in weights["wte"]:
+        logits = logits * weights["wte"]["scale"]
     logits = mask_padded_vocab(logits, cfg)
     return logits, tuple(new_cache)

@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.checks import (check_eos_id, check_key, check_max_new_tokens, check_params,
-                            check_prompts, check_sampling)
+from gpt_jax.checks import (check_decode_weights, check_eos_id, check_key, check_max_new_tokens,
+                            check_params, check_prompts, check_sampling)
 from gpt_jax.config import GPTConfig
-from gpt_jax.decode import decode_mask, decode_step, decode_weights, heads_major, init_cache
+from gpt_jax.decode import (decode_mask, decode_step, decode_weights, heads_major, init_cache,
+                            rounded_params, widened)
 from gpt_jax.errors import DecodeMemoryError, UserError
 from gpt_jax.model import GPT, mask_vocab
 from gpt_jax.sampling import first_argmax, sample_logits
@@ -88,13 +89,16 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
     idx = jnp.arange(P)
     positions = jnp.maximum(idx[None, :] - pad[:, None], 0)                    # (B, P)
-    logits, cache = model.apply({"params": params}, tokens, positions=positions,
+    logits, cache = model.apply({"params": rounded_params(params, weights, cfg)}, tokens,
+                                positions=positions,
                                 mask=decode_mask(pad, idx, S), kv_cache=init_cache(cfg, B, S),
                                 cache_index=0, logits_at=P - 1)
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
     first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
 
     cache = heads_major(cache)               # laid out once for the loop, as are the weights
+    if B > 1:                                # narrow weights pay only in one-row products
+        weights = widened(weights, cfg.compute_dtype)
 
     def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
         cache, tok, done = carry
@@ -120,18 +124,18 @@ class Decoder:
     bucketed prompt length, and the STATIC arguments). trace_count counts the times it was
     traced, so a caller can see that calls with shapes seen before reused their program.
 
-    weights(params, cfg) is decode_weights(params, cfg), made once per params: on CPU a
-    transposed copy of the Dense kernels (most of the weights), in a bfloat16 run a bfloat16
-    copy. The copy for the last params is kept while those params live: it holds weak
-    references to their leaves, and drops the copy when one of them dies, so repeated
-    generate() calls skip the work and a model that is let go takes its copy with it. Only
-    immutable jax Arrays are cached (numpy arrays could change in place). cached_weights is
-    the copy held now, or None.
+    weights(params, cfg, fmt) is decode_weights(params, cfg, fmt), made once per params and
+    format: on CPU a transposed copy of the Dense kernels (most of the weights), in a bfloat16
+    run or format a bfloat16 copy, for int8 a quantised one. The copy for the last params is
+    kept while those params live: it holds weak references to their leaves, and drops the copy
+    when one of them dies, so repeated generate() calls skip the work and a model that is let
+    go takes its copy with it. Only immutable jax Arrays are cached (numpy arrays could change
+    in place). cached_weights is the copy held now, or None.
     """
 
     def __init__(self):
         self.trace_count = 0
-        self._last = None   # (weak references to the params' leaves, cfg, their weights)
+        self._last = None   # (weak refs to the params' leaves, (cfg, fmt), their weights)
 
         @functools.wraps(decode_tokens)  # its signature: jit reads the static names from it
         def counted(*args, **static):
@@ -150,21 +154,21 @@ class Decoder:
     def cached_weights(self) -> Optional[dict]:
         return None if self._last is None else self._last[2]
 
-    def weights(self, params, cfg: GPTConfig) -> dict:
+    def weights(self, params, cfg: GPTConfig, fmt: Optional[str] = None) -> dict:
         leaves = jax.tree_util.tree_leaves(params)
         if self._last is not None:
             refs, for_cfg, weights = self._last
-            if for_cfg == cfg and len(refs) == len(leaves) and \
+            if for_cfg == (cfg, fmt) and len(refs) == len(leaves) and \
                     all(r() is x for r, x in zip(refs, leaves)):
                 return weights
         self._last = None                     # free the old copy before making the new one
         check_params(params, cfg)             # once per params: a hit above was checked before
-        weights = decode_weights(params, cfg)  # op by op: leaves it keeps are not copied
+        weights = decode_weights(params, cfg, fmt)  # op by op: leaves it keeps are not copied
         if all(isinstance(x, jax.Array) for x in leaves):
             def forget(_):                    # a leaf died: so did these params
                 if self._last is not None and self._last[2] is weights:
                     self._last = None
-            self._last = ([weakref.ref(x, forget) for x in leaves], cfg, weights)
+            self._last = ([weakref.ref(x, forget) for x in leaves], (cfg, fmt), weights)
         return weights
 
 
@@ -189,7 +193,7 @@ class DecodeArgs(NamedTuple):
 def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
              temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, eos_id: Optional[int] = None,
-             return_logits: bool = False):
+             return_logits: bool = False, weights: Optional[str] = None):
     """Continue each prompt by max_new_tokens tokens: int32 (B, max_new_tokens).
 
     prompts: a list of prompts, each a list (or 1-D array) of int token ids, lengths may differ;
@@ -205,6 +209,12 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     not, top_p or not).
     return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
     from (before temperature and filters).
+    weights: how the decode loop stores the Dense kernels and the embedding (the tied head),
+    the bytes each new token reads: None (the compute dtype, cfg.dtype), "float32",
+    "bfloat16", or "int8" (one float32 scale per output channel); see decode.decode_weights.
+    Narrow weights make batch-1 decoding faster where it is bound by memory bandwidth (on
+    CPU), and the logits differ from the model's by their rounding; the prefill reads the
+    same rounded weights, so one call runs one model. A format is compiled once, like a shape.
 
     Bad input raises a UserError before anything is compiled or allocated: PromptTooLongError
     when prompt + max_new_tokens exceeds block_size, DecodeMemoryError when the KV cache and
@@ -213,28 +223,30 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     """
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key,
                                  temperature=temperature, top_k=top_k, top_p=top_p,
-                                 eos_id=eos_id, return_logits=return_logits)
+                                 eos_id=eos_id, return_logits=return_logits, weights=weights)
     return DECODER.run(*args, **static)
 
 
 def compile_generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
                      temperature: float = 1.0, top_k: Optional[int] = None,
                      top_p: Optional[float] = None, eos_id: Optional[int] = None,
-                     return_logits: bool = False) -> tuple[Callable, DecodeArgs]:
+                     return_logits: bool = False,
+                     weights: Optional[str] = None) -> tuple[Callable, DecodeArgs]:
     """generate() compiled ahead of time: (fn, args), and fn(*args) is what generate() with the
     same arguments returns. For callers that time compilation apart from decoding, or decode
     several batches of one shape with one program: fn also takes the args that generate_args
     gives for other prompts, keys or sampling values of the same static shape."""
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key,
                                  temperature=temperature, top_k=top_k, top_p=top_p,
-                                 eos_id=eos_id, return_logits=return_logits)
+                                 eos_id=eos_id, return_logits=return_logits, weights=weights)
     return DECODER.lower(*args, **static).compile(), args
 
 
 def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=None,
                   temperature: float = 1.0, top_k: Optional[int] = None,
                   top_p: Optional[float] = None, eos_id: Optional[int] = None,
-                  return_logits: bool = False) -> tuple[DecodeArgs, dict]:
+                  return_logits: bool = False,
+                  weights: Optional[str] = None) -> tuple[DecodeArgs, dict]:
     """(args, static): generate()'s inputs checked, padded and placed, so that generate() is
     DECODER.run(*args, **static). Every check runs on the host, on Python and numpy values,
     before any device work."""
@@ -243,6 +255,7 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
     max_new_tokens = check_max_new_tokens(max_new_tokens, cfg)
     temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     eos_id = check_eos_id(eos_id, cfg)
+    fmt = check_decode_weights(weights)
     if not isinstance(return_logits, (bool, np.bool_)):
         raise UserError(f"return_logits must be True or False, got {return_logits!r}")
     key = check_key(key)
@@ -259,13 +272,13 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
     greedy = temperature == 0 or top_k == 1
     use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
     use_top_p = not greedy and top_p is not None and top_p < 1
-    weights = DECODER.weights(params, cfg)   # checks that params match cfg when it makes one
+    laid = DECODER.weights(params, cfg, fmt)  # checks that params match cfg when it makes one
     if mesh is not None and len(rows) % split == 0:
         # Rows split over the mesh the params live on, so each device decodes its own rows;
         # rows that do not divide stay replicated.
         tokens = jax.device_put(tokens, batch_sharding(mesh, ndim=2, batch_axis=0))
         pad = jax.device_put(pad, batch_sharding(mesh, ndim=1, batch_axis=0))
-    args = DecodeArgs(params, weights, tokens, pad, key,
+    args = DecodeArgs(params, laid, tokens, pad, key,
                       np.float32(temperature if not greedy else 1.0),
                       np.int32(top_k if use_top_k else 0),
                       np.float32(top_p if use_top_p else 1.0),

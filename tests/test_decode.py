@@ -1,12 +1,14 @@
 """gpt_jax.decode through generate(): the cached one-token step reproduces GPT's full forward
 pass (float32 and bfloat16), and the no-cache reference decoder agrees."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gpt_jax import generation
 from gpt_jax.generation import generate
-from gpt_jax.decode import decode_weights
+from gpt_jax.decode import decode_weights, quantize_int8, weight_bytes
+from gpt_jax.errors import UserError
 
 from generation_reference import (CFG, LENGTHS, N_NEW, full_forward_logits, prompts_of,
                                   random_params, tiny)
@@ -49,3 +51,95 @@ def test_bfloat16_decode_streams_bfloat16_weights_and_tracks_the_forward():
     assert err < 0.03, err
     f32 = full_forward_logits(params, CFG, prompts, np.asarray(new))
     assert np.abs(ref - f32).max() / np.abs(f32).max() > 1e-4  # bfloat16 really ran
+
+
+def dequantized(params, fmt):
+    """params as the decode loop's compressed weights hold them: the Dense kernels and wte
+    rounded to bfloat16, or to int8 times a float32 scale per output channel."""
+    def rounded(path, x):
+        name = path[-1].key
+        if name not in ("kernel", "embedding") or path[0].key == "wpe":
+            return x
+        if fmt == "bfloat16":
+            return x.astype(jnp.bfloat16).astype(jnp.float32)
+        axis = 0 if name == "kernel" else 1   # the input axis: (in, out) kernels, (V, C) wte
+        q, scale = quantize_int8(x, axis=axis)
+        return q.astype(jnp.float32) * jnp.expand_dims(scale, axis)
+    return jax.tree_util.tree_map_with_path(rounded, params)
+
+
+def test_quantize_int8_rounds_each_output_channel_to_its_own_scale():
+    w = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    w[:, 2] *= 100                            # one loud channel must not coarsen the others
+    w[:, 4] = 0                               # an all-zero channel
+    q, scale = map(np.asarray, quantize_int8(w, axis=0))
+    assert q.dtype == np.int8 and scale.shape == (5,)
+    np.testing.assert_array_equal(np.abs(q).max(0), [127, 127, 127, 127, 0])
+    assert np.all(np.abs(q * scale - w) <= scale / 2 * (1 + 1e-6))
+    np.testing.assert_allclose(scale[:4], np.abs(w).max(0)[:4] / 127, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+def test_compressed_weights_are_stored_narrow(fmt):
+    cfg = CFG
+    params = random_params(cfg)
+    full, narrow = decode_weights(params, cfg), decode_weights(params, cfg, fmt)
+    assert narrow["h_0"]["mlp"]["c_fc"]["kernel"].dtype == jnp.dtype(fmt)
+    assert narrow["wte"]["embedding"].dtype == jnp.dtype(fmt)
+    assert narrow["h_0"]["mlp"]["c_fc"]["bias"].dtype == jnp.float32
+    ratio = weight_bytes(narrow) / weight_bytes(full)
+    assert ratio < (0.3 if fmt == "int8" else 0.55), ratio
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+@pytest.mark.parametrize("lengths", [[7], LENGTHS])  # one row: fused widening; more: widened
+def test_compressed_decode_computes_with_exactly_the_rounded_weights(fmt, lengths):
+    """The logits (the prefill's and the loop's) are those of a float32 forward pass over the
+    rounded weights, to float32 rounding, and differ from the unrounded model's by the
+    weights' rounding only."""
+    params = random_params(CFG, seed=3)
+    prompts = prompts_of(lengths, CFG.vocab_size)
+    new, logits = generate(params, CFG, prompts, N_NEW, temperature=0, return_logits=True,
+                           weights=fmt)
+    new, logits = np.asarray(new), np.asarray(logits)
+    ref = full_forward_logits(dequantized(params, fmt), CFG, prompts, new)
+    f32 = full_forward_logits(params, CFG, prompts, new)
+    scale = np.abs(f32).max()
+    assert np.abs(logits - ref).max() <= 1e-5 * scale
+    err = np.abs(logits - f32).max() / scale
+    # Measured: int8 up to 0.055 of the largest logit on these noisy weights, bfloat16 < 0.01.
+    assert 1e-4 < err < (0.1 if fmt == "int8" else 0.02), err   # rounded, but not far off
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+def test_compressed_greedy_tokens_agree_where_float32_has_a_clear_winner(fmt):
+    """Greedy decoding with compressed weights picks float32's token at every step where
+    float32's top two logits are further apart than twice the logits' error (so rounding
+    cannot swap them), up to the first step where the two runs' tokens differ."""
+    params = random_params(CFG, seed=4)
+    prompts = prompts_of([5] * 8, CFG.vocab_size, seed=1)
+    n = 24
+    ref, ref_logits = map(np.asarray, generate(params, CFG, prompts, n, temperature=0,
+                                               return_logits=True))
+    new, logits = map(np.asarray, generate(params, CFG, prompts, n, temperature=0,
+                                           return_logits=True, weights=fmt))
+    top2 = np.sort(ref_logits, axis=-1)[..., -2:]
+    margin = top2[..., 1] - top2[..., 0]                                     # (B, N)
+    checked = 0
+    for b in range(len(prompts)):
+        first = int(np.argmax(new[b] != ref[b])) if (new[b] != ref[b]).any() else n
+        for i in range(min(first + 1, n)):     # the same prefix: the same inputs to step i
+            err = np.abs(logits[b, i] - ref_logits[b, i]).max()
+            if margin[b, i] > 2 * err:
+                assert new[b, i] == ref[b, i], (b, i)
+                checked += 1
+        assert first == n or margin[b, first] <= 2 * np.abs(logits[b, first] -
+                                                               ref_logits[b, first]).max()
+    assert checked >= 0.8 * len(prompts) * n * (0.5 if fmt == "int8" else 1), checked
+    assert (new == ref).mean() >= 0.5
+
+
+@pytest.mark.parametrize("bad", ["int4", "float16", 8, "INT8"])
+def test_bad_decode_weights_are_a_user_error(bad):
+    with pytest.raises(UserError, match="weights must be"):
+        generate(random_params(CFG), CFG, [[1, 2]], 2, temperature=0, weights=bad)

@@ -76,6 +76,15 @@ def test_more_bad_input_is_one_line(out_dir):
     assert_one_line_error(sample("--init_from", out_dir, "--batch_size", "0"), "--batch_size")
 
 
+def test_compressed_decode_weights_flag(out_dir):
+    r = sample("--init_from", out_dir, "--start", "a b", "--num_samples", "2",
+               "--max_new_tokens", "6", "--temperature", "0", "--weights", "int8")
+    assert r.returncode == 0 and r.stdout.count(SEP) == 2, r.stderr
+    assert "weights int8" in r.stderr
+    assert_one_line_error(sample("--init_from", out_dir, "--weights", "int4"), "--weights",
+                          "int8")
+
+
 def test_tiny_and_infinite_temperatures(out_dir):
     """--temperature 1e-45 printed "jjjj..." (overflow): now the greedy output. inf samples
     uniformly among the top_k survivors and runs."""

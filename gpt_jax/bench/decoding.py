@@ -9,6 +9,7 @@ import numpy as np
 
 from gpt_jax.bench.harness import Context, Result, ratio_row, read_probe, result_from_timing
 from gpt_jax.bench.peers import have_peers, params_to_hf
+from gpt_jax.decode import weight_bytes as stored_bytes
 from gpt_jax.generation import DECODER, compile_generate, generate, generate_uncached
 from gpt_jax.model import count_params, init_params
 from gpt_jax.timing import compile_seconds, time_call, time_calls
@@ -39,10 +40,17 @@ def run(ctx: Context) -> list[Result]:
         compile_s = time.perf_counter() - t0
         tokens, pad = args.tokens, args.pad     # left-padded, as generate() places them
         fns = {"ours": lambda: ours(*args)}
+        narrow = {}                             # compressed decode weights, timed alongside
         if refs:
             unc, unc_compile_s = compile_seconds(generate_uncached, params, tokens, pad,
                                                  cfg=cfg, max_new_tokens=n_uncached)
             fns["uncached"] = lambda: unc(params, tokens, pad)
+            for fmt in ("bfloat16", "int8"):
+                if fmt != cfg.dtype:
+                    fn, fargs = compile_generate(params, cfg, prompts, N, temperature=0,
+                                                 weights=fmt)
+                    narrow[fmt] = (fn, fargs)
+                    fns[fmt] = lambda fn=fn, fargs=fargs: fn(*fargs)
         if B == 1:  # the read floor, timed between the same runs (bandwidth drifts by minutes)
             fns["read"], read_bytes = read_probe(ctx)
         conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
@@ -63,6 +71,17 @@ def run(ctx: Context) -> list[Result]:
                                  metric="tokens/s", unit="tokens/s", config=conf,
                                  compile_s=compile_s)
         rows.append(row)
+        ref_tokens, nrows = np.asarray(ours(*args)), {}
+        for fmt, (fn, fargs) in narrow.items():
+            same = float((np.asarray(fn(*fargs)) == ref_tokens).mean())
+            nrow = result_from_timing(
+                "decode", f"ours cached scan {fmt} weights b{B}", t[fmt], work=B * N,
+                metric="tokens/s", unit="tokens/s",
+                config={**conf, "weights": fmt, "greedy_tokens_equal_ours": same,
+                        "weight_bytes_per_token": stored_bytes(fargs.weights)})
+            rows += [nrow, ratio_row("decode", f"ours {fmt} weights / ours b{B}", nrow, row,
+                                     conf)]
+            nrows[fmt] = nrow
         if refs:
             rows.append(result_from_timing(
                 "decode", f"ours uncached recompute b{B}", t["uncached"], work=B * n_uncached,
@@ -81,6 +100,8 @@ def run(ctx: Context) -> list[Result]:
                                       work=B * N, metric="tokens/s", unit="tokens/s",
                                       config=conf_hf)
             rows += [peer, ratio_row("decode", f"ours / HF PyTorch b{B}", row, peer, conf)]
+            rows += [ratio_row("decode", f"ours {fmt} weights / HF PyTorch b{B}", nrow, peer,
+                               conf) for fmt, nrow in nrows.items()]
         if B == 1:
             # Per token the step reads every weight once (wte as the tied head; of wpe one row).
             weight_bytes = count_params(cfg, non_embedding=True) * cfg.compute_dtype(0).itemsize
@@ -92,4 +113,10 @@ def run(ctx: Context) -> list[Result]:
             rows.append(floor)
             rows.append(Result("decode", "ours cached scan b1", "fraction of bandwidth floor",
                                row.value / floor.value, "fraction", bw_conf))
+            for fmt, nrow in nrows.items():  # the floor for the bytes these weights stream
+                nbytes = nrow.config["weight_bytes_per_token"]
+                rows.append(Result("decode", f"ours cached scan {fmt} weights b1",
+                                   "fraction of bandwidth floor",
+                                   nrow.value / (floor.value * weight_bytes / nbytes),
+                                   "fraction", {**bw_conf, "weight_bytes_per_token": nbytes}))
     return rows
