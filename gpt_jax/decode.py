@@ -24,6 +24,11 @@ import jax.numpy as jnp
 
 from gpt_jax.config import DTYPES, GPTConfig
 from gpt_jax.model import layer_norm, mask_padded_vocab
+from gpt_jax.ops import cpu_layouts
+
+# decode_step reads Dense kernels transposed, as (out, in), rather than in flax's (in, out)
+# where cpu_layouts(): on XLA:CPU a matrix-vector product streams W (out, in) @ x faster than
+# x @ W (in, out), and a decode step is nothing but such products.
 
 # How decode_weights may store the Dense kernels and the token embedding (the tied head): the
 # bytes a step streams. None in the API means the compute dtype (cfg.dtype).
@@ -52,13 +57,6 @@ def decode_mask(pad, q_index, length: int):
     return (seen | (k == q))[:, None]
 
 
-def kernels_out_in() -> bool:
-    """Whether decode_step reads Dense kernels transposed, as (out, in), rather than in flax's
-    (in, out): on XLA:CPU a matrix-vector product streams W (out, in) @ x faster than
-    x @ W (in, out), and a decode step is nothing but such products."""
-    return jax.default_backend() == "cpu"
-
-
 def quantize_int8(w, axis: int):
     """(q int8, scale float32): w ~= q * scale, symmetric, one scale per slice along the other
     axes (reduced over `axis`, the input axis: one scale per output channel). |q| <= 127, so
@@ -71,7 +69,7 @@ def quantize_int8(w, axis: int):
 
 
 def decode_weights(params, cfg: GPTConfig, weights: str | None = None) -> dict:
-    """params laid out as decode_step reads them: kernels as (out, in) where kernels_out_in();
+    """params laid out as decode_step reads them: kernels as (out, in) where cpu_layouts();
     biases and wpe in the compute dtype (cast once, so a bfloat16 run streams half the bytes per
     token); Dense kernels and wte, most of the bytes, stored as `weights` (WEIGHT_FORMATS; None:
     the compute dtype). "int8" stores each as int8 with a float32 "scale" beside it, one per
@@ -81,31 +79,28 @@ def decode_weights(params, cfg: GPTConfig, weights: str | None = None) -> dict:
         raise ValueError(f"weights must be one of {WEIGHT_FORMATS} or None, got {weights!r}")
     fmt = weights or cfg.dtype
     dt = cfg.compute_dtype
-    transposed = kernels_out_in()
-
-    def cast(x, dtype):
-        return x if x.dtype == dtype else jnp.asarray(x, dtype)
+    transposed = cpu_layouts()
 
     def store(x, out_axis: int) -> dict:  # a kernel or wte -> {"w", maybe "scale"}
         if fmt == "int8":
             q, scale = quantize_int8(x, axis=1 - out_axis)
             return {"w": q, "scale": scale}
-        return {"w": cast(x, jnp.dtype(DTYPES[fmt]))}
+        return {"w": widen(x, jnp.dtype(DTYPES[fmt]))}
 
     def lay(tree, name=None):
         if not isinstance(tree, dict):
-            return cast(tree, dt) if name == "bias" else tree
+            return widen(tree, dt) if name == "bias" else tree
         if "kernel" in tree:                      # a Dense: kernel (in, out), maybe bias
             k = tree["kernel"]
             k = k.T if transposed else k
             out = store(k, out_axis=0 if transposed else 1)
             kernel = {"kernel": out.pop("w"), **out}
-            return {**kernel, **{n: cast(v, dt) for n, v in tree.items() if n != "kernel"}}
+            return {**kernel, **{n: widen(v, dt) for n, v in tree.items() if n != "kernel"}}
         if name == "wte":                         # (V, C): rows are the head's outputs
             out = store(tree["embedding"], out_axis=0)
             return {"embedding": out.pop("w"), **out}
         if "embedding" in tree:                   # wpe: one row a step
-            return {**tree, "embedding": cast(tree["embedding"], dt)}
+            return {**tree, "embedding": widen(tree["embedding"], dt)}
         return {n: lay(v, n) for n, v in tree.items()}
     out = lay(params)
     if fmt != cfg.dtype:
@@ -131,7 +126,7 @@ def rounded_params(params, weights: dict, cfg: GPTConfig):
     prefill reads, so that one generate() call runs one model."""
     if "one" not in weights:
         return params
-    dt, transposed = cfg.compute_dtype, kernels_out_in()
+    dt, transposed = cfg.compute_dtype, cpu_layouts()
 
     def wide(w, scale, out_axis: int):
         w = widen(w, dt)
@@ -157,8 +152,9 @@ def weight_bytes(weights: dict) -> int:
 
 
 def widen(w, dt):
-    """A stored weight in the compute dtype (a no-op when it is stored in dt)."""
-    return w if w.dtype == dt else w.astype(dt)
+    """w in dtype dt (a no-op, no copy, when it already is): a stored weight widened to the
+    compute dtype, or a parameter cast for storage."""
+    return w if w.dtype == dt else jnp.asarray(w, dt)
 
 
 def linear(x, p, transposed: bool, one=None):
@@ -205,7 +201,7 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
     kv_cache: per layer (k, v), each (B*H, S, D) (see heads_major).
     Returns (logits float32 (B, V), new cache)."""
     dt = cfg.compute_dtype
-    transposed = kernels_out_in()
+    transposed = cpu_layouts()
     B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
     norm = lambda p, x: layer_norm(cfg).apply({"params": p}, x)
     wte = weights["wte"]["embedding"]                                     # (V, C)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 
 def cpu_layouts() -> bool:
-    """Whether to lay matmul operands out for XLA:CPU (decided at trace time, like
-    decode.kernels_out_in)."""
+    """Whether to lay matmul operands out for XLA:CPU (decided at trace time): here, in the
+    fused head + loss and in the decode step's (out, in) kernels (decode.py)."""
     return jax.default_backend() == "cpu"
 
 
