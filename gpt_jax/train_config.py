@@ -73,6 +73,13 @@ class TrainConfig:
     eval_task_limit: int = help_field(
         0, "score the first N rows of each eval task (text: tokens); 0: all")
     log_interval: int = help_field(5, "steps between metrics.jsonl train rows")
+    # trackers and traces (gpt_jax/tracking.py, gpt_jax/profiling.py); process 0 writes
+    log_to: str = help_field(
+        "jsonl", "where the metrics go, comma-separated: jsonl (always), tensorboard "
+        "(out_dir/tensorboard), wandb (out_dir/wandb; WANDB_MODE=offline works offline)")
+    profile_steps: str = help_field(
+        "", "START:END: a jax.profiler trace of the updates from step START to END into "
+        "out_dir/profile (TensorBoard, Perfetto), e.g. 10:15; empty: off")
     seed: int = help_field(1337, "parameter init, dropout and batch sampling")
     # parallelism and memory: none of them changes the losses (up to rounding)
     mesh: str = help_field(
@@ -127,6 +134,10 @@ class TrainConfig:
         if self.eval_task_limit and not self.eval_tasks.strip():
             raise ConfigError(f"eval_task_limit {self.eval_task_limit} needs eval_tasks (the "
                               f"tasks it limits), e.g. --eval_tasks hellaswag=PATH")
+        from gpt_jax.profiling import parse_profile_steps
+        from gpt_jax.tracking import parse_log_to
+        parse_log_to(self.log_to)
+        parse_profile_steps(self.profile_steps, self.max_iters)
         if self.lr_decay_iters <= self.warmup_iters:
             raise ConfigError(f"lr_decay_iters ({self.lr_decay_iters}) must exceed "
                               f"warmup_iters ({self.warmup_iters})")

@@ -31,11 +31,13 @@ from gpt_jax.cli import writable_dir
 from gpt_jax.errors import CheckpointError, UserError
 from gpt_jax.flops import flops_per_token, peak_flops
 from gpt_jax.integrity import NonFiniteError, check_savable, describe_steps
-from gpt_jax.metrics import append_metrics, plot_loss, restart_metrics
+from gpt_jax.metrics import plot_loss
 from gpt_jax.model import count_params
 from gpt_jax.optimizer import make_optimizer
+from gpt_jax.profiling import StepProfiler
 from gpt_jax.stacking import unstack_tree
 from gpt_jax.steps import make_eval_step, make_train_step
+from gpt_jax.tracking import Trackers, check_installed, parse_log_to
 from gpt_jax.train_config import TrainConfig
 
 MAX_TO_KEEP = 3
@@ -83,6 +85,8 @@ class Trainer:
         # downloaded, tokenised or compiled.
         task_specs = eval_tasks.parse_spec(tc.eval_tasks)
         eval_tasks.check_files(task_specs)
+        if self.main and not tc.eval_only:
+            check_installed(parse_log_to(tc.log_to))
         if tc.init_from != "resume":
             init_from.check_steps_left(tc, 0, self.out_dir)
             init_from.check_init_from(tc.init_from)
@@ -115,6 +119,7 @@ class Trainer:
         self.task_evals = eval_tasks.TaskEvals(task_specs, self.cfg,
                                                limit=tc.eval_task_limit or None)
         self.stop_signal: Optional[int] = None
+        self.trackers: Optional[Trackers] = None   # fit(): metrics.jsonl + --log_to
 
     def _data_dir(self) -> str:
         """Process 0 prepares the data (if needed) while the others wait, so that processes
@@ -157,8 +162,8 @@ class Trainer:
 
     # -- checkpoints and metrics -------------------------------------------------------------
     def _append(self, row: dict) -> None:
-        if self.main:
-            append_metrics(self.out_dir, row)
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def _diverged(self, what: str, step: int) -> TrainingDiverged:
         """The error for a NaN/inf at `step`, saying what the disk holds now."""
@@ -230,8 +235,9 @@ class Trainer:
         start = int(state.step)
         init_from.check_steps_left(tc, start, f"the checkpoint in {self.out_dir}")
         os.makedirs(self.out_dir, exist_ok=True)
-        if self.main:
-            restart_metrics(self.out_dir, start)
+        if self.main:   # jsonl rows past `start` dropped; the other trackers alike
+            self.trackers = Trackers(tc.log_to, self.out_dir, tc.to_dict(), start)
+        profiler = StepProfiler(tc.profile_steps, self.out_dir)
         n_params = count_params(self.cfg)
         fpt = flops_per_token(self.cfg, tc.model.block_size,
                               count_params(self.cfg, non_embedding=True))
@@ -268,6 +274,7 @@ class Trainer:
             t_mark, step_mark, run_t0 = time.perf_counter(), start, time.perf_counter()
             elapsed0 = self.elapsed
             while step < tc.max_iters and not self._stop_requested():
+                profiler.before(step)
                 state, metrics = step_fn(state, batch)
                 self.state = state
                 if step + 1 < tc.max_iters:   # sample the next batch while the device works
@@ -277,6 +284,7 @@ class Trainer:
                     raise self._diverged(f"non-finite loss ({m['loss']}) or gradient norm "
                                          f"({m['grad_norm']})", step + 1)
                 step += 1
+                profiler.after(step)
                 self.elapsed = elapsed0 + time.perf_counter() - run_t0
                 bar.update(1)
                 if step % tc.log_interval == 0 or step == tc.max_iters:
@@ -297,11 +305,24 @@ class Trainer:
             if self.stop_signal is not None:
                 self._stop_message(mngr, step, start, bar)
         except BaseException:
+            profiler.close()
             self._shut(bar, mngr, handlers, quiet=True)   # the first error is the one to see
+            self._close_trackers(failed=True)
             raise
+        profiler.close()
         self._shut(bar, mngr, handlers, quiet=False)
+        self._close_trackers(failed=False)
         return {"step": step, "elapsed": self.elapsed, "stopped_by_signal": self.stop_signal,
                 "saved_step": self.saved_step, **last}
+
+    def _close_trackers(self, failed: bool) -> None:
+        trackers, self.trackers = self.trackers, None
+        if trackers is not None:
+            try:
+                trackers.close(failed)
+            except Exception:  # noqa: BLE001 - after an error, that error is the one to see
+                if not failed:
+                    raise
 
     def _stop_message(self, mngr, step: int, start: int, bar) -> None:
         """After a signal: save the current step when it trained one, and say what is on

@@ -33,8 +33,8 @@ KEYS = ["out_dir", "data", "init_from", "resume_step", "n_layer", "n_head", "n_e
         "block_size", "vocab_size", "dropout", "bias", "dtype", "batch_size",
         "gradient_accumulation_steps", "max_iters", "learning_rate", "min_lr", "warmup_iters",
         "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval",
-        "eval_iters", "eval_only", "eval_tasks", "eval_task_limit", "log_interval", "seed", "mesh",
-        "remat", "scan_layers"]
+        "eval_iters", "eval_only", "eval_tasks", "eval_task_limit", "log_interval", "log_to",
+        "profile_steps", "seed", "mesh", "remat", "scan_layers"]
 
 
 def test_flat_keys_outside_a_gptconfig_inside():

@@ -1,0 +1,205 @@
+"""--log_to (gpt_jax/tracking.py) and --profile_steps (gpt_jax/profiling.py): what TensorBoard
+and W&B hold is what metrics.jsonl holds, read back with their own readers, across a resume;
+a profile trace appears for the steps asked."""
+import glob
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from gpt_jax.errors import ConfigError, UserError
+from gpt_jax.train_config import TrainConfig
+
+
+def tc_for(out_dir, **kw):
+    base = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=4,
+                learning_rate=5e-3, min_lr=5e-4, warmup_iters=1, lr_decay_iters=30,
+                eval_interval=2, eval_iters=1, log_interval=1, out_dir=str(out_dir))
+    return TrainConfig.from_dict({**base, **kw})
+
+
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+# -- readers: each tracker's files read back with its own library -----------------------------
+
+def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(logdir, size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def wandb_records(path):
+    """The Record protos of a .wandb file: W&B's header (':W&B', magic, version: 7 bytes),
+    then a LevelDB-style log of 32 KiB blocks (records: crc32c, length, type, data)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b":W&B"
+    pos, chunks, out = 7, b"", []
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        if room < 7:   # a block's tail too short for a header is padding
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:   # zero padding
+            pos += room
+            continue
+        chunks += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):   # FULL, LAST
+            r = pb.Record()
+            r.ParseFromString(chunks)
+            out.append(r)
+            chunks = b""
+    return out
+
+
+def wandb_history(run_file) -> dict[int, dict[str, float]]:
+    """{step: {key: value}} of a W&B run file (W&B's own `_` keys left out)."""
+    hist: dict[int, dict[str, float]] = {}
+    for r in wandb_records(run_file):
+        if r.WhichOneof("record_type") == "history":
+            items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                     for i in r.history.item}
+            step = r.history.step.num
+            assert step not in hist, f"step {step} twice in one W&B run file"
+            hist[step] = {k: v for k, v in items.items() if not k.startswith("_")}
+    return hist
+
+
+def wandb_config(run_file) -> dict:
+    out = {}
+    for r in wandb_records(run_file):
+        if r.WhichOneof("record_type") in ("config", "run"):
+            items = r.config.update if r.HasField("config") else r.run.config.update
+            out.update({i.key: json.loads(i.value_json) for i in items})
+    return out
+
+
+def jsonl_scalars(out_dir) -> dict[str, list[tuple[int, float]]]:
+    from gpt_jax.metrics import read_metrics
+    from gpt_jax.tracking import scalars
+    out: dict[str, list] = {}
+    for row in read_metrics(str(out_dir)):
+        for k, v in scalars(row).items():
+            out.setdefault(k, []).append((row["step"], v))
+    return out
+
+
+def assert_same_series(got, want, what):
+    assert sorted(got) == sorted(want), what
+    for tag in want:
+        g, w = got[tag], want[tag]
+        assert [s for s, _ in g] == [s for s, _ in w], f"{what}: {tag} steps"
+        # TensorBoard stores float32
+        np.testing.assert_allclose([v for _, v in g], np.float32([v for _, v in w]),
+                                   rtol=1e-6, err_msg=f"{what}: {tag}")
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch, tmp_path):
+    pytest.importorskip("wandb", reason="the `track` extra (wandb) is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+
+
+# -- the flags ----------------------------------------------------------------------------------
+
+def test_log_to_and_profile_steps_are_checked():
+    from gpt_jax.profiling import parse_profile_steps
+    from gpt_jax.tracking import parse_log_to
+    assert parse_log_to("tensorboard, wandb") == ("jsonl", "tensorboard", "wandb")
+    assert parse_log_to("") == parse_log_to("jsonl") == ("jsonl",)
+    assert parse_profile_steps("") is None and parse_profile_steps("10:15") == (10, 15)
+    for bad, msg in [(dict(log_to="tensorbord"), "unknown tracker.*'tensorbord'.*choose from"),
+                     (dict(profile_steps="10"), "START:END"),
+                     (dict(profile_steps="a:b"), "START:END"),
+                     (dict(profile_steps="5:5"), "0 <= START < END"),
+                     (dict(profile_steps="-1:3"), "0 <= START < END"),
+                     (dict(profile_steps="2:9", max_iters=8), "ends after max_iters")]:
+        with pytest.raises(ConfigError, match=msg) as e:
+            tc_for("out", **bad)
+        assert "\n" not in str(e.value)
+
+
+def test_a_missing_tracker_package_names_the_extra(monkeypatch):
+    import importlib.util
+    from gpt_jax import tracking
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "wandb" else real(n, *a))
+    tracking.check_installed(["jsonl", "tensorboard"])
+    with pytest.raises(UserError, match=r"--log_to wandb needs the package wandb.*"
+                                        r"pip install 'gpt-jax\[track\]'"):
+        tracking.check_installed(["jsonl", "wandb"])
+
+
+def test_scalars_take_every_number_of_a_row():
+    """A key added to a row (e.g. a health metric) reaches the trackers with no change."""
+    from gpt_jax.tracking import scalars
+    assert scalars({"kind": "train", "step": 5, "loss": 2.5, "new_metric": 7, "clipped": True,
+                    "note": "x"}) == {"train/loss": 2.5, "train/new_metric": 7.0,
+                                      "train/clipped": 1.0}
+    assert scalars({"kind": "eval_task", "step": 5, "task": "text", "ppl": 9.5}) == \
+        {"eval_task/text/ppl": 9.5}
+
+
+# -- the trackers in a run ----------------------------------------------------------------------
+
+def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_path,
+                                                              offline_wandb):
+    """A run to step 4, then a resume from step 2 (--resume_step) to step 6: TensorBoard's
+    reader sees exactly metrics.jsonl's scalars (train, eval and eval_task rows; the re-run
+    steps 3-4 once, with the resumed run's values); W&B's offline files hold them too, in one
+    run id, each step once; both carry the run's config."""
+    pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
+    from gpt_jax.trainer import Trainer
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "out"
+    tc = tc_for(out, log_to="tensorboard,wandb", eval_tasks=f"text={text}", eval_task_limit=40)
+    Trainer(tc, **QUIET).fit()
+    first = jsonl_scalars(out)
+    assert {"train/loss", "train/grad_norm", "eval/val_loss", "eval_task/text/ppl"} <= set(first)
+    assert_same_series(tensorboard_scalars(str(out / "tensorboard")), first, "tensorboard")
+    (run1,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
+    hist1 = wandb_history(run1)
+    assert_same_series({t: [(s, hist1[s][t]) for s in sorted(hist1) if t in hist1[s]]
+                        for t in first}, first, "wandb")
+    assert wandb_config(run1)["log_to"] == "tensorboard,wandb"
+
+    Trainer(tc.replace(init_from="resume", resume_step=2, max_iters=6), **QUIET).fit()
+    final = jsonl_scalars(out)
+    assert [s for s, _ in final["train/loss"]] == [1, 2, 3, 4, 5, 6]
+    # the resumed run's own rows replaced steps 3-4 (its `time` differs from the first run's)
+    assert final["train/time"][2] != first["train/time"][2]
+    assert_same_series(tensorboard_scalars(str(out / "tensorboard")), final,
+                       "tensorboard after resume")
+    assert len(glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))) == 2
+    # W&B: the same run continued; its history only grows, so steps 3-4 were not sent again
+    runs = sorted(glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb")))
+    assert len(runs) == 2 and {os.path.basename(r) for r in runs} == {os.path.basename(run1)}
+    hist2 = wandb_history(next(r for r in runs if r != run1))
+    assert sorted(hist2) == [5, 6]
+    later = {t: [(s, v) for s, v in final[t] if s > 4] for t in final}
+    assert_same_series({t: [(s, hist2[s][t]) for s in sorted(hist2) if t in hist2[s]]
+                        for t in later if later[t]}, {t: v for t, v in later.items() if v},
+                       "wandb after resume")
+
+
+def test_profile_steps_writes_a_trace(builtin_data, tmp_path):
+    from gpt_jax.trainer import Trainer
+    out = tmp_path / "out"
+    Trainer(tc_for(out, max_iters=3, eval_interval=3, profile_steps="1:3"), **QUIET).fit()
+    traces = glob.glob(str(out / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    perfetto = glob.glob(str(out / "profile" / "plugins" / "profile" / "*" / "*.trace.json.gz"))
+    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0, traces
+    assert len(perfetto) == 1 and os.path.getsize(perfetto[0]) > 0, perfetto
