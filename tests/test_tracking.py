@@ -161,6 +161,7 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
     steps 3-4 once, with the resumed run's values); W&B's offline files hold them too, in one
     run id, each step once; both carry the run's config."""
     pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
+    pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
     from gpt_jax.trainer import Trainer
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
