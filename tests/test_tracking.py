@@ -49,6 +49,8 @@ def wandb_records(path):
         if kind == 0 and length == 0:   # zero padding
             pos += room
             continue
+        if pos + 7 + length > len(data):   # a record still being written
+            break
         chunks += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):   # FULL, LAST
@@ -59,10 +61,24 @@ def wandb_records(path):
     return out
 
 
+def finished_records(run_file, timeout=60.0):
+    """The records of a finished run: W&B's service writes the file on its own after
+    run.finish() returns, so wait for the run's exit record (a process that ends waits for
+    the service; a test that reads at once may find a file half written)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or \
+                time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def wandb_history(run_file) -> dict[int, dict[str, float]]:
     """{step: {key: value}} of a W&B run file (W&B's own `_` keys left out)."""
     hist: dict[int, dict[str, float]] = {}
-    for r in wandb_records(run_file):
+    for r in finished_records(run_file):
         if r.WhichOneof("record_type") == "history":
             items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json)
                      for i in r.history.item}
@@ -74,7 +90,7 @@ def wandb_history(run_file) -> dict[int, dict[str, float]]:
 
 def wandb_config(run_file) -> dict:
     out = {}
-    for r in wandb_records(run_file):
+    for r in finished_records(run_file):
         if r.WhichOneof("record_type") in ("config", "run"):
             items = r.config.update if r.HasField("config") else r.run.config.update
             out.update({i.key: json.loads(i.value_json) for i in items})
@@ -197,10 +213,15 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
 
 
 def test_profile_steps_writes_a_trace(builtin_data, tmp_path):
+    """--profile_steps 1:3 traces the updates from step 1 to step 3, and only those: an
+    xplane.pb for TensorBoard and a Perfetto trace whose step markers are 1 and 2."""
+    import gzip
     from gpt_jax.trainer import Trainer
     out = tmp_path / "out"
-    Trainer(tc_for(out, max_iters=3, eval_interval=3, profile_steps="1:3"), **QUIET).fit()
-    traces = glob.glob(str(out / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
-    perfetto = glob.glob(str(out / "profile" / "plugins" / "profile" / "*" / "*.trace.json.gz"))
-    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0, traces
-    assert len(perfetto) == 1 and os.path.getsize(perfetto[0]) > 0, perfetto
+    Trainer(tc_for(out, max_iters=4, eval_interval=4, profile_steps="1:3"), **QUIET).fit()
+    (run,) = glob.glob(str(out / "profile" / "plugins" / "profile" / "*"))
+    (xplane,) = glob.glob(os.path.join(run, "*.xplane.pb"))
+    assert os.path.getsize(xplane) > 0
+    with gzip.open(os.path.join(run, "perfetto_trace.json.gz")) as f:
+        events = json.load(f)["traceEvents"]
+    assert {e["args"]["step_num"] for e in events if e.get("name") == "train"} == {"1", "2"}
