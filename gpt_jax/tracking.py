@@ -83,6 +83,9 @@ class TensorBoard:
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def close(self, failed: bool = False) -> None:
         self.writer.close()
 
@@ -138,6 +141,9 @@ class WandB:
             self.last = step
             self._save()
 
+    def flush(self) -> None:
+        pass   # run.log hands each row to W&B's service process at once
+
     def close(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)
 
@@ -165,6 +171,12 @@ class Trackers:
         values = scalars(row)
         for t in self.trackers:
             t.log(int(row["step"]), values)
+
+    def flush(self) -> None:
+        """Everything logged so far onto the disk (before a checkpoint: a run killed after it
+        resumes there, and the trackers must already hold the steps up to it)."""
+        for t in self.trackers:
+            t.flush()
 
     def close(self, failed: bool = False) -> None:
         """Flush and close each tracker (all of them, even when one fails)."""

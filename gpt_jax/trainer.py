@@ -368,6 +368,8 @@ class Trainer:
             self._say(eval_tasks.format_row(row))
         if self.main:
             plot_loss(self.out_dir)
+        if self.trackers is not None:   # the rows up to the checkpoint saved next
+            self.trackers.flush()
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
     def _say(self, msg: str) -> None:

@@ -213,15 +213,32 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
 
 
 def test_profile_steps_writes_a_trace(builtin_data, tmp_path):
-    """--profile_steps 1:3 traces the updates from step 1 to step 3, and only those: an
-    xplane.pb for TensorBoard and a Perfetto trace whose step markers are 1 and 2."""
+    """--profile_steps 1:2 traces the update from step 1 to step 2, and only it: an
+    xplane.pb for TensorBoard and a Perfetto trace whose one step marker is 1."""
     import gzip
     from gpt_jax.trainer import Trainer
     out = tmp_path / "out"
-    Trainer(tc_for(out, max_iters=4, eval_interval=4, profile_steps="1:3"), **QUIET).fit()
+    Trainer(tc_for(out, max_iters=3, eval_interval=3, profile_steps="1:2"), **QUIET).fit()
     (run,) = glob.glob(str(out / "profile" / "plugins" / "profile" / "*"))
     (xplane,) = glob.glob(os.path.join(run, "*.xplane.pb"))
     assert os.path.getsize(xplane) > 0
     with gzip.open(os.path.join(run, "perfetto_trace.json.gz")) as f:
         events = json.load(f)["traceEvents"]
-    assert {e["args"]["step_num"] for e in events if e.get("name") == "train"} == {"1", "2"}
+    assert {e["args"]["step_num"] for e in events if e.get("name") == "train"} == {"1"}
+
+
+def test_flush_puts_the_rows_on_disk_before_a_checkpoint(tmp_path):
+    """The trainer flushes at each evaluation, before the checkpoint: a run killed after it
+    must not leave TensorBoard without the steps the resumed run starts after."""
+    pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
+    pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
+    from gpt_jax.tracking import Trackers
+    t = Trackers("tensorboard", str(tmp_path), {"seed": 1}, 0)
+    rows = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in (1, 2)]
+    for r in rows:
+        t.log(r)
+    assert tensorboard_scalars(str(tmp_path / "tensorboard")) == {}   # still queued
+    t.flush()
+    assert_same_series(tensorboard_scalars(str(tmp_path / "tensorboard")),
+                       jsonl_scalars(tmp_path), "tensorboard after flush")
+    t.close()
