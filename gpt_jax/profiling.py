@@ -79,10 +79,15 @@ class StepProfiler:
         if self.active and step >= self.window[1]:
             self.close()
 
-    def close(self) -> None:
-        if self._step_ann is not None:
-            self._step_ann.__exit__(None, None, None)
-            self._step_ann = None
-        if self.active:
-            self.active = False
-            jax.profiler.stop_trace()
+    def close(self, quiet: bool = False) -> None:
+        """quiet: after an error, which is the one to see."""
+        try:
+            if self._step_ann is not None:
+                self._step_ann, ann = None, self._step_ann
+                ann.__exit__(None, None, None)
+            if self.active:
+                self.active = False
+                jax.profiler.stop_trace()
+        except Exception:  # noqa: BLE001
+            if not quiet:
+                raise

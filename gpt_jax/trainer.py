@@ -226,6 +226,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train (_fit: from the state's step to max_iters), then close the trackers whatever
+        happened, a failed compile too (a W&B run left open would swallow the next one)."""
+        try:
+            out = self._fit()
+        except BaseException:
+            self._close_trackers(failed=True)
+            raise
+        self._close_trackers(failed=False)
+        return out
+
+    def _fit(self) -> dict:
         """Train from the state's step to max_iters, evaluating and saving every
         eval_interval steps and at the end. A SIGINT/SIGTERM stops at the next step boundary
         and saves that step (when it trained one). Returns the final step, elapsed time,
@@ -305,13 +316,11 @@ class Trainer:
             if self.stop_signal is not None:
                 self._stop_message(mngr, step, start, bar)
         except BaseException:
-            profiler.close()
+            profiler.close(quiet=True)
             self._shut(bar, mngr, handlers, quiet=True)   # the first error is the one to see
-            self._close_trackers(failed=True)
             raise
         profiler.close()
         self._shut(bar, mngr, handlers, quiet=False)
-        self._close_trackers(failed=False)
         return {"step": step, "elapsed": self.elapsed, "stopped_by_signal": self.stop_signal,
                 "saved_step": self.saved_step, **last}
 
