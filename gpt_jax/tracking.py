@@ -58,10 +58,23 @@ def check_installed(names) -> None:
 
 def scalars(row: dict) -> dict[str, float]:
     """A metrics.jsonl row's numbers as tracker scalars: {"train/loss": 3.2, ...};
-    eval_task rows are named by their task too (eval_task/hellaswag/acc)."""
+    eval_task rows are named by their task too (eval_task/hellaswag/acc), and a dict value
+    (e.g. per-layer norms) gives one scalar per entry (train/grad_norms/h_0). Strings and
+    lists are not scalars."""
     prefix = row["kind"] + (f"/{row['task']}" if "task" in row else "")
-    return {f"{prefix}/{k}": float(v) for k, v in row.items()
-            if k not in NOT_SCALARS and isinstance(v, (int, float))}
+    out: dict[str, float] = {}
+
+    def add(name, v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                add(f"{name}/{k}", x)
+        elif isinstance(v, (int, float)):
+            out[name] = float(v)
+
+    for k, v in row.items():
+        if k not in NOT_SCALARS:
+            add(f"{prefix}/{k}", v)
+    return out
 
 
 class TensorBoard:

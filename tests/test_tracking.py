@@ -162,8 +162,9 @@ def test_scalars_take_every_number_of_a_row():
     """A key added to a row (e.g. a health metric) reaches the trackers with no change."""
     from gpt_jax.tracking import scalars
     assert scalars({"kind": "train", "step": 5, "loss": 2.5, "new_metric": 7, "clipped": True,
-                    "note": "x"}) == {"train/loss": 2.5, "train/new_metric": 7.0,
-                                      "train/clipped": 1.0}
+                    "note": "x", "norms": {"h_0": 0.5, "h_1": {"attn": 2}}}) == \
+        {"train/loss": 2.5, "train/new_metric": 7.0, "train/clipped": 1.0,
+         "train/norms/h_0": 0.5, "train/norms/h_1/attn": 2.0}
     assert scalars({"kind": "eval_task", "step": 5, "task": "text", "ppl": 9.5}) == \
         {"eval_task/text/ppl": 9.5}
 
