@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import shutil
+import time
 
 from gpt_jax.errors import ConfigError, UserError
 from gpt_jax.metrics import append_metrics, restart_metrics
@@ -78,23 +79,38 @@ def scalars(row: dict) -> dict[str, float]:
 
 
 class TensorBoard:
-    """Event files in out_dir/tensorboard, written by tensorboardX."""
+    """Event files in out_dir/tensorboard, written by tensorboardX's synchronous
+    EventsWriter (SummaryWriter queues events for a thread, and its flush() does not wait for
+    the queue: a checkpoint could get ahead of the events). One event per row."""
 
     def __init__(self, out_dir: str, config: dict, start: int):
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.summary import text
+        self.Event = Event
         logdir = os.path.join(out_dir, TB_DIR)
         if start == 0:   # a new run: no events of an earlier one under the same logdir
             shutil.rmtree(logdir, ignore_errors=True)
-        # purge_step: readers drop the earlier files' events at steps >= it, which this run
-        # writes again (the rows at `start` itself came before its checkpoint: kept)
-        self.writer = SummaryWriter(logdir, purge_step=start + 1 if start else None,
-                                    flush_secs=10)
+        os.makedirs(logdir, exist_ok=True)
+        # named events.out.tfevents.<seconds>.<host>.<start>: readers load files in name order
+        self.writer = EventsWriter(os.path.join(logdir, "events"), f".{start:012d}")
+        if start:
+            # a restart marker (what SummaryWriter(purge_step=) writes): readers drop the
+            # earlier files' events at steps >= start + 1, which this run writes again (the
+            # rows at `start` itself came before its checkpoint: kept)
+            self.writer.write_event(Event(wall_time=time.time(), step=start + 1,
+                                          session_log=SessionLog(status=SessionLog.START)))
         table = "\n".join(f"| {k} | {v!r} |" for k, v in config.items())
-        self.writer.add_text("config", f"| key | value |\n|---|---|\n{table}", start)
+        self._write(start, text("config", f"| key | value |\n|---|---|\n{table}"))
+        self.writer.flush()
+
+    def _write(self, step: int, summary) -> None:
+        self.writer.write_event(self.Event(wall_time=time.time(), step=step, summary=summary))
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(k, v, step)
+        from tensorboardX.proto.summary_pb2 import Summary
+        self._write(step, Summary(value=[Summary.Value(tag=k, simple_value=v)
+                                         for k, v in values.items()]))
 
     def flush(self) -> None:
         self.writer.flush()

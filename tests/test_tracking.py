@@ -238,7 +238,7 @@ def test_flush_puts_the_rows_on_disk_before_a_checkpoint(tmp_path):
     rows = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in (1, 2)]
     for r in rows:
         t.log(r)
-    assert tensorboard_scalars(str(tmp_path / "tensorboard")) == {}   # still queued
+    assert tensorboard_scalars(str(tmp_path / "tensorboard")) == {}   # buffered until flush
     t.flush()
     assert_same_series(tensorboard_scalars(str(tmp_path / "tensorboard")),
                        jsonl_scalars(tmp_path), "tensorboard after flush")
