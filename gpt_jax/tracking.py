@@ -9,8 +9,8 @@ tracker with no change here.
     trackers.close()
 
 Resume (start > 0): metrics.jsonl drops its rows past `start`; TensorBoard starts a new event
-file in the same logdir whose purge step hides the old files' events past `start` from
-readers; W&B continues the same run (its id is kept in out_dir/wandb/gpt_jax_run.json) and,
+file in the same logdir whose restart marker (tensorboardX's purge_step) hides the old files'
+events past `start` from readers; W&B continues the same run (its id is kept in out_dir/wandb/gpt_jax_run.json) and,
 as its history only grows, skips the steps it already holds. A run from step 0 starts all
 three afresh.
 """
