@@ -174,19 +174,17 @@ def test_scalars_take_every_number_of_a_row():
 def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_path,
                                                               offline_wandb):
     """A run to step 4, then a resume from step 2 (--resume_step) to step 6: TensorBoard's
-    reader sees exactly metrics.jsonl's scalars (train, eval and eval_task rows; the re-run
-    steps 3-4 once, with the resumed run's values); W&B's offline files hold them too, in one
-    run id, each step once; both carry the run's config."""
+    reader sees exactly metrics.jsonl's scalars (train and eval rows; the re-run steps 3-4
+    once, with the resumed run's values); W&B's offline files hold them too, in one run id,
+    each step once; both carry the run's config. (eval_task rows: the next test.)"""
     pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
     pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
     from gpt_jax.trainer import Trainer
-    text = tmp_path / "text.txt"
-    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "out"
-    tc = tc_for(out, log_to="tensorboard,wandb", eval_tasks=f"text={text}", eval_task_limit=40)
+    tc = tc_for(out, log_to="tensorboard,wandb")
     Trainer(tc, **QUIET).fit()
     first = jsonl_scalars(out)
-    assert {"train/loss", "train/grad_norm", "eval/val_loss", "eval_task/text/ppl"} <= set(first)
+    assert {"train/loss", "train/grad_norm", "eval/val_loss"} <= set(first)
     assert_same_series(tensorboard_scalars(str(out / "tensorboard")), first, "tensorboard")
     (run1,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
     hist1 = wandb_history(run1)
@@ -228,18 +226,28 @@ def test_profile_steps_writes_a_trace(builtin_data, tmp_path):
     assert {e["args"]["step_num"] for e in events if e.get("name") == "train"} == {"1"}
 
 
-def test_flush_puts_the_rows_on_disk_before_a_checkpoint(tmp_path):
-    """The trainer flushes at each evaluation, before the checkpoint: a run killed after it
-    must not leave TensorBoard without the steps the resumed run starts after."""
+def test_every_row_kind_reaches_the_trackers_and_flush_writes_it(tmp_path, offline_wandb):
+    """train, eval and eval_task rows (as the trainer writes them) in TensorBoard and W&B.
+    The trainer flushes at each evaluation, before the checkpoint: a run killed after it must
+    not leave TensorBoard without the steps the resumed run starts after."""
     pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
     pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
     from gpt_jax.tracking import Trackers
-    t = Trackers("tensorboard", str(tmp_path), {"seed": 1}, 0)
-    rows = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in (1, 2)]
-    for r in rows:
-        t.log(r)
+    t = Trackers("tensorboard,wandb", str(tmp_path), {"seed": 1}, 0)
+    for s in (1, 2):
+        t.log({"kind": "train", "step": s, "loss": 1.0 / s, "tokens": 512 * s})
+    t.log({"kind": "eval", "step": 2, "train_loss": 0.4, "val_loss": 0.6, "time": 1.5})
+    t.log({"kind": "eval_task", "step": 2, "task": "hellaswag", "n": 10, "acc": 0.3,
+           "acc_norm": 0.4, "seconds": 2.0})
     assert tensorboard_scalars(str(tmp_path / "tensorboard")) == {}   # buffered until flush
     t.flush()
-    assert_same_series(tensorboard_scalars(str(tmp_path / "tensorboard")),
-                       jsonl_scalars(tmp_path), "tensorboard after flush")
+    want = jsonl_scalars(tmp_path)
+    assert {"eval_task/hellaswag/acc_norm", "eval/val_loss", "train/loss"} <= set(want)
+    assert_same_series(tensorboard_scalars(str(tmp_path / "tensorboard")), want,
+                       "tensorboard after flush")
     t.close()
+    (run,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+    hist = wandb_history(run)
+    assert_same_series({k: [(s, hist[s][k]) for s in sorted(hist) if k in hist[s]]
+                        for k in want}, want, "wandb")
+    assert wandb_config(run)["seed"] == 1
