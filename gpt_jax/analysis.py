@@ -16,6 +16,7 @@ and writes them all to --json.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -137,14 +138,19 @@ def group_stats(named: dict[str, np.ndarray], n_layer: int) -> dict:
     return out
 
 
-def residual_stream_std(params, cfg: GPTConfig, tokens) -> list[float]:
-    """The std of the residual stream after the embeddings and after each block."""
+@functools.partial(jax.jit, static_argnums=1)
+def _residual_stds(params, cfg: GPTConfig, tokens):
     is_block = lambda mdl, _: isinstance(mdl, Block)
     _, state = GPT(cfg).apply({"params": params}, tokens, capture_intermediates=is_block)
     inter = state["intermediates"]
     emb = params["wte"]["embedding"][tokens] + params["wpe"]["embedding"][:tokens.shape[1]]
-    return [float(jnp.std(emb))] + [float(jnp.std(inter[f"h_{i}"]["__call__"][0][0]))
-                                    for i in range(cfg.n_layer)]
+    return jnp.stack([jnp.std(emb)] + [jnp.std(inter[f"h_{i}"]["__call__"][0][0])
+                                       for i in range(cfg.n_layer)])
+
+
+def residual_stream_std(params, cfg: GPTConfig, tokens) -> list[float]:
+    """The std of the residual stream after the embeddings and after each block."""
+    return [float(x) for x in _residual_stds(params, cfg, tokens)]
 
 
 def init_section(cfg: GPTConfig = GPT2, hf: bool = True, seq: int = 64) -> dict:
@@ -203,8 +209,8 @@ def parity_section(cfg: GPTConfig = GPT2, batch: int = 2, seq: int = 64) -> dict
         nano = torch.nn.functional.cross_entropy(                  # x = t[:-1], y = t[1:]
             model(input_ids=x[:, :-1]).logits.reshape(-1, hf_logits.shape[-1]),
             x[:, 1:].reshape(-1))
-    ours_logits = np.asarray(GPT(cfg).apply({"params": params}, jnp.asarray(tokens)))
-    ours_loss = float(loss_fn(params, cfg, jnp.asarray(tokens)))
+    ours_logits = np.asarray(jax.jit(GPT(cfg).apply)({"params": params}, jnp.asarray(tokens)))
+    ours_loss = float(jax.jit(loss_fn, static_argnums=1)(params, cfg, jnp.asarray(tokens)))
     unfused = float(cross_entropy(ours_logits[:, :-1], tokens[:, 1:]))
     diff = np.abs(ours_logits - hf_logits[..., :ours_logits.shape[-1]])
     return {"batch": batch, "seq": seq + 1,
@@ -235,8 +241,9 @@ def tying_section(cfg: GPTConfig, batch: int = 4, seq: int = 64) -> dict:
     embedding's only the rows of tokens in the batch)."""
     params = randomised(init_params(cfg, jax.random.key(0)), jax.random.key(1))
     tokens = jax.random.randint(jax.random.key(2), (batch, seq + 1), 0, cfg.n_real_vocab)
-    g_tied = jax.grad(loss_fn)(params, cfg, tokens)["wte"]["embedding"]
-    g_params, g_head = jax.grad(untied_loss, argnums=(0, 1))(
+    g_tied = jax.jit(jax.grad(loss_fn), static_argnums=1)(params, cfg, tokens)
+    g_tied = g_tied["wte"]["embedding"]
+    g_params, g_head = jax.jit(jax.grad(untied_loss, argnums=(0, 1)), static_argnums=2)(
         params, params["wte"]["embedding"], cfg, tokens)
     g_emb = g_params["wte"]["embedding"]
     rows = lambda g: int(jnp.sum(jnp.any(g != 0, axis=1)))
@@ -268,7 +275,8 @@ def dropout_section(cfg: GPTConfig, hf: bool = True, timed: bool = True,
     deterministic off, counted by intercepting them; Hugging Face's nn.Dropout modules with
     p > 0 (embd_pdrop, attn_pdrop, two resid_pdrop per block). Then its cost, timed."""
     c = cfg.replace(dropout=0.1)
-    params = init_params(c, jax.random.key(0))
+    from gpt_jax.model import param_shapes
+    params = param_shapes(c)
     sites = []
 
     def count(next_fun, args, kwargs, context):
@@ -279,9 +287,9 @@ def dropout_section(cfg: GPTConfig, hf: bool = True, timed: bool = True,
                 sites.append(mod.name)
         return next_fun(*args, **kwargs)
     tokens = jnp.zeros((1, 8), jnp.int32)
-    with nn.intercept_methods(count):
-        GPT(c).apply({"params": params}, tokens, deterministic=False,
-                     rngs={"dropout": jax.random.key(1)})
+    with nn.intercept_methods(count):         # counted while tracing: nothing is compiled
+        jax.eval_shape(lambda p: GPT(c).apply({"params": p}, tokens, deterministic=False,
+                                              rngs={"dropout": jax.random.key(1)}), params)
     out = {"ours_sites": len(sites), "expected_1_plus_3L": 1 + 3 * cfg.n_layer}
     if hf:
         import torch

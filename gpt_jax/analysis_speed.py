@@ -151,6 +151,7 @@ def cache_speed(params, cfg: GPTConfig, *, prompt_len: int = 16, new_tokens: int
                    "min_over_ours": t.min / times["ours"].min,
                    "same_tokens_as_ours": bool(np.array_equal(outs[name], outs["ours"]))}
             for name, t in times.items()}
+    rows["growing"]["compiles"] = growing.traces   # N - 1: the timed calls compiled nothing
     cold = GrowingDecoder(cfg)               # an empty compile cache
     t0 = _now()
     cold_out = np.asarray(cold(params, prompt, cold_tokens))

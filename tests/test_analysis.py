@@ -10,7 +10,6 @@ import pytest
 from gpt_jax import analysis, analysis_speed
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.generation import generate
 from gpt_jax.model import init_params
 
 torch = pytest.importorskip("torch")
@@ -26,13 +25,8 @@ def test_growing_cache_gives_our_tokens_with_a_compile_per_length():
     assert set(r) == {"ours", "growing", "uncached", "hf_dynamic_cache", "growing_first_call"}
     assert all(row["same_tokens_as_ours"] for row in r.values())
     assert r["growing_first_call"]["compiles"] == 3    # one per cache length: shapes grow
+    assert r["growing"]["compiles"] == 3               # warm calls reuse those programs
     assert r["ours"]["time_over_ours"] == 1.0
-    dec = analysis_speed.GrowingDecoder(CFG)           # batch 2, and warm calls reuse them
-    prompt = np.asarray(jax.random.randint(jax.random.key(1), (2, 8), 0, CFG.vocab_size))
-    np.testing.assert_array_equal(np.asarray(dec(params, prompt, 3)),
-                                  np.asarray(generate(params, CFG, prompt, 3, temperature=0)))
-    dec(params, prompt, 3)
-    assert dec.traces == 2
 
 
 def test_tied_and_untied_counts_differ_by_the_head():
