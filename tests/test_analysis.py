@@ -1,0 +1,100 @@
+"""gpt_jax.analysis (docs/analysis.md): each measured claim computed at a tiny size, and
+checked against what the claim says (not against a stored number)."""
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from gpt_jax import analysis, analysis_speed
+from gpt_jax.config import GPTConfig
+from gpt_jax.errors import UserError
+from gpt_jax.model import init_params
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+CFG = analysis_speed.TINY_SPEED_CFG    # 2 layers x 32, vocab 256: one compile cache
+
+
+def test_growing_cache_gives_our_tokens_with_a_compile_per_length():
+    params = init_params(CFG, jax.random.key(0))
+    r = analysis_speed.cache_speed(params, CFG, prompt_len=8, new_tokens=4, cold_tokens=4,
+                                   repeats=1)["decoders"]
+    assert set(r) == {"ours", "growing", "uncached", "hf_dynamic_cache", "growing_first_call"}
+    assert all(row["same_tokens_as_ours"] for row in r.values())
+    assert r["growing_first_call"]["compiles"] == 3    # one per cache length: shapes grow
+    assert r["growing"]["compiles"] == 3               # warm calls reuse those programs
+    assert r["ours"]["time_over_ours"] == 1.0
+
+
+def test_tied_and_untied_counts_differ_by_the_head():
+    r = analysis.params_section(CFG)
+    assert r["ours_tied"] == r["hf_tied"] and r["hf_lm_head_is_wte"]
+    assert r["hf_untied"] - r["hf_tied"] == CFG.vocab_size * CFG.n_embd == r["head_params"]
+    assert r["ours_untied"] == r["hf_untied"]
+    assert r["nanogpt_non_embedding"] == r["ours_tied"] - CFG.block_size * CFG.n_embd
+
+
+def test_init_std_follows_gpt2_and_hf():
+    cfg = GPTConfig(n_layer=4, n_head=2, n_embd=64, block_size=32, vocab_size=512)
+    r = analysis.init_section(cfg, seq=8)
+    for who in ("ours", "hf"):
+        for group, s in r[who].items():
+            if s["theory"]:
+                assert s["std"] == pytest.approx(s["theory"], rel=0.05), (who, group)
+            else:
+                assert s["std"] == 0 and s["mean"] == 0, (who, group)
+    assert r["ours"]["mlp.c_proj.kernel"]["theory"] == pytest.approx(0.02 / math.sqrt(8))
+    res = r["residual_stream_std"]
+    assert res["scaled_c_proj"][0] == res["unscaled_c_proj"][0]
+    assert res["growth_unscaled"] > res["growth_scaled"]
+
+
+def test_loss_shift_and_logits_match_hf():
+    r = analysis.parity_section(CFG, seq=8)
+    assert r["logits_max_abs_diff"] < 1e-4 * max(1.0, r["logits_std"])
+    assert r["loss_max_rel_diff"] < 1e-5
+
+
+def test_tied_gradient_is_the_sum_of_embedding_and_head_gradients():
+    r = analysis.tying_section(CFG, seq=8)
+    assert r["max_abs_diff_tied_vs_sum"] < 1e-6 * r["tied_grad_norm"] + 1e-7
+    assert r["rows_touched_by_embedding"] == r["distinct_input_tokens"] < r["vocab_rows"]
+    assert r["rows_touched_by_head"] == r["vocab_rows"]
+
+
+def test_is_causal_masks_top_left_at_a_decode_step():
+    r = analysis.masking_section()
+    assert r["is_causal_equals_first_value"] and r["is_causal_max_abs_error"] > 0.1
+
+
+def test_dropout_sites_and_decay_groups_match_hf():
+    d = analysis.dropout_section(CFG, timed=False)
+    assert d["ours_sites"] == d["expected_1_plus_3L"] == d["hf_dropout_modules"]
+    r = analysis.decay_section(CFG)
+    assert r["ours_decayed"] == r["hf_trainer_decayed"]
+    assert r["nanogpt_ndim_rule_disagreements"] == 0
+    C, L = CFG.n_embd, CFG.n_layer      # stacked: 4 biases, 2 LayerNorms x (scale, bias)
+    assert r["stacked_ndim_rule_wrong_tensors"] == 8
+    assert r["stacked_ndim_rule_wrong_params"] == L * (3 * C + C + 4 * C + C + 4 * C)
+
+
+def test_timed_sections_compute_and_agree():
+    a = analysis_speed.attention_speed((1, 16, 2, 8), repeats=1)["implementations"]
+    assert len(a) == 5 and all(row["max_abs_diff"] < 1e-5 for row in a.values())
+    lay = analysis_speed.layout_speed(16, 64, repeats=1)
+    assert lay["same_result"] and len(lay["products"]) == 4
+    lay = analysis.layout_section(CFG, timed=False)
+    assert lay["ours_transposed"] == 0 and lay["ours_same_shape"] == lay["hf_tensors"]
+    assert lay["nanogpt_transposed_on_import"] == 4 * CFG.n_layer
+
+
+def test_cli_writes_json_and_refuses_unknown_sections(tmp_path):
+    out = tmp_path / "a.json"
+    assert analysis.main(["--only", "masking", "--hf", "false", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["sections"]) == {"masking"} and "backend" in report["machine"]
+    with pytest.raises(UserError, match="unknown section"):
+        analysis.main(["--only", "masking,bogus"])
