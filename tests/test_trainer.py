@@ -165,7 +165,7 @@ def test_damaged_latest_step_and_resume_step(builtin_data, tmp_path):
     os.truncate(max(files, key=os.path.getsize), 100)
     resume = small_tc(tmp_path, init_from="resume")
     with pytest.raises(CheckpointError, match=r"step 4 .* is damaged: .*; intact steps: 2 "
-                                              r"\(continue from one with --resume_step N\)"):
+                                              r"\(continue from the latest with --resume_step 2\)"):
         Trainer(resume.replace(max_iters=6), **QUIET)
     logs = []
     t = Trainer(resume.replace(resume_step=2), progress=False, log=logs.append)
