@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import threading
 from typing import Any, Optional
@@ -68,16 +69,23 @@ def remove_partial(out_dir_or_path: str, step: int) -> list[str]:
 
 
 def _oserror_text(e: BaseException) -> str:
-    """The first useful line of a save error: an OSError's strerror, else the first line."""
+    """Why a save failed, in a few words: an OSError's strerror (a full disk, a read-only
+    mount, permissions), found in TensorStore's long text too, else its first line clipped at
+    a word boundary."""
+    first = e
     while e is not None:
         if isinstance(e, OSError) and e.strerror:
             return e.strerror
-        nxt = e.__cause__ or e.__context__
-        if nxt is None:
-            break
-        e = nxt
-    text = str(e).strip().splitlines()
-    return (text[0][:200] if text else type(e).__name__)
+        m = re.search(r"(No space left on device|Disk quota exceeded|Read-only file system|"
+                      r"Permission denied|Input/output error)", str(e))
+        if m:
+            return m.group(1)
+        e = e.__cause__ or e.__context__
+    return storage_reason(first)
+
+
+class SaveFailed(CheckpointError):
+    """Writing a checkpoint failed (a full disk...): the partial step was removed."""
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, cfg: GPTConfig, *,
@@ -107,9 +115,11 @@ def save(mngr: ocp.CheckpointManager, step: int, params, cfg: GPTConfig, *,
         join_new_threads(before)
         remove_partial(where, step)
         kept = [s for s in _listed_steps(where) if s != step]
-        raise CheckpointError(f"could not save step {step} in {where}: {_oserror_text(e)}; "
-                              f"the partial step was removed and older checkpoints are kept "
-                              f"({describe_steps(kept)})") from None
+        raise SaveFailed(f"could not save step {step} in {where}: {_oserror_text(e)}; the "
+                         f"partial step was removed" + (f" and older checkpoints are kept "
+                                                        f"({describe_steps(kept)})" if kept
+                                                        else " (no checkpoint is on disk)")
+                         ) from None
 
 
 def _listed_steps(root: str) -> list[int]:
@@ -126,8 +136,9 @@ def save_checkpoint(out_dir: str, step: int, params, cfg: GPTConfig, *,
     cfg and NaN/inf values."""
     step = check_savable(step, params, cfg)   # before out_dir is created
     from gpt_jax.cli import writable_dir
+    from gpt_jax.run_lock import RunLock
     writable_dir(out_dir, "out_dir")
-    with manager(out_dir, max_to_keep=max_to_keep) as mngr:
+    with RunLock(out_dir), manager(out_dir, max_to_keep=max_to_keep) as mngr:  # not mid-run
         save(mngr, step, params, cfg, checked=True)
 
 

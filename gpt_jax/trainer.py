@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from typing import Optional
 
 import jax
@@ -34,6 +35,7 @@ from gpt_jax.integrity import NonFiniteError, check_savable, describe_steps
 from gpt_jax.metrics import append_metrics, plot_loss, restart_metrics
 from gpt_jax.model import count_params
 from gpt_jax.optimizer import make_optimizer
+from gpt_jax.run_lock import hold_out_dir
 from gpt_jax.stacking import unstack_tree
 from gpt_jax.steps import make_eval_step, make_train_step
 from gpt_jax.train_config import TrainConfig
@@ -87,6 +89,17 @@ class Trainer:
             init_from.check_steps_left(tc, 0, self.out_dir)
             init_from.check_init_from(tc.init_from)
         check_out_dir(tc)
+        # out_dir is this run's until fit() ends (or close()): before anything reads or writes
+        # there, so a second run on it stops here with one line naming this one
+        self.lock = hold_out_dir(tc.out_dir, writes=not tc.eval_only, log=self.log)
+        try:
+            self._build(tc, explicit, task_specs)
+        except BaseException:
+            self.close()
+            raise
+        weakref.finalize(self, self.lock.release)
+
+    def _build(self, tc: TrainConfig, explicit: set, task_specs) -> None:
         self.mesh = sh.make_mesh(tc.mesh)
         check_batch(tc, self.mesh)
         self.tx, self.schedule = make_optimizer(tc)
@@ -158,7 +171,7 @@ class Trainer:
     # -- checkpoints and metrics -------------------------------------------------------------
     def _append(self, row: dict) -> None:
         if self.main:
-            append_metrics(self.out_dir, row)
+            self._write("metrics.jsonl", append_metrics, self.out_dir, row)
 
     def _diverged(self, what: str, step: int) -> TrainingDiverged:
         """The error for a NaN/inf at `step`, saying what the disk holds now."""
@@ -175,6 +188,23 @@ class Trainer:
         return TrainingDiverged(f"{what} at step {step}: training stopped and step {step} was "
                                 f"not saved; {describe_steps(steps)} in "
                                 f"{ckpt.checkpoint_dir(self.out_dir)}. {advice}")
+
+    def _rerun_advice(self) -> str:
+        """After a failed write (a full disk): what to run once the disk is fixed, which
+        works as said: resume when a checkpoint is on disk, else the same command again."""
+        if ckpt.all_steps(self.out_dir):
+            return (f"Free space on that disk (or move {self.out_dir} to a larger one), then "
+                    f"continue with --init_from resume")
+        return ("Free space on that disk (or pass an --out_dir on a larger one), then run the "
+                "same command again")
+
+    def _write(self, what: str, fn, *args) -> None:
+        """metrics.jsonl / loss.png: a failed write (a full disk) is one line with advice."""
+        try:
+            fn(*args)
+        except OSError as e:
+            raise UserError(f"could not write {e.filename or what} in {self.out_dir}: "
+                            f"{e.strerror or e}. {self._rerun_advice()}") from None
 
     def save(self, mngr, step: int) -> None:
         """Every process calls this: orbax writes each process's shards and process 0 the
@@ -200,9 +230,8 @@ class Trainer:
         try:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
                       checked=True)
-        except CheckpointError as e:
-            raise CheckpointError(f"{e}. Free some space (or fix {self.out_dir}), then "
-                                  f"continue with --init_from resume") from None
+        except ckpt.SaveFailed as e:
+            raise CheckpointError(f"{e}. {self._rerun_advice()}") from None
         self.saved_step = step
 
     def _stop_requested(self) -> bool:
@@ -220,18 +249,29 @@ class Trainer:
         signal.signal(signum, signal.SIG_DFL)
 
     # -- the loop ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release out_dir (fit() does at its end, also on an error)."""
+        self.lock.release()
+
     def fit(self) -> dict:
         """Train from the state's step to max_iters, evaluating and saving every
         eval_interval steps and at the end. A SIGINT/SIGTERM stops at the next step boundary
         and saves that step (when it trained one). Returns the final step, elapsed time,
         the signal (if any), saved_step (the latest step on disk from this run or the one it
-        resumed; None: nothing on disk) and the last eval losses."""
+        resumed; None: nothing on disk) and the last eval losses. Releases out_dir at the
+        end."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         tc, state = self.tc, self.state
         start = int(state.step)
         init_from.check_steps_left(tc, start, f"the checkpoint in {self.out_dir}")
         os.makedirs(self.out_dir, exist_ok=True)
         if self.main:
-            restart_metrics(self.out_dir, start)
+            self._write("metrics.jsonl", restart_metrics, self.out_dir, start)
         n_params = count_params(self.cfg)
         fpt = flops_per_token(self.cfg, tc.model.block_size,
                               count_params(self.cfg, non_embedding=True))
@@ -346,7 +386,7 @@ class Trainer:
             self._append(row)
             self._say(eval_tasks.format_row(row))
         if self.main:
-            plot_loss(self.out_dir)
+            self._write("loss.png", plot_loss, self.out_dir)
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
     def _say(self, msg: str) -> None:
