@@ -99,10 +99,13 @@ class RunLock:
               "since": datetime.datetime.now(datetime.timezone.utc).strftime(
                   "%Y-%m-%d %H:%M:%S UTC"),
               "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, (json.dumps(me) + "\n").encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(me) + "\n").encode())
+            os.fsync(fd)
+        except OSError:   # a full disk: the flock alone still holds out_dir
+            pass
         self.fd = fd
         return self
 
