@@ -150,3 +150,85 @@ def test_step_flags_are_checked(run_dir, capfd):
     code, err, _ = cli_error(capfd, eval_cli.main, "--init_from", run_dir, "--task", "text",
                              "--step", "3")
     assert code == 1 and "no checkpoint for step 3" in err and "available: [2, 4]" in err, err
+
+
+class Disk:
+    """A small real file system (tmpfs, when this process may mount one) or, failing that,
+    orbax's writes patched to raise ENOSPC. fill(mb): make it mb MB; free(): make room."""
+
+    def __init__(self, path, monkeypatch):
+        self.path, self.mp, self.mounted = str(path), monkeypatch, False
+        os.makedirs(self.path)
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", self.path],
+                           check=True, capture_output=True, timeout=30)
+            self.mounted = True
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    def fill(self, mb):
+        if self.mounted:
+            subprocess.run(["mount", "-o", f"remount,size={mb}m", self.path], check=True)
+            return
+        import errno
+        from orbax.checkpoint._src.handlers import json_checkpoint_handler as j
+        # checkpoints here take ~20 MB; each writes two JSON items (meta, config)
+        saves, room = [0], 2 if mb >= 20 else 0
+
+        async def full(self, x, directory):
+            saves[0] += 1
+            if saves[0] > room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return await original(self, x, directory)
+        original = j.JsonCheckpointHandler._save_fn
+        self.mp.setattr(j.JsonCheckpointHandler, "_save_fn", full)
+
+    def free(self):
+        if self.mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", self.path], check=True)
+        else:
+            self.mp.undo()
+
+    def close(self):
+        if self.mounted:
+            subprocess.run(["umount", self.path], check=False)
+
+
+@pytest.fixture
+def disk(tmp_path, monkeypatch):
+    d = Disk(tmp_path / "disk", monkeypatch)
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("mb,saved", [(3, None), (30, 2)])
+def test_full_disk_is_one_line_and_its_advice_works(builtin_data, disk, capfd, mb, saved):
+    """3 MB: no checkpoint fits ("run the same command again"); 30 MB: step 2 fits, step 4
+    does not ("continue with --init_from resume"). Each advice, followed once there is
+    room, finishes the run."""
+    import train as train_cli
+    out = os.path.join(disk.path, "o")
+    argv = [*(f"--{k}={v}" for k, v in TINY.items()), "--max_iters=4", "--eval_interval=2",
+            f"--out_dir={out}"]
+    disk.fill(mb)
+    code, err, _ = cli_error(capfd, train_cli.main, *argv)
+    # the progress bar's redraws (\r) end before the one error line
+    bar, _, err = err.rpartition("\n" if err.count("\n") == 1 else "\nerror")
+    err = err if err.startswith("error") else "error" + err
+    assert code == 1 and err.startswith("error: could not save step") and err.count("\n") == 1, \
+        err[:3000]
+    assert "\n" not in bar.strip() and "Traceback" not in bar, bar
+    assert "No space left on device;" in err, err
+    from gpt_jax.checkpoint import all_steps
+    if saved is None:
+        assert "(no checkpoint is on disk)" in err and err.endswith(
+            "then run the same command again\n"), err
+        rerun = argv
+    else:
+        assert f"older checkpoints are kept (the latest checkpoint on disk is step {saved})" \
+            in err and err.endswith("then continue with --init_from resume\n"), err
+        rerun = [*argv, "--init_from=resume"]
+    assert all_steps(out) == ([] if saved is None else [saved])
+    disk.free()
+    code, err, out_text = cli_error(capfd, train_cli.main, *rerun)
+    assert code == 0 and "done: step 4" in out_text, err[-3000:]
