@@ -68,7 +68,7 @@ def _batch_size(value) -> Optional[int]:
 
 # a damaged latest checkpoint: how to pick an intact one (eval.py --harness --step N is
 # model_args step=N)
-STEP_HINT = "evaluate the latest with --step {step} (model_args step={step})"
+STEP_HINT = "evaluate the latest with --step {step}, or model_args step={step}"
 
 
 @register_model("gpt_jax")

@@ -232,3 +232,20 @@ def test_full_disk_is_one_line_and_its_advice_works(builtin_data, disk, capfd, m
     disk.free()
     code, err, out_text = cli_error(capfd, train_cli.main, *rerun)
     assert code == 0 and "done: step 4" in out_text, err[-3000:]
+
+
+def test_harness_model_names_its_step_argument(run_dir, tmp_path, capfd):
+    """eval.py --harness builds the lm-eval model "gpt_jax" from model_args: a damaged latest
+    step is one line naming --step / model_args step, and step=2 loads."""
+    pytest.importorskip("lm_eval")
+    from gpt_jax import CheckpointError
+    from gpt_jax.evals import GptJaxLM
+    d = damaged_copy(run_dir, str(tmp_path / "d"))
+    capfd.readouterr()
+    for _ in range(3):
+        with pytest.raises(CheckpointError, match=r"intact steps: 2 \(evaluate the latest with "
+                                                  r"--step 2, or model_args step=2\)$"):
+            GptJaxLM(init_from=d)
+    assert GptJaxLM(init_from=d, step="2").cfg.n_layer == 1
+    gc.collect()
+    assert capfd.readouterr().err == ""
