@@ -3,6 +3,7 @@
   python eval.py --init_from gpt2 --task hellaswag|lambada|text [--data PATH] [--stride N]
                  [--batch_size N] [--limit N] [--json FILE]
   python eval.py --init_from gpt2 --harness lambada_openai,hellaswag [--include_path DIR]
+  python eval.py --init_from out --step 400 --task text    # a chosen checkpoint step
 
 --init_from: a train.py out_dir (default: out), a gpt2* hub name or a Hugging Face directory.
 --task scores the standard file (downloaded into ~/.cache/gpt_jax/eval, or $GPT_JAX_CACHE) or
@@ -18,6 +19,8 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_from", default="out",
                    help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="a train.py out_dir's checkpoint step (default: the latest)")
     p.add_argument("--task", choices=TASKS, help="a built-in task")
     p.add_argument("--harness", metavar="TASKS",
                    help="comma-separated lm-evaluation-harness task names")
@@ -46,6 +49,8 @@ def parse_args(argv=None):
         p.error("--include_path applies to --harness")
     if args.stride is not None and args.task != "text":
         p.error("--stride applies to --task text only")
+    if args.step is not None and args.step < 0:
+        p.error(f"--step must be a checkpoint step (0 or more), got {args.step}")
     for name in ("stride", "batch_size", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -55,7 +60,8 @@ def parse_args(argv=None):
 def run_tasks(args):
     from gpt_jax import tasks
     result, table = tasks.evaluate(args.init_from, args.task, args.data, limit=args.limit,
-                                   batch_size=args.batch_size, stride=args.stride)
+                                   batch_size=args.batch_size, stride=args.stride,
+                                   step=args.step)
     print(table)
     if args.json:
         keys = ("task", "n", *tasks.METRICS[args.task])
@@ -71,7 +77,7 @@ def run_harness(args):
         raise UserError("--harness needs lm-evaluation-harness: pip install 'gpt-jax[eval]'") \
             from None
     results = evals.run_harness(args.init_from, args.harness, include_path=args.include_path,
-                                batch_size=args.batch_size, limit=args.limit)
+                                batch_size=args.batch_size, limit=args.limit, step=args.step)
     print(evals.results_table(results))
     if args.json:
         write_json(args.json, {"results": results["results"],

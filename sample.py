@@ -21,6 +21,8 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_from", default="out",
                    help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="a train.py out_dir's checkpoint step (default: the latest)")
     p.add_argument("--start", default="\n", help='prompt text, or FILE:path (default: "\\n")')
     p.add_argument("--num_samples", type=int, default=3)
     p.add_argument("--max_new_tokens", type=int, default=200)
@@ -41,6 +43,8 @@ def parse_args(argv=None):
     for name in ("num_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.step is not None and args.step < 0:
+        p.error(f"--step must be a checkpoint step (0 or more), got {args.step}")
     if not args.temperature >= 0:  # NaN too
         p.error(f"--temperature must be >= 0 (0 = greedy, inf = uniform over the top_k), "
                 f"got {args.temperature}")
@@ -64,13 +68,12 @@ def read_prompt(start: str) -> str:
                         f"{getattr(e, 'strerror', None) or e}")
 
 
-def load_model(init_from: str):
+def load_model(init_from: str, step=None):
     """A train.py out_dir (it has checkpoints/; the default `out` always means one, so a
-    missing one says "train first"); anything else is a gpt2* hub id or a Hugging Face dir."""
-    import gpt_jax
-    if init_from == "out" or os.path.isdir(os.path.join(init_from, "checkpoints")):
-        return gpt_jax.load_checkpoint(init_from)
-    return gpt_jax.from_hf(init_from)
+    missing one says "train first"): its latest step, or --step; anything else is a gpt2* hub
+    id or a Hugging Face directory."""
+    from gpt_jax.tasks import load_model
+    return load_model(init_from, step, step_hint="sample from the latest with --step {step}")
 
 
 def plan_batches(num_samples: int, batch_size, fit) -> tuple[int, int]:
@@ -93,7 +96,7 @@ def main():
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
 
     text = read_prompt(args.start)
-    params, cfg = load_model(args.init_from)
+    params, cfg = load_model(args.init_from, args.step)
     enc = gpt_jax.get_tokenizer()
     ids = enc.encode(text, allowed_special={EOT_TOKEN}) or [EOT_ID]
     if max(ids) >= cfg.vocab_size:

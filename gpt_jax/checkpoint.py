@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import os
+import re
 import shutil
 import threading
 from typing import Any, Optional
@@ -30,9 +30,9 @@ import orbax.checkpoint as ocp
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import CheckpointError, ConfigError
-from gpt_jax.integrity import (Damaged, check_savable, check_step, collect_quietly,
-                               describe_steps, first_non_finite, leaf_shapes,
-                               unreadable_reason)
+from gpt_jax.integrity import (Damaged, check_savable, check_step, describe_steps,
+                               first_non_finite, leaf_shapes, storage_reason, unreadable_reason)
+from gpt_jax.quiet_io import collect_quietly, draining_loops, errors_held, join_new_threads
 from gpt_jax.model import param_shapes
 
 CHECKPOINT_DIR = "checkpoints"
@@ -57,41 +57,6 @@ def manager(out_dir: str, *, max_to_keep: Optional[int] = 3, create: bool = True
 
 # -- save ------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _orbax_errors_held():
-    """Hold back the ERROR records (with tracebacks, one per failed thread) that orbax logs
-    while a save fails: the caller reports the failure in one line. Re-emitted if the save
-    went through after all."""
-    held: list[logging.LogRecord] = []
-
-    class Hold(logging.Filter):
-        def filter(self, record):
-            if record.levelno >= logging.ERROR:
-                held.append(record)
-                return False
-            return True
-
-    logger, hold = logging.getLogger("absl"), Hold()
-    logger.addFilter(hold)
-    try:
-        yield
-    except BaseException:
-        held.clear()
-        raise
-    finally:
-        logger.removeFilter(hold)
-        for record in held:
-            logger.handle(record)
-
-
-def _join_new_threads(before: set, timeout: float = 60.0) -> None:
-    """Wait for the writer threads a failed save started, so that none of them writes into
-    the partial directory after it is removed."""
-    for t in threading.enumerate():
-        if t not in before and t is not threading.current_thread():
-            t.join(timeout)
-
-
 def remove_partial(out_dir_or_path: str, step: int) -> list[str]:
     """Remove what an unfinished save of `step` left (process 0; paths removed)."""
     root = out_dir_or_path if os.path.basename(out_dir_or_path) == CHECKPOINT_DIR else \
@@ -104,16 +69,23 @@ def remove_partial(out_dir_or_path: str, step: int) -> list[str]:
 
 
 def _oserror_text(e: BaseException) -> str:
-    """The first useful line of a save error: an OSError's strerror, else the first line."""
+    """Why a save failed, in a few words: an OSError's strerror (a full disk, a read-only
+    mount, permissions), found in TensorStore's long text too, else its first line clipped at
+    a word boundary."""
+    first = e
     while e is not None:
         if isinstance(e, OSError) and e.strerror:
             return e.strerror
-        nxt = e.__cause__ or e.__context__
-        if nxt is None:
-            break
-        e = nxt
-    text = str(e).strip().splitlines()
-    return (text[0][:200] if text else type(e).__name__)
+        m = re.search(r"(No space left on device|Disk quota exceeded|Read-only file system|"
+                      r"Permission denied|Input/output error)", str(e))
+        if m:
+            return m.group(1)
+        e = e.__cause__ or e.__context__
+    return storage_reason(first)
+
+
+class SaveFailed(CheckpointError):
+    """Writing a checkpoint failed (a full disk...): the partial step was removed."""
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, cfg: GPTConfig, *,
@@ -136,16 +108,18 @@ def save(mngr: ocp.CheckpointManager, step: int, params, cfg: GPTConfig, *,
         items["opt_state"] = ocp.args.StandardSave(opt_state)
     before = set(threading.enumerate())
     try:
-        with _orbax_errors_held():
+        with errors_held(), draining_loops():
             mngr.save(step, args=ocp.args.Composite(**items), force=force)
             mngr.wait_until_finished()
     except Exception as e:  # a full disk, a lost mount, permissions: orbax's threads fail
-        _join_new_threads(before)
+        join_new_threads(before)
         remove_partial(where, step)
         kept = [s for s in _listed_steps(where) if s != step]
-        raise CheckpointError(f"could not save step {step} in {where}: {_oserror_text(e)}; "
-                              f"the partial step was removed and older checkpoints are kept "
-                              f"({describe_steps(kept)})") from None
+        raise SaveFailed(f"could not save step {step} in {where}: {_oserror_text(e)}; the "
+                         f"partial step was removed" + (f" and older checkpoints are kept "
+                                                        f"({describe_steps(kept)})" if kept
+                                                        else " (no checkpoint is on disk)")
+                         ) from None
 
 
 def _listed_steps(root: str) -> list[int]:
@@ -162,8 +136,9 @@ def save_checkpoint(out_dir: str, step: int, params, cfg: GPTConfig, *,
     cfg and NaN/inf values."""
     step = check_savable(step, params, cfg)   # before out_dir is created
     from gpt_jax.cli import writable_dir
+    from gpt_jax.run_lock import RunLock
     writable_dir(out_dir, "out_dir")
-    with manager(out_dir, max_to_keep=max_to_keep) as mngr:
+    with RunLock(out_dir), manager(out_dir, max_to_keep=max_to_keep) as mngr:  # not mid-run
         save(mngr, step, params, cfg, checked=True)
 
 
@@ -177,15 +152,22 @@ def delete_steps_after(mngr: ocp.CheckpointManager, step: int) -> list[int]:
 
 # -- restore ---------------------------------------------------------------------------------
 
-def _existing_manager(out_dir: str) -> ocp.CheckpointManager:
+@contextlib.contextmanager
+def _existing_manager(out_dir: str):
+    """A reading manager over out_dir/checkpoints; orbax calls inside finish their abandoned
+    reads before returning (gpt_jax/quiet_io.py), so a damaged step fails in one line."""
     path = checkpoint_dir(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CheckpointError(f"{out_dir} is a file, not a train.py out_dir: pass the directory "
+                              f"train.py wrote (it holds checkpoints/)")
     if not os.path.isdir(out_dir):
         raise CheckpointError(f"checkpoint directory {out_dir} does not exist: train a model "
                               f"first (python train.py --out_dir {out_dir}) or pass another one")
     if not os.path.isdir(path):
         raise CheckpointError(f"{out_dir} holds no checkpoints/ directory: it is not a "
                               f"train.py out_dir (train first, or pass the right --out_dir)")
-    return manager(out_dir, max_to_keep=None, create=False)
+    with draining_loops(), manager(out_dir, max_to_keep=None, create=False) as mngr:
+        yield mngr
 
 
 def resolve_step(mngr: ocp.CheckpointManager, out_dir: str, step: Optional[int]) -> int:
@@ -202,11 +184,20 @@ def resolve_step(mngr: ocp.CheckpointManager, out_dir: str, step: Optional[int])
     return step
 
 
-def _read_config(mngr, step: int, out_dir: str) -> GPTConfig:
+def _json_item(mngr, step: int, item: str):
+    """The JSON item (config, meta) of a step; Damaged saying what is missing or unreadable."""
+    where = os.path.join(str(mngr.directory), str(step), item)
+    if not os.path.isdir(where):
+        raise Damaged(f"its {item} directory {where} is missing")
     try:
-        raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    except Exception as e:  # noqa: BLE001 - a missing or unreadable JSON item
-        raise Damaged(f"its config cannot be read ({type(e).__name__})") from None
+        return mngr.restore(step, args=ocp.args.Composite(
+            **{item: ocp.args.JsonRestore()}))[item]
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable JSON file
+        raise Damaged(f"its {item} cannot be read: {storage_reason(e)}") from None
+
+
+def _read_config(mngr, step: int, out_dir: str) -> GPTConfig:
+    raw = _json_item(mngr, step, "config")
     try:
         if not isinstance(raw, dict):
             raise ConfigError(f"it is a {type(raw).__name__}, not an object")
@@ -222,13 +213,10 @@ def read_header(out_dir: str, step: Optional[int] = None, *,
         step = resolve_step(mngr, out_dir, step)
         try:
             cfg = _read_config(mngr, step, out_dir)
-            meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            meta = _json_item(mngr, step, "meta")
             return step, cfg, (meta if isinstance(meta, dict) else {})
         except Damaged as e:
             damage, others = str(e), [s for s in mngr.all_steps() if s != step]
-        except Exception as e:  # noqa: BLE001 - the meta item
-            damage = f"its meta cannot be read ({type(e).__name__})"
-            others = [s for s in mngr.all_steps() if s != step]
     raise _damaged_error(out_dir, step, damage, others, step_hint=step_hint)
 
 
@@ -278,7 +266,7 @@ def _restore_step(mngr, step: int, out_dir: str, cfg: GPTConfig, params_target,
         try:
             stored = _stored_shapes(mngr, step, item)
         except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
-            raise Damaged(f"its {item} metadata cannot be read ({type(e).__name__})") from None
+            raise Damaged(f"its {item} metadata cannot be read: {storage_reason(e)}") from None
         wanted = leaf_shapes(target)
         if stored != wanted:
             diff = sorted(set(stored) ^ set(wanted)) or \
@@ -325,7 +313,9 @@ def _damaged_error(out_dir: str, step: int, damage: str, others, *, params_targe
     good = intact_steps(out_dir, others, params_target=params_target,
                         opt_state_target=opt_state_target)
     if good:
-        tail = f"intact steps: {', '.join(map(str, good))} ({step_hint})"
+        # the hint names the latest intact step: advice that can be followed as it is
+        tail = (f"intact steps: {', '.join(map(str, good))} "
+                f"({step_hint.replace('{step}', str(good[-1]))})")
     else:
         tail = "no other intact step is on disk" + (
             f" (steps {', '.join(map(str, sorted(others)))} are damaged too)" if others else "")
@@ -341,7 +331,8 @@ def restore(out_dir: str, step: Optional[int] = None, *, params_target=None,
     params_target / opt_state_target: pytrees of arrays or ShapeDtypeStructs (with shardings)
     to restore onto; params default to the config's shapes on the first device. A damaged
     step (unreadable, or NaN/inf values) is a CheckpointError that names the intact steps;
-    step_hint says how the caller picks one (e.g. "--resume_step N").
+    step_hint says how the caller picks one; "{step}" in it becomes the latest intact step
+    (e.g. "continue from the latest with --resume_step {step}").
     """
     with _existing_manager(out_dir) as mngr:
         step = resolve_step(mngr, out_dir, step)
@@ -379,5 +370,5 @@ def load_checkpoint(out_dir: str, step: Optional[int] = None, *,
                     expected_config: Optional[GPTConfig] = None) -> tuple[dict, GPTConfig]:
     """(params, cfg) of the latest (or the given) step of a train.py out_dir."""
     r = restore(out_dir, step, expected_config=expected_config,
-                step_hint=f"load_checkpoint({out_dir!r}, step=N)")
+                step_hint=f"load the latest with load_checkpoint({out_dir!r}, step={{step}})")
     return r["params"], r["config"]

@@ -6,6 +6,7 @@
   # or: python eval.py --harness lambada_openai,hellaswag --init_from gpt2
 
 model_args: init_from (a train.py out_dir, a gpt2* hub name or a Hugging Face directory),
+step (an out_dir's checkpoint step; default the latest),
 dtype (float32 | bfloat16 compute), seed (for tasks that sample), max_gen_toks (default 256),
 plus the batch_size, max_batch_size and device that lm-eval passes. The answers are those of
 lm-eval's own "hf" backend on the same weights, request by request (tests/test_evals.py):
@@ -65,11 +66,16 @@ def _batch_size(value) -> Optional[int]:
     return n
 
 
+# a damaged latest checkpoint: how to pick an intact one (eval.py --harness --step N is
+# model_args step=N)
+STEP_HINT = "evaluate the latest with --step {step}, or model_args step={step}"
+
+
 @register_model("gpt_jax")
 class GptJaxLM(TemplateLM):
     """An lm-eval LM over a gpt_jax model (see the module docstring)."""
 
-    def __init__(self, init_from: Optional[str] = None, *, params=None, cfg=None,
+    def __init__(self, init_from: Optional[str] = None, *, params=None, cfg=None, step=None,
                  dtype: Optional[str] = None, seed: int = 1234, max_gen_toks: int = 256,
                  batch_size=None, max_batch_size=None, device: Optional[str] = None):
         super().__init__()
@@ -78,7 +84,8 @@ class GptJaxLM(TemplateLM):
             if init_from is None:
                 raise UserError("the gpt_jax model needs model_args init_from=... (a train.py "
                                 "out_dir, a gpt2* name or a Hugging Face directory)")
-            params, cfg = load_model(str(init_from))
+            params, cfg = load_model(str(init_from), None if step is None else int(step),
+                                     step_hint=STEP_HINT)
         elif cfg is None:
             raise UserError("pass cfg with params")
         if dtype is not None:
@@ -253,7 +260,8 @@ class GptJaxLM(TemplateLM):
 
 
 def run_harness(init_from: str, task_names: list[str], *, include_path: Optional[str] = None,
-                batch_size: Optional[int] = None, limit: Optional[int] = None) -> dict:
+                batch_size: Optional[int] = None, limit: Optional[int] = None,
+                step: Optional[int] = None) -> dict:
     """`python eval.py --harness`: lm_eval.simple_evaluate of the tasks with the "gpt_jax" model
     (task_names checked first; include_path: a directory of extra task YAML files). Returns
     lm-eval's results dict (results_table prints it)."""
@@ -271,7 +279,9 @@ def run_harness(init_from: str, task_names: list[str], *, include_path: Optional
         raise UserError(f"unknown lm-eval task(s) {', '.join(unknown)}: see `lm-eval ls tasks`"
                         f"{'' if include_path else ', or pass --include_path DIR'}")
     return lm_eval.simple_evaluate(
-        model="gpt_jax", model_args={"init_from": init_from}, tasks=task_names,
+        model="gpt_jax", model_args={"init_from": init_from,
+                                     **({} if step is None else {"step": step})},
+        tasks=task_names,
         batch_size=batch_size, limit=limit, task_manager=manager)
 
 

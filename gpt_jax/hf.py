@@ -328,7 +328,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     _check_target(args.hf_dir, args.overwrite)   # before reading a large checkpoint
     from gpt_jax.checkpoint import restore
-    r = restore(args.out_dir, args.step, step_hint="export one of them with --step N")
+    r = restore(args.out_dir, args.step, step_hint="export the latest with --step {step}")
     params, cfg = r["params"], r["config"]
     writable_dir(args.hf_dir, "hf_dir")
     to_hf(params, cfg, args.hf_dir, overwrite=args.overwrite)

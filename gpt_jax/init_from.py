@@ -24,7 +24,7 @@ from gpt_jax.state import (TrainState, abstract_state, new_state, place_params, 
 from gpt_jax.train_config import TrainConfig
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "vocab_size", "bias")   # + block_size
-RESUME_HINT = "continue from one with --resume_step N"
+RESUME_HINT = "continue from the latest with --resume_step {step}"
 
 
 class Start(NamedTuple):
@@ -133,8 +133,8 @@ def build_from_hf(tc: TrainConfig, tx, mesh, explicit: set, log: Callable) -> St
 def build_from_run(tc: TrainConfig, tx, mesh, explicit: set, log: Callable) -> Start:
     """Another train.py out_dir: the weights of its latest checkpoint, not its optimizer."""
     source = tc.init_from
-    r = ckpt.restore(source, step_hint=f"export one with python -m gpt_jax.hf export "
-                                       f"{source} HF_DIR --step N")
+    r = ckpt.restore(source, step_hint=f"start from the latest: python -m gpt_jax.hf export "
+                                       f"{source} HF_DIR --step {{step}}, then --init_from HF_DIR")
     log(f"initialised from {source} (step {r['step']}), a fresh optimizer")
     return _from_weights(tc, r["params"], r["config"], tx, mesh, explicit, log)
 

@@ -4,9 +4,7 @@ files, or NaN/inf values) is told apart from a mismatch and named in one line.
 """
 from __future__ import annotations
 
-import gc
 import re
-import sys
 from typing import Optional
 
 import jax
@@ -116,19 +114,34 @@ def check_savable(step, params, cfg: GPTConfig, opt_state=None) -> int:
     return step
 
 
+def clip(text: str, limit: int = 160) -> str:
+    """text cut at a word boundary (never mid-word), with an ellipsis when cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+
+
+def storage_reason(e: BaseException) -> str:
+    """One line on why orbax could not read a file: its own message (a missing item or
+    file, a JSON error), without TensorStore's spec dump or status-code prefix."""
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or type(e).__name__}"
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    text = text.split(" [tensorstore_spec=")[0].split("See full TensorStore")[0]
+    text = re.sub(r"^[A-Z_]+: ", "", text.strip().splitlines()[0] if text.strip() else "")
+    if isinstance(e, ValueError) and type(e).__name__ == "JSONDecodeError":
+        text = f"not valid JSON ({text})"
+    return clip(text).rstrip(".") or type(e).__name__
+
+
 def unreadable_reason(e: BaseException) -> str:
-    """Why a restore failed, without TensorStore's spec dump: the tensor it could not read."""
-    text = f"{e} {e.__cause__ or ''}"
+    """Why a restore failed, without TensorStore's spec dump: the tensor it could not read
+    and TensorStore's reason (e.g. a byte range beyond a truncated file's end)."""
+    cause = e.__cause__ or e.__context__
+    text = f"{e} {cause or ''}"
     m = re.search(r'Error reading "([^"/]+)', text) or re.search(r"'path': '([^'/]+)/?'", text)
-    return f"{m.group(1)} cannot be read" if m else f"its files cannot be read ({type(e).__name__})"
-
-
-def collect_quietly() -> None:
-    """Finalise the read coroutines a failed restore abandons now, without their "Exception
-    ignored in ..." dumps of TensorStore specs (the failure is reported in one line)."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda *_: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+    if not m:
+        return storage_reason(e)
+    detail = str(cause).rsplit(": ", 1)[-1] if cause is not None and ": " in str(cause) else ""
+    return f"{m.group(1)} cannot be read" + (f" ({clip(detail, 120)})" if detail else "")

@@ -63,12 +63,20 @@ REFERENCES = {
 }
 
 
-def load_model(init_from: str):
+def load_model(init_from: str, step: Optional[int] = None, *,
+               step_hint: str = "evaluate the latest with --step {step}"):
     """(params, cfg) as sample.py loads them: a train.py out_dir (it has checkpoints/; the
-    default `out` always means one), else a gpt2* hub id or a Hugging Face directory."""
+    default `out` always means one; its latest step, or `step`), else a gpt2* hub id or a
+    Hugging Face directory. step_hint: how the caller picks an intact step when the chosen
+    one is damaged (see gpt_jax.checkpoint.restore)."""
     import gpt_jax
+    from gpt_jax import checkpoint as ckpt
     if init_from == "out" or os.path.isdir(os.path.join(init_from, "checkpoints")):
-        return gpt_jax.load_checkpoint(init_from)
+        r = ckpt.restore(init_from, step, step_hint=step_hint)
+        return r["params"], r["config"]
+    if step is not None:
+        raise UserError(f"--step {step} picks a checkpoint of a train.py out_dir, and "
+                        f"{init_from} is not one (it holds no checkpoints/): drop --step")
     return gpt_jax.from_hf(init_from)
 
 
@@ -341,11 +349,11 @@ def format_table(result: dict, ref: Optional[dict] = None) -> str:
 
 def evaluate(init_from: str, task: str, path: Optional[str] = None, *,
              limit: Optional[int] = None, batch_size: Optional[int] = None,
-             stride: Optional[int] = None) -> tuple[dict, str]:
-    """`python eval.py --task`: load the model (load_model), run the task with a progress bar
-    and say on stderr how long compiling and scoring took. Returns (run_task's result, the
+             stride: Optional[int] = None, step: Optional[int] = None) -> tuple[dict, str]:
+    """`python eval.py --task`: load the model (load_model; `step`: a checkpoint step), run
+    the task with a progress bar and say on stderr how long compiling and scoring took. Returns (run_task's result, the
     results table with the published reference where one applies)."""
-    params, cfg = load_model(init_from)
+    params, cfg = load_model(init_from, step)
     if stride is not None and stride > cfg.block_size:
         raise UserError(f"--stride must be at most the model's block_size {cfg.block_size}, "
                         f"got {stride}")

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from typing import Optional
 
 import jax
@@ -35,6 +36,7 @@ from gpt_jax.metrics import plot_loss
 from gpt_jax.model import count_params
 from gpt_jax.optimizer import make_optimizer
 from gpt_jax.profiling import StepProfiler
+from gpt_jax.run_lock import hold_out_dir
 from gpt_jax.stacking import unstack_tree
 from gpt_jax.steps import make_eval_step, make_train_step
 from gpt_jax.tracking import Trackers, check_installed, parse_log_to
@@ -91,6 +93,17 @@ class Trainer:
             init_from.check_steps_left(tc, 0, self.out_dir)
             init_from.check_init_from(tc.init_from)
         check_out_dir(tc)
+        # out_dir is this run's until fit() ends (or close()): before anything reads or writes
+        # there, so a second run on it stops here with one line naming this one
+        self.lock = hold_out_dir(tc.out_dir, writes=not tc.eval_only, log=self.log)
+        try:
+            self._build(tc, explicit, task_specs)
+        except BaseException:
+            self.close()
+            raise
+        weakref.finalize(self, self.lock.release)
+
+    def _build(self, tc: TrainConfig, explicit: set, task_specs) -> None:
         self.mesh = sh.make_mesh(tc.mesh)
         check_batch(tc, self.mesh)
         self.tx, self.schedule = make_optimizer(tc)
@@ -163,7 +176,7 @@ class Trainer:
     # -- checkpoints and metrics -------------------------------------------------------------
     def _append(self, row: dict) -> None:
         if self.trackers is not None:
-            self.trackers.log(row)
+            self._write("metrics.jsonl", self.trackers.log, row)
 
     def _diverged(self, what: str, step: int) -> TrainingDiverged:
         """The error for a NaN/inf at `step`, saying what the disk holds now."""
@@ -180,6 +193,23 @@ class Trainer:
         return TrainingDiverged(f"{what} at step {step}: training stopped and step {step} was "
                                 f"not saved; {describe_steps(steps)} in "
                                 f"{ckpt.checkpoint_dir(self.out_dir)}. {advice}")
+
+    def _rerun_advice(self) -> str:
+        """After a failed write (a full disk): what to run once the disk is fixed, which
+        works as said: resume when a checkpoint is on disk, else the same command again."""
+        if ckpt.all_steps(self.out_dir):
+            return (f"Free space on that disk (or move {self.out_dir} to a larger one), then "
+                    f"continue with --init_from resume")
+        return ("Free space on that disk (or pass an --out_dir on a larger one), then run the "
+                "same command again")
+
+    def _write(self, what: str, fn, *args) -> None:
+        """metrics.jsonl / loss.png: a failed write (a full disk) is one line with advice."""
+        try:
+            return fn(*args)
+        except OSError as e:
+            raise UserError(f"could not write {e.filename or what} in {self.out_dir}: "
+                            f"{e.strerror or e}. {self._rerun_advice()}") from None
 
     def save(self, mngr, step: int) -> None:
         """Every process calls this: orbax writes each process's shards and process 0 the
@@ -205,9 +235,8 @@ class Trainer:
         try:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
                       checked=True)
-        except CheckpointError as e:
-            raise CheckpointError(f"{e}. Free some space (or fix {self.out_dir}), then "
-                                  f"continue with --init_from resume") from None
+        except ckpt.SaveFailed as e:
+            raise CheckpointError(f"{e}. {self._rerun_advice()}") from None
         self.saved_step = step
 
     def _stop_requested(self) -> bool:
@@ -225,29 +254,37 @@ class Trainer:
         signal.signal(signum, signal.SIG_DFL)
 
     # -- the loop ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release out_dir (fit() does at its end, also on an error)."""
+        self.lock.release()
+
     def fit(self) -> dict:
-        """Train (_fit: from the state's step to max_iters), then close the trackers whatever
-        happened, a failed compile too (a W&B run left open would swallow the next one)."""
+        """Train from the state's step to max_iters, evaluating and saving every
+        eval_interval steps and at the end. A SIGINT/SIGTERM stops at the next step boundary
+        and saves that step (when it trained one). Returns the final step, elapsed time,
+        the signal (if any), saved_step (the latest step on disk from this run or the one it
+        resumed; None: nothing on disk) and the last eval losses. Releases out_dir at the
+        end. The trackers are closed whatever happened, a failed compile too (a W&B run
+        left open would swallow the next one)."""
         try:
             out = self._fit()
         except BaseException:
             self._close_trackers(failed=True)
             raise
-        self._close_trackers(failed=False)
+        else:
+            self._close_trackers(failed=False)
+        finally:
+            self.close()
         return out
 
     def _fit(self) -> dict:
-        """Train from the state's step to max_iters, evaluating and saving every
-        eval_interval steps and at the end. A SIGINT/SIGTERM stops at the next step boundary
-        and saves that step (when it trained one). Returns the final step, elapsed time,
-        the signal (if any), saved_step (the latest step on disk from this run or the one it
-        resumed; None: nothing on disk) and the last eval losses."""
         tc, state = self.tc, self.state
         start = int(state.step)
         init_from.check_steps_left(tc, start, f"the checkpoint in {self.out_dir}")
         os.makedirs(self.out_dir, exist_ok=True)
         if self.main:   # jsonl rows past `start` dropped; the other trackers alike
-            self.trackers = Trackers(tc.log_to, self.out_dir, tc.to_dict(), start)
+            self.trackers = self._write("metrics.jsonl", Trackers, tc.log_to, self.out_dir,
+                                        tc.to_dict(), start)
         profiler = StepProfiler(tc.profile_steps, self.out_dir)
         n_params = count_params(self.cfg)
         fpt = flops_per_token(self.cfg, tc.model.block_size,
@@ -376,7 +413,7 @@ class Trainer:
             self._append(row)
             self._say(eval_tasks.format_row(row))
         if self.main:
-            plot_loss(self.out_dir)
+            self._write("loss.png", plot_loss, self.out_dir)
         if self.trackers is not None:   # the rows up to the checkpoint saved next
             self.trackers.flush()
         return {"train_loss": losses["train"], "val_loss": losses["val"]}

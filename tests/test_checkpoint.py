@@ -231,3 +231,35 @@ def test_resuming_a_params_only_checkpoint_says_what_it_is(tmp_path, tiny_cfg):
     assert "damaged" not in str(e.value)
     with pytest.raises(CheckpointError, match="non-negative integer, got True"):
         load_checkpoint(str(tmp_path), step=True)
+
+
+def test_a_file_is_not_an_out_dir(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CheckpointError, match=r"f is a file, not a train.py out_dir"):
+        load_checkpoint(str(tmp_path / "f"))
+
+
+@pytest.mark.parametrize("damage,says", [
+    ("rm config", r"its config directory \S+/3/config is missing"),
+    ("rm config/metadata", r"its config cannot be read: File \S+/3/config/metadata not found"),
+    ("rm meta/metadata", r"File \S+/3/meta/metadata not found"),
+    ("rm params/_METADATA", r"its params metadata cannot be read: Metadata file \(named "
+                            r"_METADATA\) does not exist"),
+    ("garble params/_METADATA", r"its params metadata cannot be read: not valid JSON"),
+])
+def test_damage_says_what_is_missing(tmp_path, tiny_cfg, damage, says):
+    """Not "(KeyError)" or "(FileNotFoundError)": which item or file of which step."""
+    import shutil
+    params = init_params(tiny_cfg, jax.random.key(0))
+    for step in (2, 3):
+        save_checkpoint(str(tmp_path), step, params, tiny_cfg)
+    how, what = damage.split(" ")
+    path = os.path.join(checkpoint_dir(str(tmp_path)), "3", what)
+    if how == "rm":
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    else:
+        with open(path, "w") as f:
+            f.write("{not json")
+    with pytest.raises(CheckpointError, match=r"step 3 .* is damaged: " + says +
+                       r".*; intact steps: 2 \(load the latest with load_checkpoint\(.*step=2\)\)$"):
+        load_checkpoint(str(tmp_path))

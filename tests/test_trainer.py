@@ -142,6 +142,7 @@ def test_resume_takes_the_architecture_from_the_checkpoint(builtin_data, tmp_pat
     assert (t.cfg.n_layer, t.cfg.n_embd, t.cfg.block_size) == (1, 32, 32)
     assert (t.tc.model.n_layer, t.tc.model.n_embd, t.tc.model.block_size) == (1, 32, 32)
     assert int(t.state.step) == 4
+    t.close()   # releases out_dir (fit() would): the runs below may take it
     # a flag the user gave that differs is an error naming it; a default is not a flag
     with pytest.raises(CheckpointError, match="n_embd: 32 vs 64"):
         Trainer(TC(dict(out_dir=str(tmp_path), init_from="resume", max_iters=6, n_embd=64)),
@@ -165,7 +166,7 @@ def test_damaged_latest_step_and_resume_step(builtin_data, tmp_path):
     os.truncate(max(files, key=os.path.getsize), 100)
     resume = small_tc(tmp_path, init_from="resume")
     with pytest.raises(CheckpointError, match=r"step 4 .* is damaged: .*; intact steps: 2 "
-                                              r"\(continue from one with --resume_step N\)"):
+                                              r"\(continue from the latest with --resume_step 2\)"):
         Trainer(resume.replace(max_iters=6), **QUIET)
     logs = []
     t = Trainer(resume.replace(resume_step=2), progress=False, log=logs.append)
