@@ -27,3 +27,7 @@ class PromptTooLongError(UserError, ValueError):
 
 class DecodeMemoryError(UserError, MemoryError):
     """The KV cache and logits of one generate() call would not fit in the memory available."""
+
+
+class ScoreMemoryError(UserError, MemoryError):
+    """A scoring batch (loglikelihood, token_logprobs, eval.py) that would not fit in memory."""
