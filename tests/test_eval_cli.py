@@ -172,3 +172,24 @@ def test_a_signal_stops_scoring_at_once_with_one_line(setup, tmp_path, sig):
     lines = [l for l in re.split(r"[\r\n]", after) if l.strip()]
     assert lines[-1] == f"eval.py stopped by {sig}" and "Traceback" not in after, after
     assert not any("stopped" in l for l in lines[:-1])
+
+
+def test_a_batch_size_past_the_work_runs_the_rows_there_are(setup, monkeypatch):
+    """--batch_size 100000000 on a text of 40 windows was OOM-killed at 24 GB: the batch is
+    cut to the rows there are (tests/test_scoring.py checks the answers against the default
+    batch's)."""
+    from gpt_jax import scoring
+    d, params = setup
+    rows = []
+    real = scoring.Scorer.__call__
+
+    def spy(self, p, tokens, at, targets):   # stop a huge batch before it allocates more
+        rows.append(tokens.shape[0])
+        assert tokens.shape[0] <= 64, f"a batch of {tokens.shape[0]} rows reached the scorer"
+        return real(self, p, tokens, at, targets)
+    monkeypatch.setattr(scoring.Scorer, "__call__", spy)
+    out = d / "text-big.json"
+    eval_main()(["--init_from", str(d / "out"), "--task", "text", "--data", str(d / "text.txt"),
+                 "--stride", "16", "--batch_size", "100000000", "--json", str(out)])
+    windows = scoring.n_windows(json.loads(out.read_text())["tokens"], CFG, 16)
+    assert rows == [windows] and windows > 1
