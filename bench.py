@@ -167,6 +167,17 @@ def write_outputs(args, results, extra=(), write_json=None) -> None:
             print(f"[bench] wrote {path}", file=sys.stderr)
 
 
+def check_accelerator(suite: str) -> None:
+    """--suite gpu on the default backend: refused in one line where that is the CPU (it ran
+    the 124M recipe there for minutes, asked for 43 GB and passed a child's traceback up)."""
+    import jax
+    from gpt_jax.errors import UserError
+    if jax.default_backend() == "cpu":
+        raise UserError(f"--suite {suite} needs a GPU, and jax finds none here (its backend is "
+                        f"cpu): on this machine, check the suite's plumbing with "
+                        f"python bench.py --suite {suite} --device cpu --tiny")
+
+
 def main_suite(args) -> None:
     """--suite NAME: its pytest run, then its steps, each in a process of its own with a time
     budget (gpt_jax/bench/suite.py); the table on stdout, and the --json / --plot / --table
@@ -183,6 +194,8 @@ def main_suite(args) -> None:
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if args.device:
         use_device(args.device)
+    elif not args.tiny:
+        check_accelerator(args.suite)
     platform = DEVICES.get(args.device)
     t0 = time.perf_counter()
     root = os.path.dirname(os.path.abspath(__file__))

@@ -86,6 +86,9 @@ def run_harness(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if argv is None:   # the command line: Ctrl-C / SIGTERM stop it at once, with one line
+        from gpt_jax.cli import exit_on_signals
+        exit_on_signals("eval.py")
     if args.harness is not None:
         run_harness(args)
     else:

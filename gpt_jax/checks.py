@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import numbers
+import weakref
 from collections.abc import Mapping
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.config import GPTConfig
@@ -75,19 +77,45 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def check_params(params, cfg: GPTConfig):
+@functools.lru_cache(maxsize=16)
+def _expected_stacked(cfg: GPTConfig) -> tuple:
+    """(treedef, leaf shapes) of cfg's params in scan_layers' stacked layout."""
+    from gpt_jax.stacking import stack_layers
+    shapes = jax.eval_shape(lambda p: stack_layers(p, cfg.n_layer), param_shapes(cfg))
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    return treedef, [tuple(x.shape) for x in leaves]
+
+
+def check_params(params, cfg: GPTConfig, *, stacked_ok: bool = False):
     """params, once their names and shapes are those GPT(cfg) expects (dtypes may differ).
+    stacked_ok: scan_layers' stacked layout ("h") is accepted too (the scorer runs both).
 
     A cfg that does not match the params would otherwise fail deep inside flax with a
-    ScopeParamShapeError, or not at all where shapes happen to broadcast."""
+    ScopeParamShapeError, or not at all where shapes happen to broadcast. Shapes cannot show
+    everything: n_head (the same kernels split into other heads) and the dtypes are not in
+    them, so pass the cfg the params were made with."""
     if not isinstance(cfg, GPTConfig):
         raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
     if not isinstance(params, Mapping):
         raise UserError(f"params must be the parameter dict that init_params, load_checkpoint "
                         f"or from_hf return, got {type(params).__name__}")
     if "h" in params and "h_0" not in params:
-        raise UserError("params hold the stacked scan_layers layout: pass "
-                        "gpt_jax.stacking.unstack_layers(params)")
+        if not stacked_ok:
+            raise UserError("params hold the stacked scan_layers layout: pass "
+                            "gpt_jax.stacking.unstack_layers(params)")
+        want_def, want_shapes = _expected_stacked(cfg)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        if treedef == want_def and all(getattr(x, "shape", None) == s
+                                       for x, s in zip(leaves, want_shapes)):
+            return params
+        from gpt_jax.stacking import unstack_layers
+        try:   # the GPT-2 layout's shapes, to say what differs
+            unstacked = jax.eval_shape(unstack_layers, dict(params))
+        except Exception:  # leaves without a common layer axis
+            raise UserError("params hold a stacked (scan_layers) layout that does not match "
+                            "cfg: pass the cfg the params were made with") from None
+        check_params(unstacked, cfg)
+        return params
     want_def, want_shapes, want = _expected(cfg)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if treedef == want_def and all(getattr(x, "shape", None) == s
@@ -121,6 +149,41 @@ def check_params(params, cfg: GPTConfig):
     raise UserError(f"params do not match cfg: {why}. Pass the cfg the params were made with "
                     f"(load_checkpoint and from_hf return both)")
 
+
+
+@jax.jit
+def _all_finite(params) -> jax.Array:
+    """One bool: no NaN or inf in any floating-point leaf (one pass over the weights)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+_finite_seen: list = []   # weak references to the leaves of the last params found finite
+
+
+def check_finite(params):
+    """params, once every value is finite: NaN or inf weights give NaN logits, which decode to
+    one token repeated (and int8 rounding can hide them altogether), so they are refused.
+    One jitted reduction per params: the last params found finite are remembered (by their
+    leaves' identity, weakly, as jax Arrays cannot change in place), so repeated calls with
+    the same params cost nothing."""
+    if not isinstance(params, Mapping):
+        return params                        # check_params says what params must be
+    leaves = jax.tree_util.tree_leaves(params)
+    if len(_finite_seen) == len(leaves) and all(r() is x for r, x in zip(_finite_seen, leaves)):
+        return params
+    out = _all_finite(params)
+    if not bool(np.asarray(out.addressable_data(0))):
+        flat, _ = jax.tree_util.tree_flatten_with_path(params)
+        bad = next((_path_name(p) for p, x in flat
+                    if np.issubdtype(x.dtype, np.inexact)
+                    and not bool(np.asarray(_all_finite([x]).addressable_data(0)))), "a leaf")
+        raise UserError(f"params hold NaN or inf values ({bad} has some): the model cannot "
+                        f"give meaningful output; load an earlier checkpoint")
+    _finite_seen[:] = [weakref.ref(x) for x in leaves] if all(
+        isinstance(x, jax.Array) for x in leaves) else []
+    return params
 
 
 # -- generate()'s inputs (Python and numpy values: no device work, nothing retraced) -------

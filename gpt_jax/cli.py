@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 from typing import Callable
 
 from gpt_jax.errors import UserError
@@ -83,3 +85,37 @@ def run(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def exit_on_signals(what: str) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM end this process at once with one line `{what} stopped by
+    SIGINT` (or SIGTERM) and exit status 128 + the signal, for a CLI that writes nothing a sudden exit
+    could leave half-done (eval.py). Call it from the main thread.
+
+    A Python signal handler only runs when the main thread is between bytecodes: inside an
+    XLA compile or a device call it waits, and a KeyboardInterrupt raised within JAX's
+    callbacks can be caught there (scoring went on for a minute). Python's C-level handler
+    writes the signal's number to the wakeup fd at once; a daemon thread waiting on it
+    prints the line and leaves with os._exit, with no interpreter teardown under XLA's
+    running threads (that teardown segfaulted). A signal this process inherited as ignored
+    (SIGINT in a background job) stays ignored."""
+    sigs = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    if not sigs:
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+
+    def watch():
+        signum = os.read(r, 1)[0]
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 -- leaving regardless
+            pass
+        # "\n" first: a progress bar's line ends in "\r", not "\n"
+        os.write(2, f"\n{what} stopped by {signal.Signals(signum).name}\n".encode())
+        os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="exit-on-signal", daemon=True).start()
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    for s in sigs:   # a Python handler, so that the C handler is installed; the thread acts
+        signal.signal(s, lambda *_: None)

@@ -25,6 +25,11 @@ def help_field(default, help: str):
 
 @dataclass(frozen=True)
 class GPTConfig:
+    """The architecture (and compute dtype) of a GPT. Params belong to the config they were
+    made with: load_checkpoint and from_hf return the pair, and every entry point checks the
+    params' shapes against cfg. Shapes do not show everything: cfg.replace(n_head=4) on
+    2-head params splits the same kernels into other heads and silently computes another
+    model. Change only dtype, dropout or attn_impl of a loaded config."""
     # 50257 is GPT-2's BPE; 50304 = 64 * 786 pads it for faster matmuls (padded ids: -1e9 logits)
     vocab_size: int = help_field(
         TOKENIZER_VOCAB_SIZE, "50257 (GPT-2), or padded up (e.g. 50304) for faster matmuls")

@@ -30,7 +30,7 @@ import numpy as np
 
 from gpt_jax import builtin_corpus
 from gpt_jax.data import FORMAT_VERSION, META, SPLITS
-from gpt_jax.errors import ConfigError, DataError, UserError
+from gpt_jax.errors import ConfigError, DataError, UserError, is_network_error, offline_note
 from gpt_jax.textfiles import no_text, read_source, select_text_files
 from gpt_jax.tokenizer import EOT_ID, N_VOCAB, get_tokenizer
 
@@ -314,8 +314,26 @@ def hf_documents(name: str, config: Optional[str], split: str, field: str,
         import datasets
     except ImportError:
         raise UserError("--hf_dataset needs the `datasets` package: pip install 'gpt-jax[data]'")
-    ds = datasets.load_dataset(name, config, split=split, streaming=True)
-    return row_texts(ds, name, field, max_docs)
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as e:
+        if not is_network_error(e):
+            raise
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"--hf_dataset {name} streams from the Hugging Face Hub, which cannot "
+                        f"be reached ({why}{offline_note()}): it needs the network; offline, "
+                        f"save the texts as files and pass --input PATH") from None
+
+    def texts():    # the stream can drop too, mid-way: one line, and the old data stays
+        try:
+            yield from row_texts(ds, name, field, max_docs)
+        except Exception as e:
+            if not is_network_error(e):
+                raise
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise DataError(f"--hf_dataset {name}: the stream from the Hugging Face Hub broke "
+                            f"off ({why}); nothing was replaced: run it again") from None
+    return texts()
 
 
 def row_texts(rows, name: str, field: str, max_docs: int) -> Iterable[str]:

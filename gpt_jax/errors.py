@@ -27,3 +27,32 @@ class PromptTooLongError(UserError, ValueError):
 
 class DecodeMemoryError(UserError, MemoryError):
     """The KV cache and logits of one generate() call would not fit in the memory available."""
+
+
+class ScoreMemoryError(UserError, MemoryError):
+    """A scoring batch (loglikelihood, token_logprobs, eval.py) that would not fit in memory."""
+
+
+def is_network_error(e: BaseException) -> bool:
+    """Whether e (or an exception it came from) says the network or the Hugging Face Hub could
+    not be reached: the builtin ConnectionError (datasets' "Couldn't reach ...", the hub's
+    OfflineModeIsEnabled), or requests' / httpx's transport errors, which do not derive from it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {c.__name__ for c in type(e).__mro__}
+        if isinstance(e, ConnectionError) or names & {"ConnectionError", "Timeout",
+                                                     "TransportError", "OfflineModeIsEnabled"}:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def offline_note() -> str:
+    """'; HF_HUB_OFFLINE=1 is set' where an offline switch is on (to end a parenthesis that
+    gives the cause), else ''."""
+    import os
+    on = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+          if os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")]
+    return f"; {' and '.join(f'{k}=1' for k in on)} {'is' if len(on) == 1 else 'are'} set" \
+        if on else ""

@@ -40,7 +40,8 @@ from lm_eval.models.utils import (handle_stop_sequences, normalize_gen_kwargs,
 from tqdm.auto import tqdm
 
 from gpt_jax import scoring
-from gpt_jax.errors import UserError
+from gpt_jax.config import DTYPES
+from gpt_jax.errors import UserError, is_network_error, offline_note
 from gpt_jax.generation import generate
 from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
@@ -52,17 +53,23 @@ FIRST_CHUNK = 16      # generate_until decodes 16, 32, 64, ... tokens, stopping 
 _PLATFORMS = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu", "rocm": "gpu"}
 
 
-def _batch_size(value) -> Optional[int]:
-    """lm-eval's batch_size: an int, "8", "auto" or "auto:N" (auto: our length-based default)."""
-    if value is None or str(value).startswith("auto"):
+def _count(value, name: str, *, auto: bool = False) -> Optional[int]:
+    """A positive integer model argument (lm-eval hands them over as ints, floats or strings):
+    None for None (and, with auto, for "auto" / "auto:N": our length-based default batch);
+    2.5 or "2.5" is an error, never rounded."""
+    if value is None or (auto and str(value).startswith("auto")):
         return None
-    try:
+    n = None
+    if isinstance(value, str) and value.strip().isdigit():
         n = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"batch_size must be a positive integer or 'auto', got {value!r}") \
-            from None
-    if n < 1:
-        raise UserError(f"batch_size must be a positive integer or 'auto', got {value!r}")
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    if n is None or n < 1:
+        also = " or 'auto'" if auto else ""
+        raise UserError(f"the gpt_jax model's {name} must be a positive integer{also}, "
+                        f"got {value!r}")
     return n
 
 
@@ -71,15 +78,46 @@ def _batch_size(value) -> Optional[int]:
 STEP_HINT = "evaluate the latest with --step {step}, or model_args step={step}"
 
 
+def _seed(value) -> int:
+    """seed: an integer in [0, 2**32) (jax keys keep 32 bits), as an int or a string."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 0 <= value < 2**32:
+        raise UserError(f"the gpt_jax model's seed must be an integer in [0, 2**32), "
+                        f"got {value!r}")
+    return int(value)
+
+
+MODEL_ARGS = ("init_from", "step", "dtype", "seed", "max_gen_toks", "batch_size",
+              "max_batch_size", "device")
+
+
 @register_model("gpt_jax")
 class GptJaxLM(TemplateLM):
     """An lm-eval LM over a gpt_jax model (see the module docstring)."""
 
     def __init__(self, init_from: Optional[str] = None, *, params=None, cfg=None, step=None,
                  dtype: Optional[str] = None, seed: int = 1234, max_gen_toks: int = 256,
-                 batch_size=None, max_batch_size=None, device: Optional[str] = None):
+                 batch_size=None, max_batch_size=None, device: Optional[str] = None,
+                 **unknown):
         super().__init__()
         from gpt_jax.tasks import load_model
+        # Every argument checked before the model loads: one UserError line each.
+        if unknown:
+            raise UserError(f"the gpt_jax model has no argument(s) {', '.join(sorted(unknown))}; "
+                            f"its model_args are {', '.join(MODEL_ARGS)}")
+        seed = _seed(seed)
+        if step is not None and not (str(step).strip().isdigit()
+                                     and not isinstance(step, (bool, float))):
+            raise UserError(f"the gpt_jax model's step must be a checkpoint step (an integer "
+                            f">= 0), got {step!r}")
+        self._batch = _count(batch_size, "batch_size", auto=True)
+        self._max_batch = _count(max_batch_size, "max_batch_size")
+        self._max_gen_toks = _count(max_gen_toks, "max_gen_toks")
+        if dtype is not None and dtype not in DTYPES:
+            raise UserError(f"the gpt_jax model's dtype must be one of {', '.join(DTYPES)}, "
+                            f"got {dtype!r}")
         if params is None:
             if init_from is None:
                 raise UserError("the gpt_jax model needs model_args init_from=... (a train.py "
@@ -92,14 +130,11 @@ class GptJaxLM(TemplateLM):
             cfg = cfg.replace(dtype=str(dtype))
         self.params, self.cfg = self._place(params, device), cfg
         self.enc = get_tokenizer()
-        self._batch = _batch_size(batch_size)
         # max_batch_size bounds lm-eval's "auto" search in other backends; ours sizes batches
         # by sequence length (gpt_jax.scoring.score_rows), so it only caps an explicit one.
-        self._max_batch = None if max_batch_size is None else int(max_batch_size)
         if self._batch is not None and self._max_batch is not None:
             self._batch = min(self._batch, self._max_batch)
-        self._max_gen_toks = int(max_gen_toks)
-        self._key = jax.random.key(int(seed))
+        self._key = jax.random.key(seed)
 
     @staticmethod
     def _place(params, device):
@@ -278,11 +313,23 @@ def run_harness(init_from: str, task_names: list[str], *, include_path: Optional
     if unknown:
         raise UserError(f"unknown lm-eval task(s) {', '.join(unknown)}: see `lm-eval ls tasks`"
                         f"{'' if include_path else ', or pass --include_path DIR'}")
-    return lm_eval.simple_evaluate(
-        model="gpt_jax", model_args={"init_from": init_from,
-                                     **({} if step is None else {"step": step})},
-        tasks=task_names,
-        batch_size=batch_size, limit=limit, task_manager=manager)
+    try:
+        return lm_eval.simple_evaluate(
+            model="gpt_jax", model_args={"init_from": init_from,
+                                         **({} if step is None else {"step": step})},
+            tasks=task_names,
+            batch_size=batch_size, limit=limit, task_manager=manager)
+    except Exception as e:
+        if not is_network_error(e):
+            raise
+        import datasets.config
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"lm-eval task(s) {', '.join(task_names)} need their datasets from the Hugging "
+            f"Face Hub, which cannot be reached ({why}{offline_note()}): run once with the "
+            f"network to cache them in {datasets.config.HF_DATASETS_CACHE} (later runs, "
+            f"HF_DATASETS_OFFLINE=1 too, read them there), or use eval.py --task with "
+            f"--data FILE") from None
 
 
 def results_table(results: dict) -> str:

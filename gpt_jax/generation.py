@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.checks import (check_decode_weights, check_eos_id, check_key, check_max_new_tokens,
-                            check_params, check_prompts, check_sampling)
+from gpt_jax.checks import (check_decode_weights, check_eos_id, check_finite, check_key,
+                            check_max_new_tokens, check_params, check_prompts, check_sampling)
 from gpt_jax.config import GPTConfig
 from gpt_jax.decode import (decode_mask, decode_step, decode_weights, heads_major, init_cache,
                             rounded_params, widened)
@@ -272,6 +272,7 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
     greedy = temperature == 0 or top_k == 1
     use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
     use_top_p = not greedy and top_p is not None and top_p < 1
+    check_finite(params)                      # NaN/inf weights decode to one token repeated
     laid = DECODER.weights(params, cfg, fmt)  # checks that params match cfg when it makes one
     if mesh is not None and len(rows) % split == 0:
         # Rows split over the mesh the params live on, so each device decodes its own rows;

@@ -291,7 +291,9 @@ def _init(cfg: GPTConfig, key):
 
 
 def init_params(cfg: GPTConfig, key) -> dict:
-    """GPT-2-initialised parameters as a plain nested dict of arrays."""
+    """GPT-2-initialised parameters as a plain nested dict of arrays. Keep them with this cfg:
+    another cfg of the same shapes (n_head changed) runs without error and computes another
+    model (see GPTConfig)."""
     return _init(cfg, key)
 
 

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.config import GPTConfig
-from gpt_jax.errors import UserError
 from gpt_jax.checks import check_params, check_token_ids
-from gpt_jax.errors import TokenError
+from gpt_jax.errors import ScoreMemoryError, TokenError, UserError
+from gpt_jax.generation import (MEMORY_CHECK_ABOVE, MEMORY_FRACTION, available_memory_bytes,
+                                format_gib)
 from gpt_jax.model import GPT
 from gpt_jax.sharding import batch_devices, batch_sharding, params_mesh
 from gpt_jax.tokenizer import EOT_ID
@@ -214,20 +215,72 @@ def _fetch(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def score_memory_bytes(cfg: GPTConfig, rows: int, T: int, S: int) -> int:
+    """Bytes one scoring call of `rows` rows of T input tokens, S of them scored, allocates
+    beyond the weights: its large buffers, each counted once (a lower bound of the peak, as
+    generation.decode_memory_bytes is for a decode)."""
+    C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
+    item = np.dtype(cfg.compute_dtype).itemsize
+    total = rows * (T + 2 * S) * 4               # tokens, positions and targets in
+    total += 2 * rows * T * C * item             # the residual stream and a block's output
+    total += rows * T * 4 * C * item             # the MLP's hidden layer
+    total += rows * H * T * T * 4                # attention probabilities (float32)
+    total += rows * S * V * 4                    # the scored positions' float32 logits
+    return total
+
+
+def rows_that_fit(cfg: GPTConfig, rows: int, T: int, S: int, *, given: bool,
+                  split: int = 1) -> int:
+    """rows, or fewer where `rows` rows of (T, S) would not fit in MEMORY_FRACTION of the
+    memory free: a default batch (given False) shrinks to what fits; a batch the caller gave,
+    or one row that does not fit, is a ScoreMemoryError naming the largest batch that fits.
+    split: devices the rows are spread over (each holds rows / split)."""
+    need = score_memory_bytes(cfg, -(-rows // split), T, S)
+    if need < MEMORY_CHECK_ABOVE:
+        return rows
+    free = available_memory_bytes()
+    if free is None or need <= MEMORY_FRACTION * free:
+        return rows
+    fit = int(MEMORY_FRACTION * free) // score_memory_bytes(cfg, 1, T, S) * split
+    if not given and fit >= 1:
+        return fit
+    todo = (f"pass batch_size={fit} or less (eval.py --batch_size {fit})" if fit >= 1 else
+            "use a smaller model")
+    raise ScoreMemoryError(
+        f"scoring {rows} rows of {T} tokens at a time would need about {format_gib(need)} "
+        f"(activations and the logits of {S} positions a row) but {format_gib(free)} is "
+        f"available (at most {MEMORY_FRACTION:.0%} of it is used): {todo}")
+
+
 def score_rows(params, cfg: GPTConfig, rows: Sequence[Row], *, batch_size=None,
                progress: Optional[Callable[[int], None]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(logp float32 (n,), greedy bool (n,)) of each row's scored positions, in row order.
 
     Rows are sorted longest first (the largest batch, its compile and any memory error come
     first) and batched by `batch_size` rows (default: up to MAX_ROWS within the MAX_TOKENS and
-    MAX_SCORED budgets). progress(k) is called as each batch of k rows finishes."""
+    MAX_SCORED budgets). A batch_size above the number of rows is cut to it; one whose largest
+    batch would not fit in memory is a ScoreMemoryError (a default batch shrinks to what fits),
+    checked on the host before anything is compiled. progress(k) is called as each batch of k
+    rows finishes."""
     batch_size = _check_batch_size(batch_size)
+    check_params(params, cfg, stacked_ok=True)
     scorer = get_scorer(cfg)
     mesh = params_mesh(params)   # batch rows then go over all of its devices
     devices = batch_devices(mesh)
     n_scored = [len(r.targets) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].inputs), -n_scored[i]))
     results: list = [None] * len(rows)
+    if not rows:
+        return results
+    if batch_size is not None:
+        batch_size = min(batch_size, len(rows))            # the work there is
+    # The largest batch (the longest rows, with the most scored positions of any) sets the
+    # memory a call needs: checked once, before the first compile.
+    T = bucket(len(rows[order[0]].inputs), cfg.block_size)
+    S = bucket(max(n_scored), T)
+    largest = batch_size or max(1, min(MAX_ROWS, MAX_TOKENS // T, MAX_SCORED // S))
+    cap = rows_that_fit(cfg, -(-largest // devices) * devices, T, S,
+                        given=batch_size is not None, split=devices)
 
     def collect(pending):
         idx, (logp, greedy) = pending
@@ -243,7 +296,7 @@ def score_rows(params, cfg: GPTConfig, rows: Sequence[Row], *, batch_size=None,
         T = bucket(len(rows[order[pos]].inputs), cfg.block_size)
         if batch_size is None:
             S = bucket(max(n_scored[i] for i in order[pos:pos + MAX_ROWS]), T)
-            B = max(1, min(MAX_ROWS, MAX_TOKENS // T, MAX_SCORED // S))
+            B = max(1, min(MAX_ROWS, MAX_TOKENS // T, MAX_SCORED // S, cap))
         else:
             B = batch_size
         idx = order[pos:pos + B]

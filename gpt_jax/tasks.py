@@ -199,8 +199,12 @@ def hellaswag_requests(path: str, cfg: GPTConfig, limit: Optional[int] = None):
         label = row["label"]
         if isinstance(label, str) and label.strip().isdigit():
             label = int(label)          # Hugging Face's copy stores labels as strings
-        if isinstance(label, bool) or not isinstance(label, int) \
-                or not 0 <= label < len(endings):
+        elif isinstance(label, float) and label.is_integer():
+            label = int(label)          # 1.0, as a JSON writer may give an int
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise DataError(f"{path} line {lineno}: label {row['label']!r} must be an integer, "
+                            f"an ending's index 0 to {len(endings) - 1}")
+        if not 0 <= label < len(endings):
             raise DataError(f"{path} line {lineno}: label {row['label']!r} is out of range: it "
                             f"must be an ending's index, 0 to {len(endings) - 1}")
         for j, ending in enumerate(endings):

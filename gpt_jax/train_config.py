@@ -175,6 +175,9 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         """A copy with flat keys changed (model keys go into the GPTConfig)."""
         model = {k: changes.pop(k) for k in MODEL_FIELDS if k in changes}
+        if "dtype" in model and model["dtype"] not in TRAIN_DTYPES:   # before GPTConfig's
+            raise ConfigError(f"dtype must be {' or '.join(TRAIN_DTYPES)} (float16 would need "
+                              f"loss scaling), got {model['dtype']!r}")    # wider list
         if model:
             changes["model"] = self.model.replace(**model)
         return dataclasses.replace(self, **changes)
@@ -197,7 +200,8 @@ def check_model(model: GPTConfig) -> None:
     if not isinstance(model, GPTConfig):
         raise ConfigError(f"model must be a GPTConfig, got {type(model).__name__}")
     if model.dtype not in TRAIN_DTYPES:
-        raise ConfigError(f"dtype must be float32 or bfloat16, got {model.dtype!r}")
+        raise ConfigError(f"dtype must be {' or '.join(TRAIN_DTYPES)} (float16 would need "
+                          f"loss scaling), got {model.dtype!r}")
     if model != GPTConfig(**{k: getattr(model, k) for k in MODEL_FIELDS}):
         raise ConfigError(f"a run sets only the model fields {', '.join(MODEL_FIELDS)}; the "
                           f"others keep their defaults")

@@ -347,3 +347,18 @@ def test_gpu_table_states_each_target_met_or_not(tmp_path):
     write_table(str(readme), "gpu", good)
     text = readme.read_text()
     assert text == f"# x\n\n<!-- gpu-table:start -->\n{good}<!-- gpu-table:end -->\n{prose}"
+
+
+def test_flax_python_that_is_no_python_and_gpu_suite_without_a_gpu_are_one_line():
+    """--flax_python /bin/ls was told to install transformers there; --suite gpu on a machine
+    without a GPU ran the 124M recipe on the CPU, asked for 43 GB and passed a child's
+    traceback up. Both are refused before anything runs, saying what to do instead."""
+    tiny = ("--tiny", "--only", "train", "--repeats", "1")
+    assert_refused_before_running(run_cli("bench.py", *tiny, "--flax_python", "/bin/ls"),
+                                  "--flax_python /bin/ls is not a Python interpreter")
+    import jax
+    if jax.default_backend() == "cpu":
+        assert_refused_before_running(
+            run_cli("bench.py", "--suite", "gpu", env={"JAX_PLATFORMS": "cpu"}),
+            "--suite gpu needs a GPU, and jax finds none here",
+            "python bench.py --suite gpu --device cpu --tiny")

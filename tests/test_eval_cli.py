@@ -123,3 +123,73 @@ def test_harness_without_lm_eval_says_how_to_install(setup):
     assert r.returncode == 1
     assert r.stderr.strip() == ("error: --harness needs lm-evaluation-harness: "
                                 "pip install 'gpt-jax[eval]'")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_scoring_at_once_with_one_line(setup, tmp_path, sig):
+    """Ctrl-C during eval.py (text, stride 1) was swallowed inside JAX's callbacks and scoring
+    went on for over a minute (or the exit segfaulted); SIGTERM ended it without a word. A real
+    process and a real signal, sent once scoring runs: it ends within seconds, in one line."""
+    import re
+    import signal
+    import threading
+    import time
+    d, _ = setup
+    text = tmp_path / "long.txt"
+    text.write_text("the cat sat on the mat, and the dogs ran far away. " * 4000)  # ~52k windows
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+    # Python's Ctrl-C handler here while the child starts, so that it begins with SIGINT's
+    # default: a process started from a background job of a non-interactive shell (as CI may
+    # run this) inherits SIGINT ignored, and eval.py rightly keeps ignoring it then.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "eval.py", "--init_from", str(d / "out"), "--task", "text",
+             "--data", str(text), "--stride", "1"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = bytearray()
+    reader = threading.Thread(target=lambda: [err.extend(c) for c in
+                                              iter(lambda: proc.stderr.read1(4096), b"")])
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while not re.search(rb"[1-9]\d*/\d+ \[", err):   # the bar has counted a batch
+            assert proc.poll() is None and time.monotonic() < deadline, err.decode()[-2000:]
+            time.sleep(0.05)
+        seen = len(err)
+        proc.send_signal(getattr(signal, sig))
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+        reader.join()
+    after = err[seen:].decode()
+    assert proc.returncode == 128 + getattr(signal, sig), err.decode()[-2000:]
+    assert took < 5, f"{took:.1f} s after {sig}"
+    lines = [l for l in re.split(r"[\r\n]", after) if l.strip()]
+    assert lines[-1] == f"eval.py stopped by {sig}" and "Traceback" not in after, after
+    assert not any("stopped" in l for l in lines[:-1])
+
+
+def test_a_batch_size_past_the_work_runs_the_rows_there_are(setup, monkeypatch):
+    """--batch_size 100000000 on a text of 40 windows was OOM-killed at 24 GB: the batch is
+    cut to the rows there are (tests/test_scoring.py checks the answers against the default
+    batch's)."""
+    from gpt_jax import scoring
+    d, params = setup
+    rows = []
+    real = scoring.Scorer.__call__
+
+    def spy(self, p, tokens, at, targets):   # stop a huge batch before it allocates more
+        rows.append(tokens.shape[0])
+        assert tokens.shape[0] <= 64, f"a batch of {tokens.shape[0]} rows reached the scorer"
+        return real(self, p, tokens, at, targets)
+    monkeypatch.setattr(scoring.Scorer, "__call__", spy)
+    out = d / "text-big.json"
+    eval_main()(["--init_from", str(d / "out"), "--task", "text", "--data", str(d / "text.txt"),
+                 "--stride", "16", "--batch_size", "100000000", "--json", str(out)])
+    windows = scoring.n_windows(json.loads(out.read_text())["tokens"], CFG, 16)
+    assert rows == [windows] and windows > 1

@@ -5,6 +5,7 @@ network). Needs the eval extra (pip install .[test,eval]); CI installs it."""
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -175,6 +176,25 @@ def test_model_args_errors(hf_dir):
         GptJaxLM()
     with pytest.raises(UserError, match="batch_size must be a positive integer or 'auto'"):
         GptJaxLM(init_from=hf_dir, batch_size="many")
+    # each was a raw ValueError / TypeError, silently rounded, or a later error about
+    # max_new_tokens: now one line at construction, before the model loads
+    for args, fragment in (({"seed": "abc"}, "seed must be an integer in [0, 2**32), got 'abc'"),
+                           ({"batch_size": 2.5}, "batch_size must be a positive integer or "
+                                                 "'auto', got 2.5"),
+                           ({"max_batch_size": "2.5"}, "max_batch_size must be a positive"),
+                           ({"max_gen_toks": 0}, "max_gen_toks must be a positive integer, "
+                                                 "got 0"),
+                           ({"dtype": "float64"}, "dtype must be one of"),
+                           ({"temprature": 0.5}, "has no argument(s) temprature; its "
+                                                 "model_args are init_from")):
+        with pytest.raises(UserError, match=re.escape(fragment)) as e:
+            GptJaxLM(init_from=os.path.join(hf_dir, "missing"), **args)
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="has no argument"):     # as lm-eval builds it
+        GptJaxLM.create_from_arg_string(f"init_from={hf_dir},foo=1", {"batch_size": 4})
+    lm = GptJaxLM.create_from_arg_string(f"init_from={hf_dir},seed=7,max_gen_toks=8.0",
+                                         {"batch_size": "3", "max_batch_size": 2})
+    assert (lm.batch_size, lm.max_gen_toks) == (2, 8)
 
 
 def test_importing_gpt_jax_evals_keeps_lm_evals_own_models():
@@ -193,3 +213,25 @@ def test_importing_gpt_jax_evals_keeps_lm_evals_own_models():
                        cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_a_hub_task_without_the_network_is_one_line(hf_dir, tmp_path, monkeypatch):
+    """eval.py --harness lambada_openai offline ended in a ConnectionError traceback (eval.py
+    --task said it in one line): now one UserError line that says where the datasets go."""
+    import datasets
+    import huggingface_hub.constants
+    import lm_eval.tasks
+    from gpt_jax import evals
+    (tmp_path / "t_hub.yaml").write_text(
+        "task: t_hub\ndataset_path: EleutherAI/lambada_openai\ndataset_name: default\n"
+        "output_type: loglikelihood\ntest_split: test\ndoc_to_text: \"{{text}}\"\n"
+        "doc_to_target: \" x\"\nmetric_list:\n  - metric: perplexity\n")
+    # Offline as CI runs (HF_HUB_OFFLINE=1): no request leaves this process.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(
+        lm_eval.tasks.TaskManager, include_defaults=False))   # (skips the built-in scan)
+    with pytest.raises(UserError, match="lm-eval task.s. t_hub need their datasets from the "
+                                        "Hugging Face Hub, which cannot be reached") as e:
+        evals.run_harness(hf_dir, ["t_hub"], include_path=str(tmp_path), limit=1)
+    assert "\n" not in str(e.value) and str(datasets.config.HF_DATASETS_CACHE) in str(e.value)

@@ -114,3 +114,30 @@ def test_hf_rows_without_text(tmp_path):
         prepare_cli.main(["--hf_dataset", "x", "--hf_max_docs", "-5",
                           "--out_dir", str(tmp_path / "o")])
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_hf_dataset_without_the_network_is_one_line(tmp_path, prepared, monkeypatch):
+    """Offline, --hf_dataset ended in a ConnectionError traceback; now one line saying it
+    needs the network and what to pass instead. A stream that breaks off mid-way is one line
+    too, and the old prepared data stays as it was."""
+    r = run_cli("prepare.py", "--hf_dataset", "Skylion007/openwebtext", "--hf_max_docs", "5",
+                "--out_dir", tmp_path / "owt", env={"HF_DATASETS_OFFLINE": "1"})
+    assert_one_line_error(r, "--hf_dataset Skylion007/openwebtext streams from the Hugging "
+                             "Face Hub, which cannot be reached", "HF_HUB_OFFLINE=1",
+                          "pass --input PATH")
+    datasets = pytest.importorskip("datasets")
+    sys.path.insert(0, ROOT)
+    import prepare as prepare_cli
+    from gpt_jax.errors import DataError
+
+    def stream(*args, **kwargs):          # two rows, then the connection drops
+        yield {"text": "first words " * 50}
+        yield {"text": "more words " * 50}
+        raise ConnectionError("Connection reset by peer")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: stream())
+    before = snapshot(prepared)
+    with pytest.raises(DataError, match="stream from the Hugging Face Hub broke off "
+                                        r"\(Connection reset by peer\); nothing was replaced"):
+        prepare_cli.main(["--hf_dataset", "x/y", "--hf_max_docs", "5",
+                          "--out_dir", str(prepared)])
+    assert snapshot(prepared) == before

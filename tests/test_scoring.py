@@ -293,3 +293,60 @@ def test_log_probs_refuses_ids_outside_the_vocabulary_and_non_integer_ids(tiny_c
     # Under a jax transformation the values cannot be read: no check, the same numbers.
     traced = jax.jit(lambda t: log_probs(params, tiny_cfg, t))(jnp.asarray(good))
     np.testing.assert_array_equal(traced, log_probs(params, tiny_cfg, good))
+
+
+def same_answers(got, want):
+    return [g for _, g in got] == [g for _, g in want] and \
+        [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], rel=1e-5)
+
+
+def _spy_batches(monkeypatch):
+    """The (B, T, S) of each scoring call; a batch past 64 rows is stopped before it runs
+    (it would allocate that many rows' logits)."""
+    shapes = []
+    real = scoring.Scorer.__call__
+
+    def spy(self, params, tokens, at, targets):
+        shapes.append((tokens.shape[0], tokens.shape[1], at.shape[1]))
+        assert tokens.shape[0] <= 64, f"a batch of {tokens.shape[0]} rows reached the scorer"
+        return real(self, params, tokens, at, targets)
+    monkeypatch.setattr(scoring.Scorer, "__call__", spy)
+    return shapes
+
+
+def test_a_batch_size_past_the_work_is_cut_to_it(model, monkeypatch):
+    """batch_size=10**6 for 3 requests allocated 10**6 rows (OOM-killed or RESOURCE_EXHAUSTED
+    at 10**8); the batch is now the 3 rows there are, with the default batch's answers."""
+    params, _ = model
+    rng = np.random.default_rng(5)
+    reqs = [(ids(rng, 5), ids(rng, 3)), (ids(rng, 9), ids(rng, 2)), ([], ids(rng, 4))]
+    want = gpt_jax.loglikelihood(params, CFG, reqs)
+    shapes = _spy_batches(monkeypatch)
+    got = gpt_jax.loglikelihood(params, CFG, reqs, batch_size=10**6)
+    assert [b for b, _, _ in shapes] == [3]
+    assert same_answers(got, want)
+
+
+def test_a_batch_that_cannot_fit_is_refused_or_shrunk_before_compiling(model, monkeypatch):
+    """Memory is checked on the host first, as generate() does: a batch_size the caller gave
+    that would not fit is one ScoreMemoryError line naming the largest that fits; the default
+    batch shrinks to it instead."""
+    from gpt_jax.errors import ScoreMemoryError
+    params, _ = model
+    rng = np.random.default_rng(6)
+    reqs = [(ids(rng, 20), ids(rng, 4)) for _ in range(5)]   # T 24, S 4
+    want = gpt_jax.loglikelihood(params, CFG, reqs, batch_size=2)
+    per_row = scoring.score_memory_bytes(CFG, 1, 24, 4)
+    monkeypatch.setattr(scoring, "MEMORY_CHECK_ABOVE", 0)
+    monkeypatch.setattr(scoring, "available_memory_bytes", lambda: int(2.5 * per_row / 0.75))
+    shapes = _spy_batches(monkeypatch)
+    with pytest.raises(ScoreMemoryError, match=r"scoring 4 rows of 24 tokens .* pass "
+                                               r"batch_size=2 or less") as e:
+        gpt_jax.loglikelihood(params, CFG, reqs, batch_size=4)
+    assert "\n" not in str(e.value) and isinstance(e.value, MemoryError) and shapes == []
+    got = gpt_jax.loglikelihood(params, CFG, reqs)           # default: 2 rows a batch
+    assert {b for b, _, _ in shapes} == {2}
+    assert same_answers(got, want)
+    monkeypatch.setattr(scoring, "available_memory_bytes", lambda: per_row // 2)
+    with pytest.raises(ScoreMemoryError, match="use a smaller model"):
+        gpt_jax.loglikelihood(params, CFG, reqs)

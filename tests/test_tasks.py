@@ -140,7 +140,12 @@ GOOD_HS = json.dumps({"ctx": "a b", "endings": ["c", "d", "e", "f"], "label": 1}
     ("hellaswag", GOOD_HS + "\n" + json.dumps({"ctx": "a", "endings": ["b", "c"], "label": 2}),
      "line 2: label 2 is out of range: it must be an ending's index, 0 to 1"),
     ("hellaswag", json.dumps({"ctx": "a", "endings": ["b", "c"], "label": -1}), "out of range"),
-    ("hellaswag", json.dumps({"ctx": "a", "endings": ["b", "c"], "label": "x"}), "out of range"),
+    ("hellaswag", json.dumps({"ctx": "a", "endings": ["b", "c"], "label": "x"}),
+     "label 'x' must be an integer"),
+    ("hellaswag", json.dumps({"ctx": "a", "endings": ["b", "c"], "label": 0.5}),
+     "label 0.5 must be an integer, an ending's index 0 to 1"),
+    ("hellaswag", json.dumps({"ctx": "a", "endings": ["b", "c"], "label": 2.0}),
+     "label 2.0 is out of range"),
     ("hellaswag", json.dumps({"ctx": "a", "endings": "bc", "label": 0}), "endings must be a list"),
     ("hellaswag", json.dumps({"ctx": 3, "endings": ["b", "c"], "label": 0}),
      "ctx must be a string"),
@@ -152,6 +157,13 @@ GOOD_HS = json.dumps({"ctx": "a b", "endings": ["c", "d", "e", "f"], "label": 1}
 ])
 def test_bad_data(tmp_path, task, content, match):
     bad(tmp_path, task, content, match)
+
+
+def test_an_integral_float_label_is_its_index(tmp_path):
+    """"label": 1.0 (as some JSON writers give an int) was called out of range."""
+    path = tmp_path / "hs.jsonl"
+    path.write_text(json.dumps({"ctx": "a b", "endings": ["c", "d", "e"], "label": 1.0}) + "\n")
+    assert tasks.hellaswag_requests(str(path), CFG)[1] == [1]
 
 
 def test_bad_files_and_arguments(tmp_path):

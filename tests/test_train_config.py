@@ -56,7 +56,8 @@ def test_flat_keys_outside_a_gptconfig_inside():
         TrainConfig.from_dict({"n_embd": 100, "n_head": 3})
     with pytest.raises(ConfigError, match="unknown key.*n_layers"):
         TrainConfig.from_dict({"n_layers": 3})
-    with pytest.raises(ConfigError, match="dtype must be float32 or bfloat16"):
-        TrainConfig.from_dict({"dtype": "float16"})
+    for dtype in ("float16", "float64"):   # float64 was told "one of ..., float16"
+        with pytest.raises(ConfigError, match=f"dtype must be float32 or bfloat16 .*'{dtype}'"):
+            TrainConfig.from_dict({"dtype": dtype})
     with pytest.raises(ConfigError, match="only the model fields"):
         TrainConfig(model=GPTConfig(n_layer=1, attn_impl="xla"))
