@@ -19,7 +19,7 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     assert {"platform", "device_kind", "device_count", "jax", "jaxlib", "cpu"} <= set(doc["machine"])
     rows = doc["results"]
     assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode", "scale",
-                                            "eval"}
+                                            "eval", "serve"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = {r["name"] for r in rows}
     # The peers (torch + transformers are in the test extra) and the ratios against them.
@@ -347,3 +347,17 @@ def test_gpu_table_states_each_target_met_or_not(tmp_path):
     write_table(str(readme), "gpu", good)
     text = readme.read_text()
     assert text == f"# x\n\n<!-- gpu-table:start -->\n{good}<!-- gpu-table:end -->\n{prose}"
+
+
+def test_serve_streaming_rows():
+    """Section serve's streaming rows on tiny sizes: streamed tokens equal unstreamed ones,
+    and a batch whose rows stop after 10 tokens stops there (the early-exit rows)."""
+    from gpt_jax.bench import streaming
+    from gpt_jax.bench.harness import Context
+    rows = {r.name: r for r in streaming.run(Context(tiny=True, repeats=1, warmup=0))}
+    assert {"streamed / unstreamed b1", "streamed / unstreamed b8",
+            "early exit / all 64 tokens", "early exit / 10 tokens"} <= set(rows)
+    assert rows["ours greedy streamed b8"].config["tokens_equal_unstreamed"] == 1.0
+    early = rows["early exit: 4 rows stop after 10 of 64"]
+    assert early.config["rows_stopped_after"] == [10] * 4
+    assert all(r.value > 0 for r in rows.values())
