@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

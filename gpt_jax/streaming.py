@@ -17,7 +17,6 @@ from typing import Iterator, Optional
 import jax
 import numpy as np
 
-from gpt_jax.errors import UserError
 
 _LISTENERS: dict[int, "queue.Queue"] = {}   # stream id -> its queue (one per generate_stream)
 _CANCELLED: set[int] = set()
