@@ -72,9 +72,17 @@ def test_generate_with_stop_strings_equals_transformers(hf_tokenizer):
     prompts = prompts_of(lengths, CFG.vocab_size, seed=3)
     N = 16
     free = np.asarray(generation.generate(params, CFG, prompts, N, temperature=0))
-    # stops the model makes: two-token strings from two rows, one byte from a third
-    stops = [enc.decode(list(free[0, 3:5])), enc.decode(list(free[5, 6:8])),
-             enc.decode(list(free[14, 4:6])), enc.decode([int(free[9, 2])])]
+    # stops the model makes (whole UTF-8 text: ids 94..127 are single high bytes): two-token
+    # strings from three rows, one byte from a fourth
+    def text(ids):
+        try:
+            return enc.decode_bytes(list(map(int, ids))).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    pairs = [t for b in range(len(prompts)) for t in [text(free[b, 3 + b % 5:5 + b % 5])] if t]
+    single = [t for t in (text([x]) for x in free[:, 2]) if t]
+    stops = pairs[:3] + single[:1]
+    assert len(stops) == 4
     ours = np.asarray(generation.generate(params, CFG, prompts, N, temperature=0, stop=stops,
                                           pad_id=0))
     stopped = 0

@@ -68,11 +68,23 @@ def early_exit_rows(ctx: Context, name: str, cfg, params) -> list[Result]:
     N, K = (64, 10) if ctx.tiny else (512, 10)
     N = min(N, cfg.block_size - P)
     enc = get_tokenizer()
-    prompts = np.random.default_rng(0).integers(0, cfg.n_real_vocab, (B, P))
-    full, args_full = compile_generate(params, cfg, prompts, N, temperature=0)
-    free = np.asarray(full(*args_full))
     # Each row's stop: the text of its first K new tokens, which first ends at token K - 1.
-    stops = [enc.decode(list(map(int, row[:K]))) for row in free]
+    # Rows whose first K tokens are not whole UTF-8 text (a random model emits any bytes)
+    # cannot be written as a stop string: prompts are drawn until B rows can.
+    prompts, stops, free = [], [], []
+    for seed in range(20):
+        batch = np.random.default_rng(seed).integers(0, cfg.n_real_vocab, (B, P))
+        full, args_full = compile_generate(params, cfg, batch, N, temperature=0)
+        for prompt, row in zip(batch, np.asarray(full(*args_full))):
+            try:
+                stop = enc.decode_bytes(list(map(int, row[:K]))).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            prompts, stops, free = prompts + [prompt], stops + [stop], free + [row]
+        if len(prompts) >= B:
+            break
+    prompts, stops, free = np.array(prompts[:B]), stops[:B], np.array(free[:B])
+    full, args_full = compile_generate(params, cfg, prompts, N, temperature=0)
     t0 = time.perf_counter()
     early, args_early = compile_generate(params, cfg, prompts, N, temperature=0, stop=stops,
                                          stop_in_prompt=False)
