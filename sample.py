@@ -149,7 +149,7 @@ def main():
                     top_p=args.top_p if args.top_p < 1 else None, eos_id=eos_id,
                     weights=args.weights, repetition_penalty=args.repetition_penalty,
                     no_repeat_ngram_size=args.no_repeat_ngram_size, min_p=args.min_p or None,
-                    min_new_tokens=args.min_new_tokens if eos_id is not None else 0,
+                    min_new_tokens=args.min_new_tokens,
                     stop=args.stop)
 
     try:  # every check (memory too) before the config line and the compile

@@ -168,5 +168,5 @@ def test_processor_stop_and_stream_flags(out_dir):
     assert r.returncode == 0 and r.stdout.count(SEP) == 2, r.stderr
     assert_one_line_error(sample(*common, "--repetition_penalty", "-1"), "repetition_penalty")
     assert_one_line_error(sample(*common, "--stop", ""), "stop strings must not be empty")
-    assert_one_line_error(sample(*common, "--eos", "true", "--min_new_tokens", "11"),
+    assert_one_line_error(sample(*common, "--min_new_tokens", "11"),
                           "min_new_tokens 11 exceeds max_new_tokens 10")
