@@ -39,7 +39,22 @@ def parse_args(argv=None):
                    help="how the decode loop stores the weights (default: the model's dtype); "
                         "bfloat16 or int8 read fewer bytes per token: faster at batch 1 on "
                         "CPU, with slightly different logits")
+    p.add_argument("--repetition_penalty", type=float, default=1.0,
+                   help="> 1 makes ids already in the text less likely (transformers'); 1 = off")
+    p.add_argument("--no_repeat_ngram_size", type=int, default=0,
+                   help="never repeat an n-gram of this size; 0 = off")
+    p.add_argument("--min_p", type=float, default=0.0,
+                   help="keep tokens at least this fraction as likely as the top one; 0 = off")
+    p.add_argument("--min_new_tokens", type=int, default=0,
+                   help="with --eos true: no <|endoftext|> before this many new tokens")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="a sample ends where its text ends in TEXT (repeatable; \\n, \\t "
+                        "and \\\\ are read as escapes); the text is cut before it")
+    p.add_argument("--stream", type=str2bool, default=False,
+                   help="true: print each sample as its tokens are made (one at a time)")
     args = p.parse_args(argv)
+    if args.stop is not None:
+        args.stop = [unescape(s) for s in args.stop]
     for name in ("num_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -53,6 +68,20 @@ def parse_args(argv=None):
     if not 0 < args.top_p <= 1:
         p.error(f"--top_p must be in (0, 1], got {args.top_p}")
     return args
+
+
+def unescape(text: str) -> str:
+    r"""\n, \t and \\ in a flag's text as the characters they name (a shell passes them as
+    two characters)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def read_prompt(start: str) -> str:
@@ -93,6 +122,7 @@ def main():
     from gpt_jax.checks import check_max_new_tokens, check_prompts
     from gpt_jax.errors import DecodeMemoryError, UserError
     from gpt_jax.generation import bucket_length, compile_generate, generate_args, max_batch
+    from gpt_jax.stopping import cut_text
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
 
     text = read_prompt(args.start)
@@ -111,7 +141,7 @@ def main():
     sys.stdout.reconfigure(errors="replace")
     check_prompts([ids], cfg, check_max_new_tokens(args.max_new_tokens, cfg))
     P = bucket_length(len(ids), cfg.block_size)
-    batch, n_batches = plan_batches(args.num_samples, args.batch_size,
+    batch, n_batches = plan_batches(args.num_samples, 1 if args.stream else args.batch_size,
                                     max_batch(cfg, P, args.max_new_tokens))
     key = jax.random.key(args.seed)
     prompts = [ids] * batch
@@ -120,7 +150,10 @@ def main():
         return dict(key=key if i == 0 else jax.random.fold_in(key, i),
                     temperature=args.temperature, top_k=args.top_k or None,
                     top_p=args.top_p if args.top_p < 1 else None, eos_id=eos_id,
-                    weights=args.weights)
+                    weights=args.weights, repetition_penalty=args.repetition_penalty,
+                    no_repeat_ngram_size=args.no_repeat_ngram_size, min_p=args.min_p or None,
+                    min_new_tokens=args.min_new_tokens,
+                    stop=args.stop)
 
     try:  # every check (memory too) before the config line and the compile
         generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(0))
@@ -136,6 +169,8 @@ def main():
           f"temperature {args.temperature}, top_k {args.top_k or 'off'}, "
           f"top_p {args.top_p if args.top_p < 1 else 'off'}, seed {args.seed}"
           f"{f', weights {args.weights}' if args.weights else ''}", file=sys.stderr)
+    if args.stream:
+        return stream_samples(params, cfg, ids, text, args, sampling)
     t0 = time.perf_counter()
     decode, dargs = compile_generate(params, cfg, prompts, args.max_new_tokens, **sampling(0))
     compile_s = time.perf_counter() - t0
@@ -151,9 +186,12 @@ def main():
         n_tokens += len(rows) * new.shape[1]
         try:
             for row in rows:
-                if eos_id is not None and eos_id in row:
-                    row = row[:row.index(eos_id)]
-                sys.stdout.write(enc.decode(ids + row) + "\n" + SEPARATOR + "\n")
+                for end in (eos_id, -1):   # -1: padding after a stop string
+                    if end is not None and end in row:
+                        row = row[:row.index(end)]
+                sample_text = enc.decode(ids + row) if not args.stop else \
+                    enc.decode(ids) + cut_text(enc.decode(row), args.stop)
+                sys.stdout.write(sample_text + "\n" + SEPARATOR + "\n")
             sys.stdout.flush()
         except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -161,6 +199,30 @@ def main():
                   file=sys.stderr)
             return 0
     print(f"[sample] compile {compile_s:.1f}s, {n_tokens} tokens in {run_s:.2f}s = "
+          f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
+
+
+def stream_samples(params, cfg, ids, text, args, sampling):
+    """--stream: one sample at a time, each printed piece by piece as its tokens are made."""
+    import time
+    import gpt_jax
+    n_tokens, t0 = 0, time.perf_counter()
+    try:
+        for i in range(args.num_samples):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            for piece in gpt_jax.generate_stream(params, cfg, [ids], args.max_new_tokens,
+                                                 text=True, **sampling(i)):
+                n_tokens += 1
+                sys.stdout.write(piece.text[0])
+                sys.stdout.flush()
+            sys.stdout.write("\n" + SEPARATOR + "\n")
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    run_s = time.perf_counter() - t0
+    print(f"[sample] streamed {n_tokens} tokens in {run_s:.2f}s (compile included) = "
           f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
 
 

@@ -15,8 +15,10 @@ lm-eval's own "hf" backend on the same weights, request by request (tests/test_e
 - loglikelihood_rolling: gpt_jax.scoring.token_logprobs at stride block_size, which is
   lm-eval's rolling windows with <|endoftext|> as the prefix token;
 - generate_until: gpt_jax.generate, greedy unless the task samples (do_sample / temperature,
-  top_k, top_p), contexts cut from the left to block_size - max_gen_toks, batched; the text is
-  cut at <|endoftext|> and at the first of the `until` strings, as the hf backend does.
+  top_k, top_p), contexts cut from the left to block_size - max_gen_toks, batched; each row
+  stops in the loop at <|endoftext|> or an `until` string (stop strings, the loop ending once
+  all rows have); the text is cut at <|endoftext|> and at the first of the `until` strings,
+  as the hf backend does.
 
 This module imports lm_eval; `import gpt_jax` does not import it.
 """
@@ -48,7 +50,6 @@ from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 log = logging.getLogger(__name__)
 
 GEN_BATCH = 16        # generate_until rows per batch when lm-eval gives no batch size
-FIRST_CHUNK = 16      # generate_until decodes 16, 32, 64, ... tokens, stopping when all rows stop
 
 _PLATFORMS = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu", "rocm": "gpu"}
 
@@ -271,27 +272,16 @@ class GptJaxLM(TemplateLM):
 
     def _generate(self, prompts: list[list[int]], max_new: int, until: list[str],
                   sampling: dict) -> list[str]:
-        """Decode in chunks of 16, 32, 64, ... tokens (each re-reads prompt + tokens so far),
-        dropping the rows that have met a stop string or <|endoftext|>, up to max_new tokens."""
-        new = [[] for _ in prompts]
-        active, chunk = list(range(len(prompts))), FIRST_CHUNK
-        while active:
-            n = min(chunk, max_new - len(new[active[0]]))
-            rows = [prompts[i] + new[i] for i in active]
-            # Batches padded to a power of two rows: shrinking batches reuse few programs.
-            rows += [rows[0]] * ((1 << (len(rows) - 1).bit_length()) - len(rows))
-            self._key, key = jax.random.split(self._key)
-            toks = np.asarray(generate(self.params, self.cfg, rows, n, key, eos_id=EOT_ID,
-                                       **sampling))
-            still = []
-            for b, i in enumerate(active):
-                new[i] += toks[b].tolist()
-                text = self.enc.decode([t for t in new[i] if t != EOT_ID])
-                stopped = EOT_ID in new[i] or any(s and s in text for s in until)
-                if not stopped and len(new[i]) < max_new:
-                    still.append(i)
-            active, chunk = still, chunk * 2
-        return [self._text(t, until) for t in new]
+        """One decode of up to max_new tokens in which a row stops at <|endoftext|> or at the
+        end of any `until` string in its new text (the prompt is not searched, as lm-eval's
+        hf backend does not), and the loop ends once every row has stopped."""
+        self._key, key = jax.random.split(self._key)
+        stop = [s for s in until if s]
+        # A batch padded to a power of two rows: the last, smaller batch reuses a program.
+        rows = prompts + [prompts[0]] * ((1 << (len(prompts) - 1).bit_length()) - len(prompts))
+        toks = np.asarray(generate(self.params, self.cfg, rows, max_new, key, eos_id=EOT_ID,
+                                   stop=stop, stop_in_prompt=False, **sampling))
+        return [self._text(row, until) for row in toks.tolist()[:len(prompts)]]
 
 
 def run_harness(init_from: str, task_names: list[str], *, include_path: Optional[str] = None,

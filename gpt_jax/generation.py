@@ -28,11 +28,13 @@ import numpy as np
 from gpt_jax.checks import (check_decode_weights, check_eos_id, check_finite, check_key,
                             check_max_new_tokens, check_params, check_prompts, check_sampling)
 from gpt_jax.config import GPTConfig
-from gpt_jax.decode import (decode_mask, decode_step, decode_weights, heads_major, init_cache,
-                            rounded_params, widened)
+from gpt_jax.decode import decode_mask, decode_weights
+from gpt_jax.decode_loop import STATIC, decode_tokens
 from gpt_jax.errors import DecodeMemoryError, UserError
-from gpt_jax.model import GPT, mask_vocab
-from gpt_jax.sampling import first_argmax, sample_logits
+from gpt_jax.model import GPT
+from gpt_jax import processors, stopping
+from gpt_jax.processors import GenerationConfig, Plan
+from gpt_jax.sampling import first_argmax
 from gpt_jax.sharding import batch_devices, batch_sharding, params_mesh
 
 
@@ -57,65 +59,7 @@ def pad_rows(rows: list[np.ndarray], cfg: GPTConfig) -> tuple[np.ndarray, np.nda
     return tokens, (P - lengths).astype(np.int32)
 
 
-# -- the decoding function and its compiled form -----------------------------------------------
-
-STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits")
-
-
-def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id, *,
-                  cfg: GPTConfig, max_new_tokens: int, greedy: bool, use_top_k: bool,
-                  use_top_p: bool, return_logits: bool):
-    """The pure decoding function that generate() compiles: int32 (B, max_new_tokens) new
-    tokens (and their float32 (B, N, V) logits with return_logits).
-
-    params, and weights = decode_weights(params); tokens (B, P) left-padded prompts with pad
-    (B,) the padding of each row (as from left_pad); key one PRNG key; temperature, top_k,
-    top_p, eos_id scalars (eos_id -1: none); the keyword arguments are static (see STATIC):
-    greedy skips the filters, use_top_k / use_top_p switch those filters on."""
-    B, P = tokens.shape
-    N = max_new_tokens
-    S = P + N - 1                            # the last new token is sampled, never fed back
-    model = GPT(cfg)
-
-    def pick(logits, key, done):             # logits (B, V) -> tokens (B,), done (B,)
-        # -inf, not the model's -1e9, for padded ids: no temperature can make them likely.
-        logits = mask_vocab(logits, cfg.n_real_vocab)
-        tok = sample_logits(logits, key, temperature=temperature,
-                            top_k=top_k if use_top_k else None,
-                            top_p=top_p if use_top_p else None, greedy=greedy)
-        tok = jnp.where(done, eos_id, tok)   # finished rows repeat eos_id
-        return tok, done | (tok == eos_id)
-
-    # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
-    idx = jnp.arange(P)
-    positions = jnp.maximum(idx[None, :] - pad[:, None], 0)                    # (B, P)
-    logits, cache = model.apply({"params": rounded_params(params, weights, cfg)}, tokens,
-                                positions=positions,
-                                mask=decode_mask(pad, idx, S), kv_cache=init_cache(cfg, B, S),
-                                cache_index=0, logits_at=P - 1)
-    keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
-    first, done = pick(logits[:, 0], keys[0], jnp.zeros((B,), bool))
-
-    cache = heads_major(cache)               # laid out once for the loop, as are the weights
-    if B > 1:                                # narrow weights pay only in one-row products
-        weights = widened(weights, cfg.compute_dtype)
-
-    def step(carry, xs):                     # feed token i (at index P + i), sample token i + 1
-        cache, tok, done = carry
-        i, key = xs
-        index = P + i
-        logits, cache = decode_step(weights, cfg, tok, index - pad,
-                                    decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
-        new, done = pick(logits, key, done)
-        return (cache, new, done), (new, logits if return_logits else None)
-
-    _, (rest, rest_logits) = jax.lax.scan(step, (cache, first, done),
-                                          (jnp.arange(N - 1), keys[1:]))
-    out = jnp.concatenate([first[:, None], rest.T], axis=1)                   # (B, N)
-    if not return_logits:
-        return out
-    return out, jnp.concatenate([logits, jnp.swapaxes(rest_logits, 0, 1)], axis=1)  # (B, N, V)
-
+# -- the decoding function's compiled form (the function: gpt_jax/decode_loop.py) -----------------
 
 class Decoder:
     """decode_tokens compiled, and what generate() keeps between calls.
@@ -186,14 +130,13 @@ class DecodeArgs(NamedTuple):
     top_k: np.int32
     top_p: np.float32
     eos_id: np.int32
+    extra: dict                        # the processors' runtime values (decode_tokens)
 
 
 # -- the public entry points -------------------------------------------------------------------
 
 def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
-             temperature: float = 1.0, top_k: Optional[int] = None,
-             top_p: Optional[float] = None, eos_id: Optional[int] = None,
-             return_logits: bool = False, weights: Optional[str] = None):
+             config: Optional[GenerationConfig] = None, **settings):
     """Continue each prompt by max_new_tokens tokens: int32 (B, max_new_tokens).
 
     prompts: a list of prompts, each a list (or 1-D array) of int token ids, lengths may differ;
@@ -201,14 +144,19 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     rounded, and a flat list of ints is refused too (pass [[1, 2, 3]] for one prompt).
     key: a jax PRNG key (default key(0)) or an int seed in [0, 2**32), the same as
     jax.random.key(seed); the same key gives the same sample.
+    config: a GenerationConfig; settings: any of its fields as keywords, on top of it:
     temperature >= 0: 0 (or top_k=1) is greedy; a tiny temperature tends to greedy without
     overflow; inf samples uniformly among the tokens top_k keeps (all of them without top_k),
-    and top_p then keeps them all (they are equally likely). top_k: int >= 1; top_p in (0, 1].
-    eos_id: an id in [0, cfg.n_real_vocab); after a row emits it, the rest of that row is eos_id.
-    Compiled once per (batch, bucketed prompt length, max_new_tokens, greedy or not, top_k or
-    not, top_p or not).
+    and top_p then keeps them all (they are equally likely). top_k: int >= 1; top_p in (0, 1];
+    min_p, repetition_penalty, no_repeat_ngram_size, min_new_tokens: as transformers' (see
+    GenerationConfig, gpt_jax.processors). eos_id: an id in [0, cfg.n_real_vocab); stop: stop
+    strings (gpt_jax.stopping); a row that emits eos_id or ends a stop string keeps that token
+    and holds pad_id (default eos_id, or -1) after it. With eos_id or stop the loop ends as
+    soon as every row is done. Compiled once per (batch, bucketed prompt length,
+    max_new_tokens, and which settings are on); their values are runtime arguments.
     return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
-    from (before temperature and filters).
+    from (before temperature and processors); logprobs: also return float32 (B, N) log p of
+    each token under the model (0 after a row stops); both come after the tokens, as a tuple.
     weights: how the decode loop stores the Dense kernels and the embedding (the tied head),
     the bytes each new token reads: None (the compute dtype, cfg.dtype), "float32",
     "bfloat16", or "int8" (one float32 scale per output channel); see decode.decode_weights.
@@ -221,43 +169,40 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     logits would not fit in the memory available (split the prompts into smaller calls),
     TokenError for ids that are not ints in range.
     """
-    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key,
-                                 temperature=temperature, top_k=top_k, top_p=top_p,
-                                 eos_id=eos_id, return_logits=return_logits, weights=weights)
+    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
+                                 **settings)
     return DECODER.run(*args, **static)
 
 
 def compile_generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
-                     temperature: float = 1.0, top_k: Optional[int] = None,
-                     top_p: Optional[float] = None, eos_id: Optional[int] = None,
-                     return_logits: bool = False,
-                     weights: Optional[str] = None) -> tuple[Callable, DecodeArgs]:
+                     config: Optional[GenerationConfig] = None,
+                     **settings) -> tuple[Callable, DecodeArgs]:
     """generate() compiled ahead of time: (fn, args), and fn(*args) is what generate() with the
     same arguments returns. For callers that time compilation apart from decoding, or decode
     several batches of one shape with one program: fn also takes the args that generate_args
     gives for other prompts, keys or sampling values of the same static shape."""
-    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key,
-                                 temperature=temperature, top_k=top_k, top_p=top_p,
-                                 eos_id=eos_id, return_logits=return_logits, weights=weights)
+    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
+                                 **settings)
     return DECODER.lower(*args, **static).compile(), args
 
 
 def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=None,
-                  temperature: float = 1.0, top_k: Optional[int] = None,
-                  top_p: Optional[float] = None, eos_id: Optional[int] = None,
-                  return_logits: bool = False,
-                  weights: Optional[str] = None) -> tuple[DecodeArgs, dict]:
+                  config: Optional[GenerationConfig] = None, _stream: bool = False,
+                  **settings) -> tuple[DecodeArgs, dict]:
     """(args, static): generate()'s inputs checked, padded and placed, so that generate() is
     DECODER.run(*args, **static). Every check runs on the host, on Python and numpy values,
     before any device work."""
     if not isinstance(cfg, GPTConfig):
         raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
+    g = processors.settings_of(config, settings)
     max_new_tokens = check_max_new_tokens(max_new_tokens, cfg)
-    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
-    eos_id = check_eos_id(eos_id, cfg)
-    fmt = check_decode_weights(weights)
-    if not isinstance(return_logits, (bool, np.bool_)):
-        raise UserError(f"return_logits must be True or False, got {return_logits!r}")
+    temperature, top_k, top_p = check_sampling(g.temperature, g.top_k, g.top_p)
+    eos_id = check_eos_id(g.eos_id, cfg)
+    proc = processors.check_processors(g, max_new_tokens)
+    stop = stopping.check_stop(g.stop)
+    pad_id = check_pad_id(g.pad_id, eos_id, cfg)
+    fmt = check_decode_weights(g.weights)
+    return_logits = g.return_logits
     key = check_key(key)
     # A lower bound first (every prompt one token long), so an absurd batch is refused before
     # its rows are read; then the exact figure for the bucketed length.
@@ -273,20 +218,56 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
     use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
     use_top_p = not greedy and top_p is not None and top_p < 1
     check_finite(params)                      # NaN/inf weights decode to one token repeated
+    tables = None
+    if stop:
+        from gpt_jax.tokenizer import get_tokenizer
+        tables = stopping.stop_tables(stop, get_tokenizer(), cfg.vocab_size)
     laid = DECODER.weights(params, cfg, fmt)  # checks that params match cfg when it makes one
     if mesh is not None and len(rows) % split == 0:
         # Rows split over the mesh the params live on, so each device decodes its own rows;
         # rows that do not divide stay replicated.
         tokens = jax.device_put(tokens, batch_sharding(mesh, ndim=2, batch_axis=0))
         pad = jax.device_put(pad, batch_sharding(mesh, ndim=1, batch_axis=0))
+    plan = Plan(penalty=proc["repetition_penalty"] is not None,
+                ngram=proc["no_repeat_ngram_size"], min_new=proc["min_new_tokens"] > 0 and
+                eos_id is not None, min_p=proc["min_p"] is not None and not greedy,
+                stop_window=tables.window if tables is not None else 0,
+                early_exit=eos_id is not None or bool(stop), logprobs=g.logprobs,
+                stream=_stream)
+    extra = {"pad_id": np.int32(pad_id)}
+    if plan.penalty:
+        extra["penalty"] = np.float32(proc["repetition_penalty"])
+    if plan.min_p:
+        extra["min_p"] = np.float32(proc["min_p"])
+    if plan.min_new:
+        extra["min_new"] = np.int32(proc["min_new_tokens"])
+    if tables is not None:
+        extra["stop"] = tables
+        extra["stop_in_prompt"] = np.bool_(g.stop_in_prompt)
+    if _stream:
+        extra["stream_id"] = np.int32(0)    # streaming.generate_stream sets its own
     args = DecodeArgs(params, laid, tokens, pad, key,
                       np.float32(temperature if not greedy else 1.0),
                       np.int32(top_k if use_top_k else 0),
                       np.float32(top_p if use_top_p else 1.0),
-                      np.int32(-1 if eos_id is None else eos_id))
+                      np.int32(-1 if eos_id is None else eos_id), extra)
     static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), greedy=greedy,
-                  use_top_k=use_top_k, use_top_p=use_top_p, return_logits=bool(return_logits))
+                  use_top_k=use_top_k, use_top_p=use_top_p, return_logits=bool(return_logits),
+                  plan=plan)
     return args, static
+
+
+def check_pad_id(pad_id, eos_id: Optional[int], cfg: GPTConfig) -> int:
+    """What a stopped row holds: pad_id (an int id in [0, vocab_size), or -1), by default
+    eos_id, or -1 without one."""
+    if pad_id is None:
+        return -1 if eos_id is None else eos_id
+    from gpt_jax.checks import _scalar
+    p = _scalar(pad_id, integer=True)
+    if p is None or not -1 <= p < cfg.vocab_size:
+        raise UserError(f"pad_id must be None, -1 or a token id in [0, {cfg.vocab_size}), "
+                        f"got {pad_id!r}")
+    return p
 
 
 # -- the memory a decode needs -------------------------------------------------------------------

@@ -67,6 +67,15 @@ def _keep_above(logits, weight, limit):
     return keys >= threshold[..., None]
 
 
+def min_p_filter(logits, min_p):
+    """Min-p (transformers' MinPLogitsWarper): keep the ids whose probability is at least
+    min_p times the most likely one's (which always stays), -inf elsewhere."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = probs >= min_p * jnp.max(probs, axis=-1, keepdims=True)
+    keep |= logits == jnp.max(logits, axis=-1, keepdims=True)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
 def first_argmax(logits):
     """argmax over the last axis (the first index of the maximum), as int32.
 
@@ -79,8 +88,9 @@ def first_argmax(logits):
 
 
 def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, top_p=None,
-                  greedy: bool = False):
-    """int32 (...,) token ids from (..., V) logits: top-k, then temperature, then top-p.
+                  greedy: bool = False, min_p=None):
+    """int32 (...,) token ids from (..., V) logits: top-k, then temperature, then top-p, then
+    min-p (None skips it).
 
     greedy (static) is argmax and skips everything else; top_k and top_p (None skips either)
     are the optional filters; both may be traced values. top-k keeps the same tokens before or
@@ -97,6 +107,8 @@ def sample_logits(logits, key, *, temperature=1.0, top_k: Optional[int] = None, 
     logits = apply_temperature(logits, temperature)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
+    if min_p is not None:
+        logits = min_p_filter(logits, min_p)
     # jax.random.categorical's Gumbel-max draw (the same noise, so the same samples), with the
     # vectorised first_argmax in place of its argmax.
     return first_argmax(logits + jax.random.gumbel(key, logits.shape, logits.dtype))

@@ -19,7 +19,7 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     assert {"platform", "device_kind", "device_count", "jax", "jaxlib", "cpu"} <= set(doc["machine"])
     rows = doc["results"]
     assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode", "scale",
-                                            "eval"}
+                                            "eval", "serve"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = {r["name"] for r in rows}
     # The peers (torch + transformers are in the test extra) and the ratios against them.
@@ -362,3 +362,17 @@ def test_flax_python_that_is_no_python_and_gpu_suite_without_a_gpu_are_one_line(
             run_cli("bench.py", "--suite", "gpu", env={"JAX_PLATFORMS": "cpu"}),
             "--suite gpu needs a GPU, and jax finds none here",
             "python bench.py --suite gpu --device cpu --tiny")
+
+
+def test_serve_streaming_rows():
+    """Section serve's streaming rows on tiny sizes: streamed tokens equal unstreamed ones,
+    and a batch whose rows stop after 10 tokens stops there (the early-exit rows)."""
+    from gpt_jax.bench import streaming
+    from gpt_jax.bench.harness import Context
+    rows = {r.name: r for r in streaming.run(Context(tiny=True, repeats=1, warmup=0))}
+    assert {"streamed / unstreamed b1", "streamed / unstreamed b8",
+            "early exit / all 64 tokens", "early exit / 10 tokens"} <= set(rows)
+    assert rows["ours greedy streamed b8"].config["tokens_equal_unstreamed"] == 1.0
+    early = rows["early exit: 4 rows stop after 10 of 64"]
+    assert early.config["rows_stopped_after"] == [10] * 4
+    assert all(r.value > 0 for r in rows.values())

@@ -144,3 +144,29 @@ def test_stdout_that_cannot_encode_a_sample_gets_replacement_characters(out_dir)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(SEP) == 6 and "?" in r.stdout
     assert "--eos true ignored" in r.stderr
+
+
+def test_processor_stop_and_stream_flags(out_dir):
+    """--stream prints what the batched path prints (the same keys, one sample at a time);
+    --stop cuts each sample before its first stop; the processors' flags run; bad values are
+    one-line errors."""
+    common = ("--init_from", out_dir, "--start", "a b", "--num_samples", "2",
+              "--max_new_tokens", "10", "--seed", "5", "--temperature", "1.5")
+    plain = sample(*common, "--batch_size", "1")
+    streamed = sample(*common, "--stream", "true")
+    assert plain.returncode == streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == plain.stdout and "streamed" in streamed.stderr
+    new = plain.stdout.split(SEP + "\n")[0][len("a b"):]
+    stop = new[3:5]
+    want = "a b" + new[:new.index(stop)]
+    for extra in ((), ("--stream", "true")):
+        r = sample(*common, "--batch_size", "1", "--stop", stop, *extra)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split(SEP + "\n")[0] == want + "\n", (extra, r.stdout, want)
+    r = sample(*common, "--repetition_penalty", "1.5", "--no_repeat_ngram_size", "2",
+               "--min_p", "0.05", "--eos", "true", "--min_new_tokens", "3")
+    assert r.returncode == 0 and r.stdout.count(SEP) == 2, r.stderr
+    assert_one_line_error(sample(*common, "--repetition_penalty", "-1"), "repetition_penalty")
+    assert_one_line_error(sample(*common, "--stop", ""), "stop strings must not be empty")
+    assert_one_line_error(sample(*common, "--min_new_tokens", "11"),
+                          "min_new_tokens 11 exceeds max_new_tokens 10")

@@ -1,0 +1,123 @@
+"""generate_stream(): the tokens of generate() as they are made, for a CLI or a server.
+
+The decode is generate()'s own compiled loop (the same tokens for the same arguments) with one
+host callback per step (jax.experimental.io_callback): it hands the step's tokens to a queue
+and returns whether the consumer still wants more, which the loop's condition reads, so a
+consumer that stops iterating ends the decode at the next step. The compiled loop runs in a
+worker thread (JAX releases the GIL while it runs); the generator reads the queue.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import jax
+import numpy as np
+
+
+_LISTENERS: dict[int, "queue.Queue"] = {}   # stream id -> its queue (one per generate_stream)
+_CANCELLED: set[int] = set()
+_IDS = itertools.count(1)
+
+
+def _on_step(stream_id, i, tokens, logprobs, done) -> np.bool_:
+    sid = int(stream_id)
+    q = _LISTENERS.get(sid)
+    if q is None or sid in _CANCELLED:
+        return np.bool_(False)
+    q.put((int(i), np.asarray(tokens), None if logprobs is None else np.asarray(logprobs),
+           np.asarray(done)))
+    return np.bool_(True)
+
+
+def report(s: dict, i, tokens, logprobs, done):
+    """Inside the decode loop: hand step i's tokens (B,), log-probs (B,) or None and done (B,)
+    to stream s["stream_id"]; a traced bool, False once the consumer has gone."""
+    from jax.experimental import io_callback
+    if logprobs is None:
+        fn = lambda sid, i, t, d: _on_step(sid, i, t, None, d)
+        return io_callback(fn, jax.ShapeDtypeStruct((), np.bool_), s["stream_id"], i, tokens,
+                           done, ordered=False)
+    return io_callback(_on_step, jax.ShapeDtypeStruct((), np.bool_), s["stream_id"], i,
+                       tokens, logprobs, done, ordered=False)
+
+
+@dataclass
+class Piece:
+    """One step of a stream. step: the index of these tokens among the new ones; tokens int32
+    (B,) (pad_id for rows already done); done (B,) bool, rows finished with or before this
+    token; logprobs float32 (B,) when asked; text: each row's new text when asked (whole
+    characters, cut before a stop string, "" once done), else None."""
+    step: int
+    tokens: np.ndarray
+    done: np.ndarray
+    logprobs: Optional[np.ndarray] = None
+    text: Optional[list[str]] = None
+
+
+def generate_stream(params, cfg, prompts, max_new_tokens: int = 64, key=None, *,
+                    text: bool = False, config=None, **settings) -> Iterator[Piece]:
+    """generate() as a generator of Pieces, one per step, as the loop makes them (the tokens
+    are generate()'s with the same arguments). text=True adds each row's text piece (GPT-2
+    BPE; the pieces of a row joined are its text cut before the first stop string).
+    Stopping the iteration (break, close) ends the decode at its next step. Every check runs
+    before the first Piece, as in generate()."""
+    from gpt_jax.generation import DECODER, generate_args
+    from gpt_jax.stopping import StopTextStream, check_stop
+    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
+                                 _stream=True, **settings)
+    enc = None
+    if text:
+        from gpt_jax.tokenizer import get_tokenizer
+        enc = get_tokenizer()
+        from gpt_jax.processors import settings_of
+        stops = check_stop(settings_of(config, settings).stop)
+        streams = [StopTextStream(stops) for _ in range(args.tokens.shape[0])]
+    sid = next(_IDS)
+    q: queue.Queue = queue.Queue()
+    _LISTENERS[sid] = q
+    args = args._replace(extra={**args.extra, "stream_id": np.int32(sid)})
+    fail: list[BaseException] = []
+    END = object()
+
+    def work():
+        try:
+            jax.block_until_ready(DECODER.run(*args, **static))
+        except BaseException as e:  # re-raised in the consumer
+            fail.append(e)
+        finally:
+            q.put(END)
+
+    worker = threading.Thread(target=work, name=f"gpt_jax-stream-{sid}", daemon=True)
+    worker.start()
+    eos, last = int(args.eos_id), static["max_new_tokens"] - 1
+    before = np.zeros(args.tokens.shape[0], bool)   # rows done before this step
+    try:
+        while True:
+            item = q.get()
+            if item is END:
+                break
+            i, toks, lps, done = item
+            pieces = None
+            if enc is not None:
+                pieces = []
+                for b, t in enumerate(toks.tolist()):
+                    if before[b]:
+                        pieces.append("")
+                        continue
+                    piece = streams[b].feed(b"" if t == eos or t < 0 else
+                                            enc.decode_single_token_bytes(t))
+                    pieces.append(piece + streams[b].finish() if done[b] or i == last
+                                  else piece)
+            before = done
+            yield Piece(i, toks, done, lps, pieces)
+        if fail:
+            raise fail[0]
+    finally:
+        _CANCELLED.add(sid)
+        worker.join()
+        _LISTENERS.pop(sid, None)
+        _CANCELLED.discard(sid)
