@@ -193,7 +193,9 @@ class DecodeArgs(NamedTuple):
 def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
              temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, eos_id: Optional[int] = None,
-             return_logits: bool = False, weights: Optional[str] = None):
+             return_logits: bool = False, weights: Optional[str] = None,
+             num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
+             num_return_sequences: int = 1):
     """Continue each prompt by max_new_tokens tokens: int32 (B, max_new_tokens).
 
     prompts: a list of prompts, each a list (or 1-D array) of int token ids, lengths may differ;
@@ -215,12 +217,23 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     Narrow weights make batch-1 decoding faster where it is bound by memory bandwidth (on
     CPU), and the logits differ from the model's by their rounding; the prefill reads the
     same rounded weights, so one call runs one model. A format is compiled once, like a shape.
+    num_beams > 1: beam search as transformers' (gpt_jax.beam.beam_search, which also returns
+    the scores), with length_penalty, early_stopping (True, False, "never") and
+    num_return_sequences (rows b * num_return_sequences ... are prompt b's, best first); it
+    does not sample: pass temperature=0.
 
     Bad input raises a UserError before anything is compiled or allocated: PromptTooLongError
     when prompt + max_new_tokens exceeds block_size, DecodeMemoryError when the KV cache and
     logits would not fit in the memory available (split the prompts into smaller calls),
     TokenError for ids that are not ints in range.
     """
+    from gpt_jax import beam   # beam search (beam.py imports this module)
+    if beam.requested(num_beams, length_penalty, early_stopping, num_return_sequences):
+        return beam.generate_beams(
+            params, cfg, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, return_logits=return_logits, num_beams=num_beams,
+            length_penalty=length_penalty, early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences, eos_id=eos_id, weights=weights)
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key,
                                  temperature=temperature, top_k=top_k, top_p=top_p,
                                  eos_id=eos_id, return_logits=return_logits, weights=weights)
