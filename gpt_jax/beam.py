@@ -120,22 +120,35 @@ def _gather(x, idx):
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def _top_k(x, k: int, gaps=slice(None)):
+    """lax.top_k(x, k), and per row the smallest gap between adjacent ranks among `gaps` of the
+    k + 1 best (ranks i, i+1 for i in gaps), between real scores only (not -1e9-marked)."""
+    v, i = jax.lax.top_k(x, k + 1)
+    real = v > NEG / 10
+    gap = jnp.where(real[:, 1:] & real[:, :-1], v[:, :-1] - v[:, 1:], jnp.inf)[:, gaps]
+    return v[:, :k], i[:, :k], jnp.min(gap, axis=1)
+
+
 def _select(s: Beams, logp, t, eos_id, finish, bound, stop_when_full):
     """One step of transformers' _beam_search (c. to g.): logp (B, nb, V) the running beams'
     next-token log-probs. Returns (new state, (B, nb) the beam each new running beam extends,
-    whether any prompt's search goes on)."""
+    whether any prompt's search goes on, (B,) the smallest score gap a choice here turned on).
+
+    That gap is how close the step came to another answer: transformers' float32 logits differ
+    from ours by rounding, so the two agree where it is well above that (tests read it)."""
     B, nb, V = logp.shape
     N = s.run_tok.shape[-1]
     K = 2 * nb
     acc = (logp + s.run_score[:, :, None]).reshape(B, nb * V)
-    vals, flat = jax.lax.top_k(acc, K)                           # (B, K), best first
+    # which K continue (rank K-1 vs K) and which of them may finish (nb-1 vs nb)
+    vals, flat, gap_k = _top_k(acc, K, jnp.array([nb - 1, K - 1]))      # (B, K), best first
     src, tok = flat // V, flat % V
     cand = _gather(s.run_tok, src)                               # (B, K, N)
     cand = jnp.where(jnp.arange(N) == t, tok[..., None], cand)
     hits = (tok == eos_id) | (t == N - 1)                        # EOS or max length
 
     # e. The best nb candidates that did not end run on.
-    run_score, keep = jax.lax.top_k(vals + hits.astype(jnp.float32) * NEG, nb)
+    run_score, keep, gap_run = _top_k(vals + hits.astype(jnp.float32) * NEG, nb, slice(-1, None))
     run_tok, from_beam = _gather(cand, keep), _gather(src, keep)
 
     # f. Candidates among the top nb that ended may enter the finished hypotheses.
@@ -145,7 +158,7 @@ def _select(s: Beams, logp, t, eos_id, finish, bound, stop_when_full):
     score = score + full.astype(jnp.float32) * NEG
     score = score + (~s.open[:, None]).astype(jnp.float32) * NEG
     score = score + (~just).astype(jnp.float32) * NEG
-    fin_score, pick = jax.lax.top_k(jnp.concatenate([s.fin_score, score], axis=1), nb)
+    fin_score, pick, gap_fin = _top_k(jnp.concatenate([s.fin_score, score], axis=1), nb)
     fin_tok = _gather(jnp.concatenate([s.fin_tok, cand], axis=1), pick)
     fin_flag = _gather(jnp.concatenate([s.fin_flag, just], axis=1), pick)
 
@@ -154,14 +167,18 @@ def _select(s: Beams, logp, t, eos_id, finish, bound, stop_when_full):
     worst = jnp.where(fin_flag, jnp.min(fin_score, axis=1, keepdims=True), NEG)
     still = s.open & jnp.any(best > worst, axis=-1)
     go_on = jnp.any(still) & ~(jnp.all(fin_flag) & stop_when_full) & ~jnp.all(hits)
-    return Beams(run_tok, run_score, fin_tok, fin_score, fin_flag, still), from_beam, go_on
+    judged = s.open & jnp.all(fin_flag, axis=1)            # the test above can turn here
+    gap_open = jnp.where(judged, jnp.abs(best[:, 0] - jnp.min(fin_score, axis=1)), jnp.inf)
+    gap = jnp.minimum(jnp.minimum(gap_k, gap_run), jnp.minimum(gap_fin, gap_open))
+    return Beams(run_tok, run_score, fin_tok, fin_score, fin_flag, still), from_beam, go_on, gap
 
 
 def beam_tokens(params, weights, tokens, pad, eos_id, finish, bound, stop_when_full, *,
                 cfg: GPTConfig, max_new_tokens: int, num_beams: int, num_return: int):
     """The pure function beam_search() compiles: (int32 (B * num_return, N) new tokens, the
     best first for each prompt, ending in eos_id repeated where a hypothesis finished early;
-    float32 (B * num_return,) their scores; int32 () the steps run).
+    float32 (B * num_return,) their scores; int32 () the steps run; float32 (B,) per prompt the
+    smallest score gap any of its choices turned on, see _select).
 
     params and weights = decode_weights(params) as for generation.decode_tokens; tokens (B, P)
     left-padded prompts, pad (B,); eos_id int32 (-1: none); finish, bound float32 (N,) from
@@ -191,7 +208,7 @@ def beam_tokens(params, weights, tokens, pad, eos_id, finish, bound, stop_when_f
     s = Beams(tok0, run0, tok0, jnp.full((B, nb), NEG, jnp.float32),
               jnp.zeros((B, nb), bool), jnp.ones((B,), bool))
     logp = jnp.broadcast_to(log_probs(logits[:, 0])[:, None], (B, nb, V))
-    s, from_beam, go_on = _select(s, logp, 0, eos_id, finish, bound, stop_when_full)
+    s, from_beam, go_on, gap = _select(s, logp, 0, eos_id, finish, bound, stop_when_full)
 
     def reorder(cache, from_beam):         # the surviving beams' rows, gathered on device
         rows = (jnp.arange(B)[:, None] * nb + from_beam).reshape(-1)          # (B*nb,)
@@ -199,19 +216,24 @@ def beam_tokens(params, weights, tokens, pad, eos_id, finish, bound, stop_when_f
                            for a in kv) for kv in cache)
 
     def step(carry):                       # feed token t - 1 (at index P + t - 1), select t
-        s, cache, t, _ = carry
+        s, cache, t, _, gap = carry
         index = P + t - 1
         tok = jax.lax.dynamic_index_in_dim(s.run_tok, t - 1, axis=2, keepdims=False)
         logits, cache = decode_step(weights, cfg, tok.reshape(-1), index - pad,
                                     decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
-        s, from_beam, go_on = _select(s, log_probs(logits).reshape(B, nb, V), t, eos_id,
-                                      finish, bound, stop_when_full)
-        return s, reorder(cache, from_beam), t + 1, go_on
+        # a prompt whose search is over (closed, or full with early_stopping True) no longer
+        # decides anything that reaches its answer
+        deciding = s.open & ~(jnp.all(s.fin_flag, axis=1) & stop_when_full)
+        s, from_beam, go_on, new_gap = _select(s, log_probs(logits).reshape(B, nb, V), t,
+                                               eos_id, finish, bound, stop_when_full)
+        gap = jnp.where(deciding, jnp.minimum(gap, new_gap), gap)
+        return s, reorder(cache, from_beam), t + 1, go_on, gap
 
-    s, _, steps, _ = jax.lax.while_loop(lambda c: c[3] & (c[2] < N), step,
-                                        (s, reorder(cache, from_beam), jnp.int32(1), go_on))
+    s, _, steps, _, gap = jax.lax.while_loop(
+        lambda c: c[3] & (c[2] < N), step,
+        (s, reorder(cache, from_beam), jnp.int32(1), go_on, gap))
     out = s.fin_tok[:, :num_return].reshape(B * num_return, N)
-    return out, s.fin_score[:, :num_return].reshape(-1), steps
+    return out, s.fin_score[:, :num_return].reshape(-1), steps, gap
 
 
 class BeamDecoder:
@@ -285,7 +307,7 @@ def beam_search(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, *,
                              length_penalty=length_penalty, early_stopping=early_stopping,
                              num_return_sequences=num_return_sequences, eos_id=eos_id,
                              weights=weights)
-    tokens, scores, _ = BEAMS.run(*args, **static)
+    tokens, scores, _, _ = BEAMS.run(*args, **static)
     return tokens, scores
 
 
