@@ -9,6 +9,7 @@ Streaming and early-exit rows come from gpt_jax/bench/streaming.py where that mo
 (issue 21 items 3 and 5): its rows(ctx) is appended to this section's."""
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
@@ -40,7 +41,7 @@ def _compiled(fn, *args):
 
 def run(ctx: Context) -> list[Result]:
     name, cfg = ctx.model()
-    P, N, NB = (8, 32, 8) if ctx.tiny else (32, 64, 32)  # prompt, greedy tokens, beam tokens
+    P, N, NB = (8, 32, 8) if ctx.tiny else (32, 32, 24)  # prompt, greedy tokens, beam tokens
     params = init_params(cfg, jax.random.key(0))
     prompt = np.random.default_rng(0).integers(0, cfg.n_real_vocab, (1, P))
     peers = have_peers(ctx, "serve")
@@ -126,6 +127,8 @@ def run(ctx: Context) -> list[Result]:
         conf_beam_eq = float(np.mean(np.asarray(beam(*bargs)[0])[0] == hf_new))
         conf["torch_threads"] = torch.get_num_threads()
 
+    print(f"[bench] serve: compiled in {sum(compile_s.values()):.0f}s; timing "
+          f"{len(fns)} calls x {ctx.repeats} repeats", file=sys.stderr)
     t = time_calls(fns, ctx.repeats, ctx.warmup)
     rows: list[Result] = []
 
