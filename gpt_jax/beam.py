@@ -44,11 +44,10 @@ NEG = -1.0e9  # transformers' marker for a candidate that may not be chosen (add
 def requested(num_beams, length_penalty, early_stopping, num_return_sequences) -> bool:
     """Whether generate()'s beam arguments ask for anything but its plain decoding (any value
     other than the defaults 1, 1.0, False, 1: bad ones too, so that beam checks refuse them)."""
-    def is_(x, v):
-        return type(x) in (int, float, bool) and x == v and (type(v) is bool) == (type(x) is bool)
+    def is_(x, v):   # a number (numpy's too, bools not) equal to v
+        return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and x == v
     return not (is_(num_beams, 1) and is_(num_return_sequences, 1) and
-                (is_(length_penalty, 1.0) or is_(length_penalty, 1)) and
-                early_stopping is False)
+                is_(length_penalty, 1.0) and early_stopping is False)
 
 
 def _int(x) -> Optional[int]:
