@@ -52,9 +52,26 @@ def parse_args(argv=None):
                         "and \\\\ are read as escapes); the text is cut before it")
     p.add_argument("--stream", type=str2bool, default=False,
                    help="true: print each sample as its tokens are made (one at a time)")
+    p.add_argument("--num_beams", type=int, default=1,
+                   help="> 1: beam search (deterministic, as transformers'; the sampling flags "
+                        "and --num_samples do not apply): prints the --num_return_sequences "
+                        "best continuations of the prompt, best first, scores on stderr")
+    p.add_argument("--length_penalty", type=float, default=1.0,
+                   help="beam search: score = sum log p / length ** this (> 0 favours longer)")
+    p.add_argument("--num_return_sequences", type=int, default=1,
+                   help="beam search: how many of the best beams to print (<= --num_beams)")
     args = p.parse_args(argv)
     if args.stop is not None:
         args.stop = [unescape(s) for s in args.stop]
+    if args.num_beams > 1:
+        other = [f for f, on in (("--repetition_penalty", args.repetition_penalty != 1.0),
+                                 ("--no_repeat_ngram_size", args.no_repeat_ngram_size != 0),
+                                 ("--min_p", args.min_p != 0.0),
+                                 ("--min_new_tokens", args.min_new_tokens != 0),
+                                 ("--stop", bool(args.stop)), ("--stream", args.stream)) if on]
+        if other:
+            p.error(f"--num_beams {args.num_beams} is beam search, which takes none of "
+                    f"{', '.join(other)}: leave them out (or use --num_beams 1)")
     for name in ("num_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -67,6 +84,13 @@ def parse_args(argv=None):
         p.error(f"--top_k must be >= 0 (0 = off), got {args.top_k}")
     if not 0 < args.top_p <= 1:
         p.error(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.num_beams != 1 or args.num_return_sequences != 1 or args.length_penalty != 1.0:
+        from gpt_jax.beam import check_beam_settings
+        check_beam_settings(args.num_beams, args.length_penalty, False,
+                            args.num_return_sequences)   # one-line UserError, exit 1
+        if args.num_beams == 1:
+            p.error("--length_penalty and --num_return_sequences apply to beam search: "
+                    "pass --num_beams > 1")
     return args
 
 
@@ -140,6 +164,8 @@ def main():
     # halfway through the samples (a model may emit any byte sequence).
     sys.stdout.reconfigure(errors="replace")
     check_prompts([ids], cfg, check_max_new_tokens(args.max_new_tokens, cfg))
+    if args.num_beams > 1:
+        return beam_main(args, params, cfg, ids, eos_id, enc)
     P = bucket_length(len(ids), cfg.block_size)
     batch, n_batches = plan_batches(args.num_samples, 1 if args.stream else args.batch_size,
                                     max_batch(cfg, P, args.max_new_tokens))
@@ -224,6 +250,29 @@ def stream_samples(params, cfg, ids, text, args, sampling):
     run_s = time.perf_counter() - t0
     print(f"[sample] streamed {n_tokens} tokens in {run_s:.2f}s (compile included) = "
           f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
+
+
+def beam_main(args, params, cfg, ids, eos_id, enc):
+    """--num_beams > 1: the --num_return_sequences best beams of the one prompt, as samples."""
+    import numpy as np
+    from gpt_jax.beam import BEAMS, beam_args
+    bargs, static = beam_args(params, cfg, [ids], args.max_new_tokens, num_beams=args.num_beams,
+                              length_penalty=args.length_penalty,
+                              num_return_sequences=args.num_return_sequences, eos_id=eos_id,
+                              weights=args.weights)
+    print(f"[sample] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_embd} wide; prompt "
+          f"{len(ids)} tokens, beam search: {args.num_beams} beams, length_penalty "
+          f"{args.length_penalty}, {args.num_return_sequences} returned, up to "
+          f"{args.max_new_tokens} tokens", file=sys.stderr)
+    t0 = time.perf_counter()
+    tokens, scores, _, _ = BEAMS.run(*bargs, **static)
+    tokens, scores = np.asarray(tokens), np.asarray(scores)
+    for row, score in zip(tokens.tolist(), scores):
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id)]
+        sys.stdout.write(enc.decode(ids + row) + "\n" + SEPARATOR + "\n")
+        print(f"[sample] beam score {score:.4f} ({len(row)} tokens)", file=sys.stderr)
+    print(f"[sample] beam search with compile {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from gpt_jax.checkpoint import load_checkpoint, save_checkpoint
 from gpt_jax.generation import compile_generate, generate
 from gpt_jax.processors import GenerationConfig
 from gpt_jax.streaming import generate_stream
+from gpt_jax.beam import beam_search
 from gpt_jax.scoring import log_probs, loglikelihood, token_logprobs
 
 __version__ = "0.1.0"

@@ -163,14 +163,21 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
     Narrow weights make batch-1 decoding faster where it is bound by memory bandwidth (on
     CPU), and the logits differ from the model's by their rounding; the prefill reads the
     same rounded weights, so one call runs one model. A format is compiled once, like a shape.
+    num_beams > 1: beam search as transformers' (gpt_jax.beam.beam_search, which also returns
+    the scores), with length_penalty, early_stopping (True, False, "never") and
+    num_return_sequences (rows b * num_return_sequences ... are prompt b's, best first); it
+    does not sample: pass temperature=0.
 
     Bad input raises a UserError before anything is compiled or allocated: PromptTooLongError
     when prompt + max_new_tokens exceeds block_size, DecodeMemoryError when the KV cache and
     logits would not fit in the memory available (split the prompts into smaller calls),
     TokenError for ids that are not ints in range.
     """
-    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
-                                 **settings)
+    g = processors.settings_of(config, settings)
+    from gpt_jax import beam   # beam search (beam.py imports this module)
+    if beam.requested(g.num_beams, g.length_penalty, g.early_stopping, g.num_return_sequences):
+        return beam.generate_beams(params, cfg, prompts, max_new_tokens, g)
+    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=g)
     return DECODER.run(*args, **static)
 
 
@@ -195,6 +202,12 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
     if not isinstance(cfg, GPTConfig):
         raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
     g = processors.settings_of(config, settings)
+    from gpt_jax import beam
+    if beam.requested(g.num_beams, g.length_penalty, g.early_stopping, g.num_return_sequences):
+        raise UserError("beam search runs through generate() or gpt_jax.beam_search(), not "
+                        "compile_generate() or generate_stream(): leave num_beams, "
+                        "length_penalty, early_stopping and num_return_sequences at their "
+                        "defaults here")
     max_new_tokens = check_max_new_tokens(max_new_tokens, cfg)
     temperature, top_k, top_p = check_sampling(g.temperature, g.top_k, g.top_p)
     eos_id = check_eos_id(g.eos_id, cfg)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,9 @@ class GenerationConfig:
     unless stop_in_prompt is False); pad_id: what a stopped row holds afterwards (default
     eos_id, or -1 without one); logprobs: also return each token's log-probability under the
     model (before any processor or temperature); return_logits: also return the logits each
-    token was drawn from; weights: the decode loop's weight storage (decode.WEIGHT_FORMATS)."""
+    token was drawn from; weights: the decode loop's weight storage (decode.WEIGHT_FORMATS);
+    num_beams, length_penalty, early_stopping, num_return_sequences: beam search as
+    transformers' (gpt_jax.beam; with temperature=0, eos_id and weights only)."""
     temperature: float = 1.0
     top_k: Optional[int] = None
     top_p: Optional[float] = None
@@ -56,6 +58,10 @@ class GenerationConfig:
     logprobs: bool = False
     return_logits: bool = False
     weights: Optional[str] = None
+    num_beams: int = 1                 # > 1: beam search (gpt_jax.beam), greedy only
+    length_penalty: float = 1.0
+    early_stopping: Union[bool, str] = False   # True, False or "never", as transformers'
+    num_return_sequences: int = 1
 
     def replace(self, **changes) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)

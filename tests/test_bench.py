@@ -27,6 +27,11 @@ def test_bench_smoke_writes_valid_json(tmp_path):
             "ours op-by-op (jit disabled) b1"} <= names
     assert all(r["value"] > 0 for r in rows if r["unit"] == "x")
     assert "tiny gpt_jax / HF torch (CPU time)" in names
+    # serve: beam search against HF PyTorch, and TTFT / TPOT for both
+    assert {"ours / HF PyTorch beam search 4 beams b1", "ours time to first token b1",
+            "HF PyTorch time per output token b1", "ours prefill 8 tokens b1"} <= names
+    hf_beam = [r for r in rows if r["name"] == "HF PyTorch beam search 4 beams b1"][0]
+    assert hf_beam["config"]["best_tokens_equal_ours"] == 1.0
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.
     assert "--flax_python" in proc.stderr and not any("Flax" in n for n in names)
     for row in rows:

@@ -170,3 +170,26 @@ def test_processor_stop_and_stream_flags(out_dir):
     assert_one_line_error(sample(*common, "--stop", ""), "stop strings must not be empty")
     assert_one_line_error(sample(*common, "--min_new_tokens", "11"),
                           "min_new_tokens 11 exceeds max_new_tokens 10")
+
+
+def test_beam_search_flags(out_dir):
+    r = sample("--init_from", out_dir, "--start", "a b", "--max_new_tokens", "6",
+               "--num_beams", "3", "--num_return_sequences", "2", "--length_penalty", "0.5")
+    assert r.returncode == 0, r.stderr
+    chunks = r.stdout.split(SEP + "\n")
+    assert chunks[-1] == "" and len(chunks) == 3 and r.stderr.count("beam score") == 2
+    # the library's beam search on the same checkpoint and prompt, best first
+    params, cfg = gpt_jax.load_checkpoint(out_dir)
+    enc = gpt_jax.get_tokenizer()
+    ids = enc.encode("a b")
+    want, _ = gpt_jax.beam_search(params, cfg, [ids], 6, num_beams=3, num_return_sequences=2,
+                                  length_penalty=0.5)
+    assert chunks[:2] == [enc.decode(ids + row) + "\n" for row in want.tolist()]
+    assert_one_line_error(sample("--init_from", out_dir, "--num_beams", "2",
+                                 "--num_return_sequences", "3"), "at most num_beams")
+    assert_one_line_error(sample("--init_from", out_dir, "--num_beams", "2",
+                                 "--length_penalty", "nan"), "length_penalty")
+    assert_one_line_error(sample("--init_from", out_dir, "--length_penalty", "2"),
+                          "--num_beams > 1")
+    assert_one_line_error(sample("--init_from", out_dir, "--num_beams", "2", "--stop", "x"),
+                          "--num_beams 2 is beam search, which takes none of --stop")

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Callable
 
-from gpt_jax.bench import decoding, evaluation, forward, machine, scale, streaming, training
+from gpt_jax.bench import decoding, evaluation, forward, machine, scale, serving, training
 from gpt_jax.bench.harness import Context, Result
 from gpt_jax.errors import UserError
 
@@ -21,7 +21,8 @@ SECTIONS: dict[str, Callable[[Context], list[Result]]] = {
     "decode": decoding.run,
     "scale": scale.run,
     "eval": evaluation.run,
-    "serve": streaming.run,   # streamed vs unstreamed greedy, early exit (gpt_jax/bench/streaming.py)
+    "serve": serving.run,   # beam search, TTFT/TPOT (serving.py); streamed vs unstreamed
+                            # greedy, early exit (streaming.py)
 }
 
 
