@@ -330,7 +330,8 @@ def generate_beams(params, cfg: GPTConfig, prompts, max_new_tokens: int, g):
         ("pad_id", g.pad_id is not None), ("logprobs", g.logprobs is not False),
         ("return_logits", g.return_logits is not False)) if on]
     if unsupported:
-        raise UserError(f"{', '.join(unsupported)} not supported with num_beams > 1: beam "
+        raise UserError(f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} "
+                        f"not supported with num_beams > 1: beam "
                         f"search takes eos_id, weights, length_penalty, early_stopping and "
                         f"num_return_sequences")
     return beam_search(params, cfg, prompts, max_new_tokens, num_beams=nb,
