@@ -75,6 +75,17 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+def check_causal(cfg: GPTConfig, what: str,
+                 todo: str = "train with causal=True for a model that can score or decode"
+                 ) -> None:
+    """Refuse a bidirectional model (cfg.causal false) where the result means p(x_t | x_<t):
+    generation over a KV cache (a new token changes every earlier key and value, so a cache
+    cannot hold them) and scoring (its log-probs would read the very token they score)."""
+    if not cfg.causal:
+        raise UserError(f"{what} needs a causal model, and this one is bidirectional "
+                        f"(causal=False: each position sees the tokens after it); {todo}")
+
+
 def check_params(params, cfg: GPTConfig):
     """params, once their names and shapes are those GPT(cfg) expects (dtypes may differ).
 
