@@ -38,10 +38,10 @@ def test_future_tokens_change_no_earlier_logit():
 
 
 def test_bidirectional_training_loss_falls_far_below_causal_by_copying():
-    V, s = 64, ex.Scale(n_embd=32, n_head=2, n_layer=2, block_size=16, batch_size=8)
+    V, s = 64, ex.Scale(n_embd=64, n_head=4, n_layer=2, block_size=16, batch_size=8)
     data = random_tokens(V)
-    kw = dict(steps=80, lr=1e-2, warmup=5, batch_size=8, eval_iters=2, keep_params=True)
-    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=V)
+    kw = dict(steps=150, lr=3e-3, warmup=5, batch_size=8, eval_iters=2, keep_params=True)
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=16, vocab_size=V)
     causal = train(cfg, data, **kw)
     bi = train(cfg.replace(causal=False), data, **kw)
     floor = math.log(V)   # random tokens: nothing to learn for a causal model
