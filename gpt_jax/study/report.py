@@ -190,8 +190,11 @@ def write(out_dir, s, res, header: str) -> str:
                      f"{1e3 * r['recomputed_s_per_token']:.2f} | "
                      f"{r['recomputed_s_per_token'] / r['cached_s_per_token']:.1f}x | "
                      f"{r['same_tokens']} |")
-        L += ["", f"Crossover: the cache is faster per token from length **{x}** on." if x else
-              "Crossover: none in the range (the recomputation was never slower).", ""]
+        first = kv["rows"][0]["length"]
+        L += ["", "Crossover: none in the range (the recomputation was never slower)." if not x
+              else f"Crossover: the cache is faster per token at every length measured, from "
+                   f"the shortest ({x}) on." if x == first else
+              f"Crossover: the cache is faster per token from length **{x}** on.", ""]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
