@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog="study.py", description=__doc__)
     p.add_argument("--out_dir", default=None,
                    help="where report.md and the PNGs go (default docs/study, "
-                        "--tiny: docs/study-tiny)")
+                        "--tiny: out-study-tiny)")
     p.add_argument("--tiny", action="store_true", help="every experiment at a tiny size")
     p.add_argument("--model", default=None,
                    help="a train.py out_dir whose model the generation strategies use "
@@ -102,6 +102,6 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"--only takes norm, heads, mask, strategies, kv; got {', '.join(sorted(bad))}")
     s = TINY if a.tiny else FULL
-    run_study(s, a.out_dir or ("docs/study-tiny" if a.tiny else "docs/study"),
+    run_study(s, a.out_dir or ("out-study-tiny" if a.tiny else "docs/study"),
               model_dir=a.model, only=only)
     return 0

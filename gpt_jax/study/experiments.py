@@ -45,7 +45,7 @@ class Scale:
 FULL = Scale()
 TINY = Scale(n_embd=32, n_layer=2, block_size=32, batch_size=2, steps=12, warmup=2,
              norm_depths=(2,), norm_lrs=(3.0,), norm_steps=4, norm_warmup=2,
-             eval_iters=2, samples=2, new_tokens=8, kv_block=64, kv_lengths=(8, 32),
+             eval_iters=2, samples=2, new_tokens=8, kv_block=64, kv_lengths=(24,),
              kv_repeats=1)
 
 
