@@ -31,10 +31,8 @@ def randomised(cfg, seed=0):
         x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
-@pytest.mark.parametrize("switch", [dict(norm="post"), dict(tie_embeddings=False),
-                                    dict(norm="post", tie_embeddings=False)])
-def test_post_ln_and_untied_decode_with_cache_as_full_recomputation(switch):
-    cfg = GPTConfig(**BASE, **switch)
+def test_post_ln_and_untied_decode_with_cache_as_full_recomputation():
+    cfg = GPTConfig(**BASE, norm="post", tie_embeddings=False)
     params = randomised(cfg)
     prompts = [[5, 6, 7, 8, 9], [1, 2]]
     new, logits = generate(params, cfg, prompts, max_new_tokens=12, temperature=0,

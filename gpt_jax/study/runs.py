@@ -80,14 +80,14 @@ def train(cfg: GPTConfig, data, *, steps: int, lr: float, warmup: int, batch_siz
             bar.update(1)
             bar.set_postfix_str(f"{label} loss {loss:.2f}")
     else:
+        if keep_params:
+            run.params = jax.device_get(unstack_layers(state.params))
         if not eval_iters:
             return _done(run, t0, bar, steps)
         shard = state_shardings(cfg, tx, mesh, scan_layers=True).params
         evaluate = make_eval_step(cfg, mesh=mesh, param_shardings=shard, scan_layers=True)
         val = sampler.eval_batches("val", 0, eval_iters)
         run.val_loss = float(np.mean([float(evaluate(state.params, b)) for b in val]))
-        if keep_params:
-            run.params = jax.device_get(unstack_layers(state.params))
     return _done(run, t0, bar, steps)
 
 
