@@ -78,7 +78,13 @@ def run_study(s: Scale, out_dir: str, *, model_dir: str | None = None, only=None
             res["kv"] = ex.kv_cache_timing(s)
             save()
         if "norm" in only:
-            res["norm"] = ex.norm_sweep(s, data, bar=bar)
+            res["norm"] = []
+            try:
+                ex.norm_sweep(s, data, bar=bar, runs=res["norm"])
+            except BaseException:   # interrupted (Ctrl-C, timeout): keep the runs that ended
+                if res["norm"]:
+                    save()
+                raise
     save(done=True)
     log(f"wrote {res['report']} in {res['seconds']:.0f}s")
     return res
@@ -102,6 +108,11 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"--only takes norm, heads, mask, strategies, kv; got {', '.join(sorted(bad))}")
     s = TINY if a.tiny else FULL
+
+    def stop(signum, frame):   # `timeout` sends SIGTERM: end like Ctrl-C, saving what ran
+        raise KeyboardInterrupt
+    import signal
+    signal.signal(signal.SIGTERM, stop)
     run_study(s, a.out_dir or ("out-study-tiny" if a.tiny else "docs/study"),
               model_dir=a.model, only=only)
     return 0

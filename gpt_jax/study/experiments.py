@@ -56,9 +56,10 @@ def model_config(s: Scale, **switches) -> GPTConfig:
 
 # -- Pre-LN vs Post-LN ---------------------------------------------------------------------------
 
-def norm_sweep(s: Scale, data, bar=None) -> list[Run]:
-    """Every (norm, depth, warm-up, lr): a short run from the same init seed and batches."""
-    runs = []
+def norm_sweep(s: Scale, data, bar=None, runs=None) -> list[Run]:
+    """Every (norm, depth, warm-up, lr): a short run from the same init seed and batches,
+    appended to `runs` as each ends (a caller's list survives an interruption)."""
+    runs = [] if runs is None else runs
     for depth in s.norm_depths:
         for warmup in (0, s.norm_warmup):
             for norm in ("pre", "post"):
