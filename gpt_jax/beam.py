@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.checks import (check_decode_weights, check_eos_id, check_max_new_tokens,
-                            check_prompts)
+from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, check_finite,
+                            check_max_new_tokens, check_prompts)
 from gpt_jax.config import GPTConfig
 from gpt_jax.decode import decode_mask, decode_step, heads_major, init_cache, rounded_params, \
     widened
@@ -268,6 +268,8 @@ def beam_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, num_beams
     from gpt_jax import generation   # generation imports this module lazily
     if not isinstance(cfg, GPTConfig):
         raise UserError(f"cfg must be a gpt_jax.GPTConfig, got {type(cfg).__name__}")
+    check_causal(cfg, "beam search (a KV cache)")
+    check_finite(params)                      # NaN/inf weights decode to one token repeated
     nb, lp, early, nr = check_beam_settings(num_beams, length_penalty, early_stopping,
                                             num_return_sequences)
     N = check_max_new_tokens(max_new_tokens, cfg)

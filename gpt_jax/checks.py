@@ -77,6 +77,17 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+def check_causal(cfg: GPTConfig, what: str,
+                 todo: str = "train with causal=True for a model that can score or decode"
+                 ) -> None:
+    """Refuse a bidirectional model (cfg.causal false) where the result means p(x_t | x_<t):
+    generation over a KV cache (a new token changes every earlier key and value, so a cache
+    cannot hold them) and scoring (its log-probs would read the very token they score)."""
+    if not cfg.causal:
+        raise UserError(f"{what} needs a causal model, and this one is bidirectional "
+                        f"(causal=False: each position sees the tokens after it); {todo}")
+
+
 @functools.lru_cache(maxsize=16)
 def _expected_stacked(cfg: GPTConfig) -> tuple:
     """(treedef, leaf shapes) of cfg's params in scan_layers' stacked layout."""

@@ -15,6 +15,7 @@ from gpt_jax.errors import ConfigError
 TOKENIZER_VOCAB_SIZE = 50257
 
 ATTN_IMPLS = ("auto", "xla", "cudnn")
+NORMS = ("pre", "post")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -56,6 +57,15 @@ class GPTConfig:
     # cuDNN's fused attention is fastest on a GPU but takes only 16-bit inputs: auto picks it
     # there (else XLA's); xla | cudnn force one
     attn_impl: str = "auto"
+    # The three switches of the chapter's experiments (study.py); GPT-2's values are the
+    # defaults, and only GPT-2 exports to Hugging Face. Pre-LN normalises each branch's input
+    # (x + f(ln(x))), Post-LN the residual sum (ln(x + f(x)), the 2017 Transformer and BERT).
+    norm: str = help_field("pre", "pre (GPT-2: x + f(ln(x))) | post (ln(x + f(x)), BERT's)")
+    # tied: the head is wte read backwards; untied: a separate (V, C) lm_head, GPT-2-initialised
+    tie_embeddings: bool = help_field(True, "LM head tied to the token embedding (GPT-2)")
+    # false: every position sees the whole sequence (BERT's mask); such a model cannot decode
+    # with a KV cache (generate refuses it; generation.generate_uncached recomputes)
+    causal: bool = help_field(True, "causal attention mask (false: bidirectional, BERT-style)")
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -72,6 +82,13 @@ class GPTConfig:
         if self.attn_impl not in ATTN_IMPLS:
             raise ConfigError(f"GPTConfig.attn_impl must be one of {', '.join(ATTN_IMPLS)}, "
                               f"got {self.attn_impl!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"GPTConfig.norm must be one of {', '.join(NORMS)}, "
+                              f"got {self.norm!r}")
+        for name in ("tie_embeddings", "causal"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GPTConfig.{name} must be true or false, "
+                                  f"got {getattr(self, name)!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"GPTConfig.{name} must be one of {', '.join(DTYPES)}, "
@@ -118,14 +135,22 @@ class GPTConfig:
     def replace(self, **changes: Any) -> "GPTConfig":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def is_gpt2(self) -> bool:
+        """GPT-2's architecture: Pre-LN, tied head, causal mask (what Hugging Face's GPT-2
+        holds; to_hf refuses anything else)."""
+        return self.norm == "pre" and self.tie_embeddings and self.causal
+
     def architecture_diff(self, other: "GPTConfig") -> list[str]:
-        """Fields that change parameter shapes, listed as 'name: self vs other'."""
+        """Fields that change parameter shapes or the function, as 'name: self vs other'."""
         return [f"{k}: {getattr(self, k)} vs {getattr(other, k)}" for k in ARCHITECTURE_FIELDS
                 if getattr(self, k) != getattr(other, k)]
 
 
-# Fields that decide the parameter pytree; dropout and dtypes may differ between runs.
-ARCHITECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
+# Fields that decide the parameter pytree or the function the weights were trained for;
+# dropout and dtypes may differ between runs.
+ARCHITECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias",
+                       "norm", "tie_embeddings", "causal")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The four released GPT-2 sizes (124M, 355M, 774M, 1558M parameters with the tied head).

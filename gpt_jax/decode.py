@@ -38,6 +38,9 @@ WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 # product of this size, not into one over all 50257 rows (it widens the whole (V, C) first).
 HEAD_ROWS = 8192
 
+# The (V, C) matrices whose rows are the head's outputs: wte (tied, GPT-2) or lm_head (untied).
+HEADS = ("wte", "lm_head")
+
 KVCache = tuple  # per layer: (k, v), each (B, S, n_head, head_dim), or (B*H, S, D) heads-major
 
 
@@ -96,7 +99,7 @@ def decode_weights(params, cfg: GPTConfig, weights: str | None = None) -> dict:
             out = store(k, out_axis=0 if transposed else 1)
             kernel = {"kernel": out.pop("w"), **out}
             return {**kernel, **{n: widen(v, dt) for n, v in tree.items() if n != "kernel"}}
-        if name == "wte":                         # (V, C): rows are the head's outputs
+        if name in HEADS:                         # (V, C): rows are the head's outputs
             out = store(tree["embedding"], out_axis=0)
             return {"embedding": out.pop("w"), **out}
         if "embedding" in tree:                   # wpe: one row a step
@@ -138,7 +141,7 @@ def rounded_params(params, weights: dict, cfg: GPTConfig):
         if "kernel" in tree:                   # stored (out, in) where transposed
             k = wide(stored["kernel"], stored.get("scale"), out_axis=0 if transposed else 1)
             return {**tree, "kernel": k.T if transposed else k}
-        if name == "wte":
+        if name in HEADS:
             return {**tree, "embedding": wide(stored["embedding"], stored.get("scale"), 0)}
         return {n: lay(v, stored[n], n) for n, v in tree.items()}
     return lay(params, weights)
@@ -196,7 +199,8 @@ def heads_major(kv_cache: KVCache) -> KVCache:
 
 def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCache,
                 cache_index):
-    """One new token per row, with weights from decode_weights(params).
+    """One new token per row, with weights from decode_weights(params); cfg.norm and
+    cfg.tie_embeddings as GPT computes them (a KV cache needs cfg.causal: generate checks).
     tokens, positions (B,); mask (B, S) bool over the cache;
     kv_cache: per layer (k, v), each (B*H, S, D) (see heads_major).
     Returns (logits float32 (B, V), new cache)."""
@@ -213,7 +217,8 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
     new_cache = []
     for i in range(cfg.n_layer):
         p = weights[f"h_{i}"]
-        qkv = linear(norm(p["ln_1"], x), p["attn"]["c_attn"], transposed, one)
+        post = cfg.norm == "post"                 # ln(x + f(x)) rather than x + f(ln(x))
+        qkv = linear(x if post else norm(p["ln_1"], x), p["attn"]["c_attn"], transposed, one)
         q, k, v = (a.reshape(B, H, D) for a in jnp.split(qkv, 3, axis=-1))
         k_cache, v_cache = kv_cache[i]
         start = (0, cache_index, 0)
@@ -228,10 +233,14 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
         probs = jax.nn.softmax(s, axis=-1).astype(dt).reshape(B * H, -1)
         y = jnp.einsum("ns,nsd->nd", probs, v_cache).reshape(B, cfg.n_embd)
         x = x + linear(y, p["attn"]["c_proj"], transposed, one)
-        h = linear(norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, one)
+        x = norm(p["ln_1"], x) if post else x
+        h = linear(x if post else norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, one)
         x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed, one)
+        x = norm(p["ln_2"], x) if post else x
     x = norm(weights["ln_f"], x)
-    # The tied head: wte (V, C) is already the (out, in) orientation.
+    # The head: wte (tied) or lm_head, (V, C), is already the (out, in) orientation.
+    head = "wte" if cfg.tie_embeddings else "lm_head"
+    wte = weights[head]["embedding"]
     if wte.dtype != dt:
         logits = jnp.concatenate([linear(x, {"kernel": wte[r:r + HEAD_ROWS]}, True, one)
                                   for r in range(0, wte.shape[0], HEAD_ROWS)], axis=-1)
@@ -241,7 +250,7 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
             jnp.einsum("vc,bc->vb", wte, x, preferred_element_type=jnp.float32)).T
     else:
         logits = jnp.einsum("bc,vc->bv", x, wte, preferred_element_type=jnp.float32)
-    if "scale" in weights["wte"]:
-        logits = logits * weights["wte"]["scale"]
+    if "scale" in weights[head]:
+        logits = logits * weights[head]["scale"]
     logits = mask_padded_vocab(logits, cfg)
     return logits, tuple(new_cache)

@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.checks import (check_decode_weights, check_eos_id, check_finite, check_key,
-                            check_max_new_tokens, check_params, check_prompts, check_sampling)
+from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, check_finite,
+                            check_key, check_max_new_tokens, check_params, check_prompts,
+                            check_sampling)
 from gpt_jax.config import GPTConfig
 from gpt_jax.decode import decode_mask, decode_weights
 from gpt_jax.decode_loop import STATIC, decode_tokens
@@ -208,6 +209,8 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
                         "compile_generate() or generate_stream(): leave num_beams, "
                         "length_penalty, early_stopping and num_return_sequences at their "
                         "defaults here")
+    check_causal(cfg, "generate() (a KV cache)", "decode it with "
+                 "gpt_jax.generation.generate_uncached, which recomputes the prefix per token")
     max_new_tokens = check_max_new_tokens(max_new_tokens, cfg)
     temperature, top_k, top_p = check_sampling(g.temperature, g.top_k, g.top_p)
     eos_id = check_eos_id(g.eos_id, cfg)
@@ -391,15 +394,17 @@ def format_gib(n: float) -> str:
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
 def generate_uncached(params, tokens, pad, *, cfg: GPTConfig, max_new_tokens: int):
     """Greedy decoding that recomputes the whole (fixed-length, left-padded) sequence for every
-    token: what the cache saves. tokens (B, P) and pad (B,) as from left_pad()."""
+    token: what the cache saves. tokens (B, P) and pad (B,) as from left_pad().
+    A bidirectional model (cfg.causal false), which no cache can serve, decodes here: at each
+    step every real token so far sees every other (keys pad <= k < P + i), as in training."""
     B, P = tokens.shape
     S = P + max_new_tokens - 1
     seq = jnp.zeros((B, S), jnp.int32).at[:, :P].set(tokens)
     idx = jnp.arange(S)
     positions = jnp.maximum(idx[None, :] - pad[:, None], 0)
-    mask = decode_mask(pad, idx, S)
 
     def step(seq, i):                        # position P - 1 + i predicts the token at P + i
+        mask = decode_mask(pad, idx if cfg.causal else jnp.full((S,), P - 1 + i), S)
         logits = GPT(cfg).apply({"params": params}, seq, positions=positions, mask=mask,
                                 logits_at=P - 1 + i)
         tok = first_argmax(logits[:, 0])  # the model's padded ids are -1e9 already

@@ -23,7 +23,8 @@ from gpt_jax.state import (TrainState, abstract_state, new_state, place_params, 
                            state_shardings)
 from gpt_jax.train_config import TrainConfig
 
-ARCHITECTURE = ("n_layer", "n_head", "n_embd", "vocab_size", "bias")   # + block_size
+ARCHITECTURE = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "norm", "tie_embeddings",
+                "causal")   # + block_size
 RESUME_HINT = "continue from the latest with --resume_step {step}"
 
 
@@ -101,7 +102,9 @@ def adopt_architecture(tc: TrainConfig, found: GPTConfig, explicit: set, source:
 def arch_summary(tc: TrainConfig) -> str:
     m = tc.model
     return (f"n_layer={m.n_layer} n_head={m.n_head} n_embd={m.n_embd} "
-            f"vocab_size={m.vocab_size} bias={m.bias} block_size={m.block_size}")
+            f"vocab_size={m.vocab_size} bias={m.bias} block_size={m.block_size}" +
+            ("" if m.is_gpt2 else f" norm={m.norm} tie_embeddings={m.tie_embeddings} "
+                                  f"causal={m.causal}"))
 
 
 # -- the builders ----------------------------------------------------------------------------

@@ -152,9 +152,12 @@ class CausalSelfAttention(nn.Module):
             kv_cache = (k, v)
         use_dropout = cfg.dropout > 0 and not deterministic
         if use_dropout:
-            m = causal_mask(T) if mask is None else mask
+            m = (causal_mask(T) if cfg.causal else jnp.ones((1, 1, T, T), bool)) \
+                if mask is None else mask
             drop = nn.Dropout(cfg.dropout, deterministic=False)
             y = attention_with_dropout(q, k, v, m, drop)
+        elif mask is None and not cfg.causal:     # bidirectional: every query sees every key
+            y = attention(q, k, v, implementation=attention_implementation(cfg))
         elif mask is None and attention_implementation(cfg) is None:
             y = causal_attention(q, k, v)
         elif mask is None:
@@ -184,7 +187,9 @@ def constrain(x, sharding):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+    """Pre-LN transformer block (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)); with
+    cfg.norm "post" the 2017 Transformer's (and BERT's) ln_1(x + attn(x)), then
+    ln_2(x + mlp(x)): the same parameters, LayerNorm moved onto the residual stream.
 
     Arguments are positional-friendly so that nn.remat / nn.scan can lift the block
     (argument 2, `deterministic`, is a static Python bool).
@@ -196,6 +201,14 @@ class Block(nn.Module):
     def __call__(self, x, deterministic=True, mask=None, kv_cache=None, cache_index=None):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout)
+        if cfg.norm == "post":
+            y, kv_cache = CausalSelfAttention(cfg, name="attn")(
+                x, deterministic=deterministic, mask=mask, kv_cache=kv_cache,
+                cache_index=cache_index)
+            x = layer_norm(cfg, "ln_1")(x + drop(y, deterministic=deterministic))
+            x = layer_norm(cfg, "ln_2")(x + drop(MLP(cfg, name="mlp")(x),
+                                                 deterministic=deterministic))
+            return constrain(x, self.activation_sharding), kv_cache
         y, kv_cache = CausalSelfAttention(cfg, name="attn")(
             layer_norm(cfg, "ln_1")(x), deterministic=deterministic, mask=mask,
             kv_cache=kv_cache, cache_index=cache_index)
@@ -276,7 +289,9 @@ class GPT(nn.Module):
 
         # Tied LM head: the token embedding read backwards (wte.attend), but with float32
         # accumulation and output, since attend would round bfloat16 logits to bfloat16.
-        embedding = wte.embedding.astype(x.dtype)
+        # Untied: its own (V, C) matrix "lm_head" (HF's lm_head.weight layout), read the same.
+        head = wte if cfg.tie_embeddings else embed(cfg.vocab_size, name="lm_head")
+        embedding = head.embedding.astype(x.dtype)
         if targets is not None:
             return head_cross_entropy(x.reshape(B * T, -1), embedding, targets.reshape(B * T),
                                       cfg.n_real_vocab)
@@ -303,8 +318,8 @@ def param_shapes(cfg: GPTConfig) -> dict:
 
 
 def count_params(cfg: GPTConfig, *, non_embedding: bool = False) -> int:
-    """Number of parameters (the head is tied, so it adds none). non_embedding drops wpe,
-    as in the usual 6N FLOPs-per-token estimate."""
+    """Number of parameters (a tied head adds none; an untied one vocab_size x n_embd).
+    non_embedding drops wpe, as in the usual 6N FLOPs-per-token estimate."""
     shapes = param_shapes(cfg)
     n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
     return n - math.prod(shapes["wpe"]["embedding"].shape) if non_embedding else n

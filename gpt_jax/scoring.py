@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.config import GPTConfig
-from gpt_jax.checks import check_params, check_token_ids
+from gpt_jax.checks import check_causal, check_params, check_token_ids
 from gpt_jax.errors import ScoreMemoryError, TokenError, UserError
 from gpt_jax.generation import (MEMORY_CHECK_ABOVE, MEMORY_FRACTION, available_memory_bytes,
                                 format_gib)
@@ -81,6 +81,7 @@ class Scorer:
     """
 
     def __init__(self, cfg: GPTConfig):
+        check_causal(cfg, "scoring (log p(x_t | x_<t))")
         self.cfg = cfg
         self.traces = 0
         self.compile_seconds = 0.0
@@ -339,6 +340,7 @@ def log_probs(params, cfg: GPTConfig, tokens, mask=None):
     (TokenError is also a ValueError). Token values are checked on the host (a device array is
     read back once for that), except inside a jax transformation, where they cannot be.
     """
+    check_causal(cfg, "log_probs (log p(x_t | x_<t))")
     check_params(params, cfg)
     if not isinstance(tokens, jax.core.Tracer):
         tokens = check_token_ids(tokens, cfg.vocab_size, "tokens")

@@ -23,7 +23,7 @@ from gpt_jax.sharding import parse_mesh
 
 # The GPTConfig fields a run sets: flags, config-file keys and meta["train_config"] keys.
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias",
-                "dtype")
+                "dtype", "norm", "tie_embeddings", "causal")
 TRAIN_DTYPES = ("float32", "bfloat16")   # float16 would need loss scaling, which we do not do
 MAX_SEED = 2**31 - 1   # the dropout key is key(seed + 1); keys keep the low 32 bits of a seed
 

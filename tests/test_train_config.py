@@ -30,7 +30,8 @@ def test_config_file_values_of_the_wrong_type(tmp_path, content):
 # train.py's keys, in --help order: the CLI contract of docs/design.md (flags, config files and
 # checkpoints' meta["train_config"] all use them, flat).
 KEYS = ["out_dir", "data", "init_from", "resume_step", "n_layer", "n_head", "n_embd",
-        "block_size", "vocab_size", "dropout", "bias", "dtype", "batch_size",
+        "block_size", "vocab_size", "dropout", "bias", "dtype", "norm", "tie_embeddings", "causal",
+        "batch_size",
         "gradient_accumulation_steps", "max_iters", "learning_rate", "min_lr", "warmup_iters",
         "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval",
         "eval_iters", "eval_only", "eval_tasks", "eval_task_limit", "log_interval", "log_to",

@@ -1,0 +1,107 @@
+"""study.py's experiments at a tiny size, each checking the claim it measures (gpt_jax/study/).
+
+Synthetic token streams stand in for the corpus where a claim needs a known answer: on random
+tokens no causal model can beat ln(V), so a loss far below it can only come from reading the
+answer."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from gpt_jax.config import GPTConfig
+from gpt_jax.model import init_params
+from gpt_jax.study import experiments as ex, report
+from gpt_jax.study.runs import train
+
+
+class Tokens:
+    """What BatchSampler reads of a TokenData: the two splits."""
+
+    def __init__(self, train, val):
+        self.splits = {"train": np.asarray(train, np.uint16), "val": np.asarray(val, np.uint16)}
+
+
+def random_tokens(vocab, n=20_000, seed=0):
+    rng = np.random.default_rng(seed)
+    return Tokens(rng.integers(0, vocab, n), rng.integers(0, vocab, n))
+
+
+def test_future_tokens_change_no_earlier_logit():
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=128)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 128)
+    key = jax.random.key(2)
+    assert ex.future_perturbation(params, cfg, tokens, 16, key) == 0.0
+    assert ex.future_perturbation(params, cfg.replace(causal=False), tokens, 16, key) > 1e-3
+
+
+def test_bidirectional_training_loss_falls_far_below_causal_by_copying():
+    V, s = 64, ex.Scale(n_embd=64, n_head=4, n_layer=2, block_size=16, batch_size=8)
+    data = random_tokens(V)
+    kw = dict(steps=150, lr=3e-3, warmup=5, batch_size=8, eval_iters=0, keep_params=True)
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=16, vocab_size=V)
+    causal = train(cfg, data, **kw)
+    bi = train(cfg.replace(causal=False), data, **kw)
+    floor = math.log(V)   # random tokens: nothing to learn for a causal model
+    assert causal.final() > floor - 0.3
+    assert bi.final() < floor / 3
+    # ... and once the answer is not visible (generation) it is no better than chance
+    val = ex.data_val_batch(s, data)
+    assert ex.prefix_only_loss(bi.params, bi.cfg, jnp.asarray(val)) > floor - 0.3
+
+
+def test_divergence_is_detected_and_a_sane_lr_trains(tmp_path):
+    """The norm sweep's yardstick: an absurd lr fails (blows up or stalls), a usual one trains;
+    for Pre-LN and Post-LN alike at this tiny depth (what the full sweep found is in
+    docs/study/report.md)."""
+    V = 64
+    data = Tokens(np.tile(np.arange(V), 400), np.tile(np.arange(V), 50))   # 0 1 2 ... 63 0 1
+    all_runs = []
+    for norm in ("pre", "post"):
+        cfg = GPTConfig(n_layer=4, n_head=2, n_embd=32, block_size=16, vocab_size=V, norm=norm)
+        runs = [train(cfg, data, steps=40, lr=lr, warmup=0, batch_size=4, eval_iters=0)
+                for lr in (1e-2, 30.0)]
+        assert ex.trains(runs[0]), runs[0].losses[::5]
+        assert not ex.trains(runs[1]), runs[1].losses[::5]
+        assert ex.failing_lr(runs, norm, 4, 0) == (30.0, 1e-2)
+        all_runs += runs
+    s = ex.Scale(norm_depths=(4,), norm_lrs=(1e-2, 30.0), norm_steps=40, block_size=16)
+    report.write(str(tmp_path), s, {"norm": all_runs}, "test")
+    text = (tmp_path / "report.md").read_text()
+    assert "| 4 | 0 | post | " in text and "| 30 | 0.01 |" in text
+    assert (tmp_path / "norm.png").stat().st_size > 1000
+
+
+def test_cached_decoding_gives_the_recomputed_tokens(tmp_path):
+    kv = ex.kv_cache_timing(ex.TINY)
+    assert [r["same_tokens"] for r in kv["rows"]] == [True] * len(ex.TINY.kv_lengths)
+    assert all(r["cached_s_per_token"] > 0 for r in kv["rows"])
+    report.write(str(tmp_path), ex.TINY, {"kv": kv}, "test")
+    assert "| True |" in (tmp_path / "report.md").read_text()
+
+
+def test_strategy_yardsticks():
+    assert ex.repetition_rate([1, 2, 3, 4, 1, 2, 3, 4]) == pytest.approx(1 / 5)  # 1234 again
+    assert ex.repetition_rate([1, 2, 3, 4, 5]) == 0.0
+    assert ex.distinct_n([[1, 1, 2], [1, 2]], 1) == 2 / 5
+    assert ex.distinct_n([[1, 1, 2], [1, 2]], 2) == 2 / 3
+
+
+@pytest.mark.slow
+def test_study_tiny_on_the_corpus_writes_the_report_and_figures(tmp_path, builtin_data):
+    """study.py --tiny end to end on the built-in corpus: the default model, untied and
+    bidirectional runs, generation strategies (norm and kv: the tests above)."""
+    r = run_cli("study.py", "--tiny", "--only", "heads,mask,strategies", "--out_dir", tmp_path,
+                timeout=1500)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (tmp_path / "report.md").read_text()
+    for section in ("Tied vs untied", "causal mask", "Generation strategies"):
+        assert section in text
+    for png in ("heads", "mask", "strategies"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 1000
+    assert "at most **0**" in text       # the causal model: future tokens changed nothing
+    bad = run_cli("study.py", "--only", "nope")
+    assert bad.returncode == 1 and bad.stderr.startswith("error:")
