@@ -30,6 +30,7 @@ from gpt_jax import sharding as sh
 from gpt_jax.cli import writable_dir
 from gpt_jax.errors import CheckpointError, UserError
 from gpt_jax.flops import flops_per_token, peak_flops
+from gpt_jax.guard import GuardConfig, bad_batch_steps, guard_to_meta, inject_bad_batch
 from gpt_jax.integrity import NonFiniteError, check_savable, describe_steps
 from gpt_jax.metrics import append_metrics, plot_loss, restart_metrics
 from gpt_jax.model import count_params
@@ -95,6 +96,9 @@ class Trainer:
         self.tc, self.cfg, self.state, self.shardings, meta = init_from.build(
             tc, self.tx, self.mesh, set(explicit), self.log)
         tc = self.tc
+        # a resumed run keeps its schedule (init_from.RUN_KEYS); the opt_state's shape is the same
+        self.tx, self.schedule = make_optimizer(tc)
+        self.bad_steps = bad_batch_steps()   # tests only: noise batches at these steps
         # the checkpoint step this run continues, and the latest step of this run on disk
         self.resumed_step: Optional[int] = None if meta is None else int(self.state.step)
         self.saved_step: Optional[int] = None
@@ -196,7 +200,7 @@ class Trainer:
         meta = {"rng": np.asarray(jax.random.key_data(self.state.rng)).tolist(),
                 "sampler": self.sampler.state(step), "elapsed": self.elapsed,
                 "tokens": step * self.tc.tokens_per_step, "train_config": self.tc.to_dict(),
-                "data": self.data.dir}
+                "data": self.data.dir, "guard": guard_to_meta(self.state.guard)}
         try:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
                       checked=True)
@@ -242,10 +246,11 @@ class Trainer:
                  f"{jax.process_count()} process(es); remat={tc.remat} "
                  f"scan_layers={tc.scan_layers}")
 
-        batch = self._global_batch(self.sampler.train_batch(start))
+        batch = self._train_batch(start)
         t0 = time.perf_counter()
         step_fn = make_train_step(self.cfg, self.tx, self.schedule, mesh=self.mesh,
-                                  shardings=self.shardings, **self.run)
+                                  shardings=self.shardings, grad_clip=tc.grad_clip,
+                                  guard=GuardConfig.from_tc(tc), **self.run)
         step_fn = step_fn.lower(state, batch).compile()
         self.log(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
 
@@ -271,7 +276,7 @@ class Trainer:
                 state, metrics = step_fn(state, batch)
                 self.state = state
                 if step + 1 < tc.max_iters:   # sample the next batch while the device works
-                    batch = self._global_batch(self.sampler.train_batch(step + 1))
+                    batch = self._train_batch(step + 1)
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
                     raise self._diverged(f"non-finite loss ({m['loss']}) or gradient norm "
@@ -279,6 +284,8 @@ class Trainer:
                 step += 1
                 self.elapsed = elapsed0 + time.perf_counter() - run_t0
                 bar.update(1)
+                if m["skip"]:
+                    self._skipped(step, m)
                 if step % tc.log_interval == 0 or step == tc.max_iters:
                     now = time.perf_counter()
                     tps = (step - step_mark) * tc.tokens_per_step / max(now - t_mark, 1e-9)
@@ -286,6 +293,7 @@ class Trainer:
                            "grad_norm": m["grad_norm"], "tokens": step * tc.tokens_per_step,
                            "tokens_per_s": tps, "mfu": tps * fpt / peak,
                            "time": round(self.elapsed, 3)}
+                    row.update({k: v for k, v in m.items() if k not in row and k != "skip"})
                     self._append(row)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}",
                                     mfu=f"{100 * row['mfu']:.1f}%")
@@ -302,6 +310,20 @@ class Trainer:
         self._shut(bar, mngr, handlers, quiet=False)
         return {"step": step, "elapsed": self.elapsed, "stopped_by_signal": self.stop_signal,
                 "saved_step": self.saved_step, **last}
+
+    def _train_batch(self, step: int) -> jax.Array:
+        batch = self.sampler.train_batch(step)
+        if step in self.bad_steps:
+            batch = inject_bad_batch(batch, step, self.cfg.vocab_size)
+        return self._global_batch(batch)
+
+    def _skipped(self, step: int, m: dict) -> None:
+        """The spike guard skipped update `step`: a metrics row and a line."""
+        self._append({"kind": "skip", "step": step, "loss": m["loss"],
+                      "grad_norm": m["grad_norm"], "loss_z": m["loss_z"],
+                      "grad_z": m["grad_z"], "skipped": m["skipped"]})
+        self._say(f"step {step}: update skipped (loss {m['loss']:.4f}, z {m['loss_z']:.1f}; "
+                  f"grad norm {m['grad_norm']:.4g}, z {m['grad_z']:.1f})")
 
     def _stop_message(self, mngr, step: int, start: int, bar) -> None:
         """After a signal: save the current step when it trained one, and say what is on
