@@ -117,7 +117,9 @@ def bad_batch_steps() -> frozenset:
 
 
 def inject_bad_batch(batch: np.ndarray, step: int, vocab_size: int) -> np.ndarray:
-    """The batch of `step` replaced by uniformly random token ids (a batch of noise: its loss
-    and gradient norm are far above a trained model's). Deterministic in step."""
+    """The batch of `step` replaced by one token id repeated, drawn from the upper half of the
+    vocabulary (ids a text corpus hardly uses): every target is one the model has learnt to
+    make unlikely, so the loss and the gradient (all on one embedding row) jump. Deterministic
+    in step."""
     rng = np.random.default_rng([7, step])
-    return rng.integers(0, vocab_size, batch.shape, dtype=batch.dtype)
+    return np.full_like(batch, rng.integers(vocab_size // 2, vocab_size))
