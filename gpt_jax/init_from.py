@@ -26,8 +26,10 @@ from gpt_jax.train_config import TrainConfig
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "vocab_size", "bias")   # + block_size
 RESUME_HINT = "continue from one with --resume_step N"
 # run keys a resumed run takes from its checkpoint's train config unless given again: the
-# schedule and the spike guard, so that an exact resume needs only --init_from resume
-RUN_KEYS = ("lr_schedule", "decay_frac", "skip_loss_z", "skip_grad_z", "skip_warmup")
+# learning-rate schedule and the spike guard, so that an exact resume needs only
+# --init_from resume (a key given again wins)
+RUN_KEYS = ("lr_schedule", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
+            "decay_frac", "skip_loss_z", "skip_grad_z", "skip_warmup")
 
 
 class Start(NamedTuple):
