@@ -19,7 +19,7 @@ import optax
 from gpt_jax.config import GPTConfig
 from gpt_jax.guard import guard_from_meta, init_guard
 from gpt_jax.model import init_params
-from gpt_jax.sharding import tree_shardings
+from gpt_jax.sharding import replicated, tree_shardings
 from gpt_jax.stacking import stack_tree
 
 
@@ -53,8 +53,11 @@ def abstract_state(cfg: GPTConfig, tx: optax.GradientTransformation, *,
 def state_shardings(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *,
                     scan_layers: bool = False) -> TrainState:
     """Where every leaf of the TrainState lives on `mesh`: parameters and their Adam moments
-    along their largest fsdp-divisible dimension, scalars and the RNG key replicated."""
-    return tree_shardings(abstract_state(cfg, tx, scan_layers=scan_layers), mesh)
+    along their largest fsdp-divisible dimension, scalars, the RNG key and the spike guard's
+    statistics replicated (every process reads those whole when it saves meta)."""
+    shardings = tree_shardings(abstract_state(cfg, tx, scan_layers=scan_layers), mesh)
+    return shardings.replace(guard=jax.tree_util.tree_map(lambda _: replicated(mesh),
+                                                          shardings.guard))
 
 
 def new_state(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *, seed: int,

@@ -98,7 +98,7 @@ class Trainer:
         tc = self.tc
         # a resumed run keeps its schedule (init_from.RUN_KEYS); the opt_state's shape is the same
         self.tx, self.schedule = make_optimizer(tc)
-        self.bad_steps = bad_batch_steps()   # tests only: noise batches at these steps
+        self.bad_steps = bad_batch_steps()   # tests only: bad batches at these steps
         # the checkpoint step this run continues, and the latest step of this run on disk
         self.resumed_step: Optional[int] = None if meta is None else int(self.state.step)
         self.saved_step: Optional[int] = None
@@ -314,7 +314,7 @@ class Trainer:
     def _train_batch(self, step: int) -> jax.Array:
         batch = self.sampler.train_batch(step)
         if step in self.bad_steps:
-            batch = inject_bad_batch(batch, step, self.cfg.vocab_size)
+            batch = inject_bad_batch(batch, step, self.cfg.n_real_vocab)
         return self._global_batch(batch)
 
     def _skipped(self, step: int, m: dict) -> None:
