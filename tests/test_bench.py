@@ -27,6 +27,8 @@ def test_bench_smoke_writes_valid_json(tmp_path):
             "ours op-by-op (jit disabled) b1"} <= names
     assert all(r["value"] > 0 for r in rows if r["unit"] == "x")
     assert "tiny gpt_jax / HF torch (CPU time)" in names
+    # the cost of the training-health metrics: step time with / without them (gpt_jax/health.py)
+    assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.
     assert "--flax_python" in proc.stderr and not any("Flax" in n for n in names)
     for row in rows:

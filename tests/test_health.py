@@ -62,3 +62,4 @@ def test_health_can_be_left_out():
     _, m = make_train_step(cfg, tx, sched, health=False, donate=False)(
         state, random_batch(1, (1, 4, cfg.block_size + 1)))
     assert set(m) == {"loss", "grad_norm", "lr", "loss_z", "grad_z", "skip", "skipped"}
+
