@@ -96,14 +96,10 @@ def guard_from_meta(d) -> dict:
     """The statistics a checkpoint's meta holds, or empty ones (a checkpoint from before the
     guard existed)."""
     if not d:
-        return jax_host(init_guard())
+        return {k: np.asarray(v) for k, v in init_guard().items()}
     return {"loss": np.asarray(d["loss"], np.float32),
             "grad_norm": np.asarray(d["grad_norm"], np.float32),
             **{k: np.asarray(d[k], np.int32) for k in ("n", "streak", "skipped")}}
-
-
-def jax_host(g: dict) -> dict:
-    return {k: np.asarray(v) for k, v in g.items()}
 
 
 # -- the test hook: a bad batch at chosen steps -----------------------------------------------
