@@ -36,10 +36,12 @@ def group_sumsq(tree: dict) -> dict:
     return out
 
 
-def health_metrics(params, grads, updates, grad_norm, grad_clip: float) -> dict:
+def health_metrics(params, grad_sumsq: dict, updates, grad_norm, grad_clip: float) -> dict:
     """The health keys of one step (see the module docstring); params are the weights before
-    the update, grads the pre-clip gradients, updates what the optimizer would add."""
-    g2, p2 = group_sumsq(grads), group_sumsq(params)
+    the update, grad_sumsq = group_sumsq(pre-clip gradients) (the step takes its global
+    gradient norm from them too: one pass over the gradients), updates what the optimizer
+    would add."""
+    g2, p2 = grad_sumsq, group_sumsq(params)
     m = {f"grad_norm/{k}": jnp.sqrt(v) for k, v in g2.items()}
     m.update({f"param_norm/{k}": jnp.sqrt(v) for k, v in p2.items()})
     param_norm = jnp.sqrt(sum(p2.values()))

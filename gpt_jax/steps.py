@@ -27,7 +27,7 @@ import optax
 
 from gpt_jax.config import GPTConfig
 from gpt_jax.guard import GuardConfig, guard_step
-from gpt_jax.health import health_metrics
+from gpt_jax.health import group_sumsq, health_metrics
 from gpt_jax.loss import loss_fn
 from gpt_jax.model import GPT
 from gpt_jax.sharding import activation_sharding, batch_sharding, replicated
@@ -85,7 +85,11 @@ def train_step(state: TrainState, batch, *, cfg: GPTConfig, tx: optax.GradientTr
     """
     dropout_key = jax.random.fold_in(state.rng, state.step)
     loss, grads = grads_and_loss(state.params, cfg, batch, dropout_key, model=model)
-    grad_norm = optax.tree.norm(grads)
+    if health:   # per-group sums of squares, which give the global norm as well
+        grad_sumsq = group_sumsq(grads)
+        grad_norm = jnp.sqrt(sum(grad_sumsq.values()))
+    else:
+        grad_norm = optax.tree.norm(grads)
     skip, z_loss, z_grad, guard_state = guard_step(state.guard, loss, grad_norm, guard)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -99,7 +103,7 @@ def train_step(state: TrainState, batch, *, cfg: GPTConfig, tx: optax.GradientTr
                "loss_z": z_loss, "grad_z": z_grad, "skip": skip.astype(jnp.float32),
                "skipped": guard_state["skipped"]}
     if health:
-        metrics.update(health_metrics(state.params, grads, updates, grad_norm, grad_clip))
+        metrics.update(health_metrics(state.params, grad_sumsq, updates, grad_norm, grad_clip))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          guard=guard_state), metrics
 
