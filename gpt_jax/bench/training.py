@@ -191,7 +191,7 @@ def health_overhead(ctx: Context) -> list[Result]:
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, cfg.n_real_vocab, (1, tc.batch_size, T + 1), dtype=np.int32)
                for _ in range(4)]
-    fns, compile_s = {}, {}
+    fns, compile_s, cpu = {}, {}, {}
     for label, health in (("with health", True), ("without health", False)):
         state = init_state(jax.tree_util.tree_map(jnp.copy, params), tx, jax.random.key(1))
         step, compile_s[label] = compile_seconds(
@@ -203,7 +203,8 @@ def health_overhead(ctx: Context) -> list[Result]:
             box["i"] += 1
             box["state"], m = step(box["state"], batches[box["i"] % 4])
             return jax.device_get(m)
-        fns[label] = call
+        cpu[label] = []
+        fns[label] = with_cpu_time(call, cpu[label])
     repeats = max(3 * ctx.repeats, 3)
     timings = time_calls(fns, repeats, ctx.warmup)
     conf = {"config": "tiny" if ctx.tiny else "cpu-small", "n_layer": cfg.n_layer,
@@ -212,5 +213,11 @@ def health_overhead(ctx: Context) -> list[Result]:
                                  metric="tokens/s", unit="tokens/s", config=conf,
                                  compile_s=compile_s[k]) for k, t in timings.items()}
     slow = timings["with health"].median / timings["without health"].median
+    # CPU seconds of this process per step: less moved by other jobs on a shared machine
+    w = ctx.warmup
+    cpu_slow = (statistics.median(cpu["with health"][w:])
+                / statistics.median(cpu["without health"][w:]))
     return [*res.values(), Result("train", "health metrics step-time ratio (with / without)",
-                                  "step-time ratio", slow, "x", conf, repeats=repeats)]
+                                  "step-time ratio", slow, "x", conf, repeats=repeats),
+            Result("train", "health metrics CPU-time ratio (with / without)",
+                   "CPU-time ratio", cpu_slow, "x", conf, repeats=repeats)]
