@@ -26,6 +26,11 @@ from gpt_jax.train_config import TrainConfig
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "norm", "tie_embeddings",
                 "causal")   # + block_size
 RESUME_HINT = "continue from the latest with --resume_step {step}"
+# run keys a resumed run takes from its checkpoint's train config unless given again: the
+# learning-rate schedule and the spike guard, so that an exact resume needs only
+# --init_from resume (a key given again wins)
+RUN_KEYS = ("lr_schedule", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
+            "decay_frac", "skip_loss_z", "skip_grad_z", "skip_warmup")
 
 
 class Start(NamedTuple):
@@ -151,6 +156,8 @@ def _resume_point(tc: TrainConfig, tx, mesh, explicit: set):
     tc, cfg = adopt_architecture(tc, found, explicit,
                                  f"{ckpt.checkpoint_dir(tc.out_dir)} (step {step})",
                                  window=window if isinstance(window, int) else None)
+    saved_tc = meta.get("train_config") or {}
+    tc = tc.replace(**{k: saved_tc[k] for k in RUN_KEYS if k in saved_tc and k not in explicit})
     check_steps_left(tc, step, f"the checkpoint in {tc.out_dir}")
     saved = abstract_state(cfg, tx)
     with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
@@ -168,7 +175,7 @@ def build_resume(tc: TrainConfig, tx, mesh, explicit: set, log: Callable) -> Sta
     log(f"resuming from {ckpt.checkpoint_dir(tc.out_dir)} at step {r['step']} "
         f"({arch_summary(tc)})")
     state = place_state(r["params"], r["opt_state"], r["step"], r["meta"]["rng"], shardings,
-                        cfg=cfg, scan_layers=tc.scan_layers)
+                        cfg=cfg, scan_layers=tc.scan_layers, guard=r["meta"].get("guard"))
     return Start(tc, cfg, state, shardings, r["meta"])
 
 

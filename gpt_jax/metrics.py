@@ -49,8 +49,9 @@ def restart_metrics(out_dir: str, step: int) -> None:
 
 
 def plot_loss(out_dir: str) -> None:
-    """Redraw out_dir/loss.png from metrics.jsonl: the losses, and below them a panel of the
-    eval_task metrics (when there are any) against the step. Written to a temporary name, then
+    """Redraw out_dir/loss.png from metrics.jsonl: the losses (updates the spike guard skipped
+    marked), a training-health panel (when the train rows carry health keys) and a panel of
+    the eval_task metrics (when there are any) against the step. Written to a temporary name, then
     renamed: a reader never sees half a file."""
     import matplotlib
     matplotlib.use("Agg")
@@ -59,8 +60,11 @@ def plot_loss(out_dir: str) -> None:
     train = [r for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
     tasks = [r for r in rows if r.get("kind") == "eval_task"]
-    fig, axes = plt.subplots(2 if tasks else 1, 1, squeeze=False, sharex=True,
-                             figsize=(7, 7.4 if tasks else 4.2), dpi=110)
+    skips = [r for r in rows if r.get("kind") == "skip"]
+    health = [r for r in train if "update_ratio" in r]
+    n = 1 + bool(health) + bool(tasks)
+    fig, axes = plt.subplots(n, 1, squeeze=False, sharex=True, figsize=(7, 1.0 + 3.2 * n),
+                             dpi=110)
     ax = axes[0, 0]
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.5,
@@ -70,12 +74,17 @@ def plot_loss(out_dir: str) -> None:
                 label="train (eval)")
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "s-", ms=3,
                 label="val")
+    if skips:
+        ax.plot([r["step"] for r in skips], [r["loss"] for r in skips], "rx", ms=6,
+                label="skipped update")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(os.path.basename(os.path.abspath(out_dir)))
     ax.grid(alpha=0.3)
     ax.legend()
+    if health:
+        plot_health(axes[1, 0], health)
     if tasks:
-        plot_tasks(axes[1, 0], tasks)
+        plot_tasks(axes[-1, 0], tasks)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     tmp = os.path.join(out_dir, "loss.tmp.png")
@@ -116,3 +125,27 @@ def plot_tasks(ax, rows: list[dict]) -> None:
         handles, labels = handles + h, labels + l
     ax.set_title("eval tasks", fontsize=9)
     ax.legend(handles, labels, fontsize=8)
+
+
+def plot_health(ax, rows: list[dict]) -> None:
+    """The training-health panel: the pre-clip gradient norm and each layer's (thin), log
+    scale, on the left; the update/param norm ratio on the right."""
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["grad_norm"] for r in rows], color="k", lw=1.0, label="grad norm")
+    layers = sorted({k for r in rows for k in r if k.startswith("grad_norm/h_")},
+                    key=lambda k: int(k.rsplit("_", 1)[1]))
+    for i, k in enumerate(layers):
+        ax.plot(steps, [r.get(k, float("nan")) for r in rows], lw=0.6, alpha=0.6,
+                color=f"C{i % 10}", label=k.split("/")[1] if len(layers) <= 12 else None)
+    ax.set_yscale("log")
+    ax.set_ylabel("gradient norm (pre-clip)")
+    ax.grid(alpha=0.3)
+    right = ax.twinx()
+    right.plot(steps, [r["update_ratio"] for r in rows], "--", color="C3", lw=1.0,
+               label="|update| / |params| (right)")
+    right.set_yscale("log")
+    right.set_ylabel("update / param norm")
+    h, l = ax.get_legend_handles_labels()
+    h2, l2 = right.get_legend_handles_labels()
+    ax.legend(h + h2, l + l2, fontsize=7, ncol=2)
+    ax.set_title("training health", fontsize=9)

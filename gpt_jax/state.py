@@ -17,8 +17,9 @@ import numpy as np
 import optax
 
 from gpt_jax.config import GPTConfig
+from gpt_jax.guard import guard_from_meta, init_guard
 from gpt_jax.model import init_params
-from gpt_jax.sharding import tree_shardings
+from gpt_jax.sharding import replicated, tree_shardings
 from gpt_jax.stacking import stack_tree
 
 
@@ -28,11 +29,12 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array         # typed key; the dropout key of step s is fold_in(rng, s)
+    guard: Any = None      # the spike guard's statistics (gpt_jax/guard.py); None: eval only
 
 
 def init_state(params, tx: optax.GradientTransformation, rng) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=rng)
+                      opt_state=tx.init(params), rng=rng, guard=init_guard())
 
 
 def _for_run(tree, cfg: GPTConfig, scan_layers: bool):
@@ -51,8 +53,11 @@ def abstract_state(cfg: GPTConfig, tx: optax.GradientTransformation, *,
 def state_shardings(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *,
                     scan_layers: bool = False) -> TrainState:
     """Where every leaf of the TrainState lives on `mesh`: parameters and their Adam moments
-    along their largest fsdp-divisible dimension, scalars and the RNG key replicated."""
-    return tree_shardings(abstract_state(cfg, tx, scan_layers=scan_layers), mesh)
+    along their largest fsdp-divisible dimension, scalars, the RNG key and the spike guard's
+    statistics replicated (every process reads those whole when it saves meta)."""
+    shardings = tree_shardings(abstract_state(cfg, tx, scan_layers=scan_layers), mesh)
+    return shardings.replace(guard=jax.tree_util.tree_map(lambda _: replicated(mesh),
+                                                          shardings.guard))
 
 
 def new_state(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *, seed: int,
@@ -71,15 +76,17 @@ def new_state(cfg: GPTConfig, tx: optax.GradientTransformation, mesh, *, seed: i
 
 
 def place_state(params, opt_state, step: int, rng_key_data, shardings: TrainState, *,
-                cfg: GPTConfig, scan_layers: bool = False) -> TrainState:
+                cfg: GPTConfig, scan_layers: bool = False, guard=None) -> TrainState:
     """A TrainState from restored parts (GPT-2 layout, any sharding) on `shardings`, in the run
-    layout; params and opt_state are donated (no second copy of a big model)."""
-    def make(p, o, s, k):
+    layout; params and opt_state are donated (no second copy of a big model). guard: the spike
+    guard's statistics as meta["guard"] holds them (None: empty ones)."""
+    def make(p, o, s, k, g):
         return TrainState(step=s, params=_for_run(p, cfg, scan_layers),
                           opt_state=_for_run(o, cfg, scan_layers),
-                          rng=jax.random.wrap_key_data(k))
+                          rng=jax.random.wrap_key_data(k), guard=g)
     return jax.jit(make, out_shardings=shardings, donate_argnums=(0, 1))(
-        params, opt_state, np.asarray(step, np.int32), np.asarray(rng_key_data, np.uint32))
+        params, opt_state, np.asarray(step, np.int32), np.asarray(rng_key_data, np.uint32),
+        guard_from_meta(guard))
 
 
 def place_params(params, param_shardings, *, cfg: GPTConfig, scan_layers: bool = False):

@@ -4,6 +4,7 @@
     state = init_state(params, tx, jax.random.key(seed))  # gpt_jax/state.py
     train_step = make_train_step(cfg, tx, schedule)       # jitted, state donated
     state, metrics = train_step(state, batch)             # batch int32 (accum, B, T + 1)
+    # metrics: loss, grad_norm, lr, the spike guard's and the health keys (gpt_jax/health.py)
 
 On a mesh (any number of devices or hosts) the same functions run with explicit shardings:
 
@@ -25,6 +26,8 @@ import jax.numpy as jnp
 import optax
 
 from gpt_jax.config import GPTConfig
+from gpt_jax.guard import GuardConfig, guard_step
+from gpt_jax.health import group_sumsq, health_metrics
 from gpt_jax.loss import loss_fn
 from gpt_jax.model import GPT
 from gpt_jax.sharding import activation_sharding, batch_sharding, replicated
@@ -69,25 +72,50 @@ def grads_and_loss(params, cfg: GPTConfig, batch, dropout_key, *,
 
 
 def train_step(state: TrainState, batch, *, cfg: GPTConfig, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, model: Optional[GPT] = None
+               schedule: optax.Schedule, model: Optional[GPT] = None, grad_clip: float = 0.0,
+               health: bool = True, guard: GuardConfig = GuardConfig()
                ) -> tuple[TrainState, dict]:
     """One optimizer update from batch int32 (accum, B, T + 1). Metrics: loss (mean over the
-    step's tokens, before the update), grad_norm (global, before clipping), lr (of this update)."""
+    step's tokens, before the update), grad_norm (global, before clipping), lr (of this
+    update), the spike guard's loss_z, grad_z, skip (1.0: this update was skipped) and skipped
+    (updates skipped in the run); with health, gpt_jax/health.py's keys too.
+
+    A skipped update (guard on) leaves params and opt_state bit-identical: both are selected
+    whole, so the optimizer's step count (and with it the schedule) counts applied updates.
+    """
     dropout_key = jax.random.fold_in(state.rng, state.step)
     loss, grads = grads_and_loss(state.params, cfg, batch, dropout_key, model=model)
+    if health:   # per-group sums of squares, which give the global norm as well
+        grad_sumsq = group_sumsq(grads)
+        grad_norm = jnp.sqrt(sum(grad_sumsq.values()))
+    else:
+        grad_norm = optax.tree.norm(grads)
+    skip, z_loss, z_grad, guard_state = guard_step(state.guard, loss, grad_norm, guard)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "lr": jnp.asarray(schedule(state.step), jnp.float32)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    if guard.on:   # off (the default): no select at all in the program
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda a, b: jnp.where(skip, b, a), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    applied = state.step - state.guard["skipped"]   # the updates opt_state has counted
+    metrics = {"loss": loss, "grad_norm": grad_norm,
+               "lr": jnp.asarray(schedule(applied), jnp.float32),
+               "loss_z": z_loss, "grad_z": z_grad, "skip": skip.astype(jnp.float32),
+               "skipped": guard_state["skipped"]}
+    if health:
+        metrics.update(health_metrics(state.params, grad_sumsq, updates, grad_norm, grad_clip))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         guard=guard_state), metrics
 
 
 def make_train_step(cfg: GPTConfig, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, mesh=None, shardings: Optional[TrainState] = None,
                     remat: bool = False, scan_layers: bool = False,
-                    donate: bool = True) -> Callable:
+                    donate: bool = True, grad_clip: float = 0.0, health: bool = True,
+                    guard: GuardConfig = GuardConfig()) -> Callable:
     """The jitted train step: (state, batch) -> (state, metrics), the state's buffers donated.
-    The one place where the step is jitted.
+    The one place where the step is jitted. grad_clip (tx's own, for the `clipped` metric),
+    health (the health metrics) and guard (the spike guard's thresholds) are static.
 
     With a mesh the step takes explicit shardings: the state on `shardings` (default
     state_shardings(...)), the batch's rows over (data, fsdp), metrics replicated. XLA then
@@ -95,7 +123,8 @@ def make_train_step(cfg: GPTConfig, tx: optax.GradientTransformation,
     a layer uses them and their gradients reduce-scattered. Nothing else changes with the mesh.
     """
     model = make_model(cfg, remat=remat, scan_layers=scan_layers, mesh=mesh)
-    fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=schedule, model=model)
+    fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=schedule, model=model,
+                           grad_clip=grad_clip, health=health, guard=guard)
     donate_argnums = (0,) if donate else ()
     if mesh is None:
         return jax.jit(fn, donate_argnums=donate_argnums)

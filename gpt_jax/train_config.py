@@ -52,7 +52,12 @@ class TrainConfig:
     gradient_accumulation_steps: int = help_field(
         1, "micro-batches per optimizer step (lax.scan, one jit)")
     max_iters: int = help_field(800, "optimizer steps to train to")
-    # AdamW + warmup-cosine schedule + global-norm clipping (gpt_jax/optimizer.py)
+    # AdamW + learning-rate schedule + global-norm clipping (gpt_jax/optimizer.py)
+    lr_schedule: str = help_field(
+        "cosine", "cosine (warm-up, cosine decay to min_lr at lr_decay_iters) | constant (warm-up, "
+        "then learning_rate) | linear (warm-up, linear decay) | wsd (warm-up, stable, then "
+        "1 - sqrt decay over the last decay_frac of lr_decay_iters), as llm.c's schedulers")
+    decay_frac: float = help_field(0.2, "wsd: the fraction of lr_decay_iters spent decaying")
     learning_rate: float = help_field(2e-3, "peak learning rate")
     min_lr: float = help_field(2e-4, "learning rate at and after lr_decay_iters")
     warmup_iters: int = help_field(40, "linear warm-up steps")
@@ -61,6 +66,16 @@ class TrainConfig:
     beta1: float = help_field(0.9, "AdamW beta1")
     beta2: float = help_field(0.95, "AdamW beta2")
     grad_clip: float = help_field(1.0, "clip the global gradient norm to this (0: off)")
+    # spike guard (gpt_jax/guard.py), as llm.c's -sl/-sg: a skipped update leaves the weights
+    # and the optimizer state as they were
+    skip_loss_z: float = help_field(
+        0.0, "skip an update whose loss is more than this many standard deviations above its "
+        "running mean (0: off)")
+    skip_grad_z: float = help_field(
+        0.0, "the same for the gradient norm (0: off)")
+    skip_warmup: int = help_field(
+        64, "steps of statistics the spike guard gathers before it may skip (2 to 64; the "
+        "running mean and deviation are over the last 64 steps)")
     # evaluation, logging
     eval_interval: int = help_field(
         100, "evaluate, checkpoint and redraw loss.png every this many steps")
@@ -125,6 +140,7 @@ class TrainConfig:
                               f"{self.learning_rate}, min_lr={self.min_lr}")
         if not (self.beta1 < 1 and self.beta2 < 1):
             raise ConfigError("beta1 and beta2 must be below 1")
+        check_schedule_and_guard(self)
         from gpt_jax.eval_tasks import parse_spec   # lazy: it imports the scoring code
         parse_spec(self.eval_tasks)
         if isinstance(self.eval_task_limit, bool) or not isinstance(self.eval_task_limit, int) \
@@ -185,6 +201,32 @@ class TrainConfig:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.gradient_accumulation_steps * self.model.block_size
+
+
+def check_schedule_and_guard(tc: "TrainConfig") -> None:
+    """--lr_schedule, --decay_frac and the spike guard's flags."""
+    from gpt_jax.guard import WINDOW
+    from gpt_jax.optimizer import LR_SCHEDULES, wsd_decay_start
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                          f"{tc.lr_schedule!r}")
+    for name in ("decay_frac", "skip_loss_z", "skip_grad_z"):
+        v = getattr(tc, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < 0:
+            raise ConfigError(f"{name} must be a finite non-negative number, got {v!r}")
+    if not 0 < tc.decay_frac <= 1:
+        raise ConfigError(f"decay_frac must be in (0, 1], got {tc.decay_frac}")
+    if tc.lr_schedule == "wsd" and (wsd_decay_start(tc) < tc.warmup_iters
+                                    or wsd_decay_start(tc) >= tc.lr_decay_iters):
+        raise ConfigError(f"wsd's decay would start at step {wsd_decay_start(tc)} (the last "
+                          f"decay_frac {tc.decay_frac} of lr_decay_iters {tc.lr_decay_iters}), "
+                          f"which must be after warmup_iters ({tc.warmup_iters}) and before "
+                          f"lr_decay_iters: change --decay_frac")
+    v = tc.skip_warmup
+    if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= WINDOW:
+        raise ConfigError(f"skip_warmup must be an integer from 2 to {WINDOW} (steps of "
+                          f"statistics before the spike guard may skip), got {v!r}")
 
 
 def check_mesh_grammar(spec: str) -> None:

@@ -31,6 +31,7 @@ from gpt_jax import sharding as sh
 from gpt_jax.cli import writable_dir
 from gpt_jax.errors import CheckpointError, UserError
 from gpt_jax.flops import flops_per_token, peak_flops
+from gpt_jax.guard import GuardConfig, bad_batch_steps, guard_to_meta, inject_bad_batch
 from gpt_jax.integrity import NonFiniteError, check_savable, describe_steps
 from gpt_jax.metrics import plot_loss
 from gpt_jax.model import count_params
@@ -112,6 +113,9 @@ class Trainer:
         self.tc, self.cfg, self.state, self.shardings, meta = init_from.build(
             tc, self.tx, self.mesh, set(explicit), self.log)
         tc = self.tc
+        # a resumed run keeps its schedule (init_from.RUN_KEYS); the opt_state's shape is the same
+        self.tx, self.schedule = make_optimizer(tc)
+        self.bad_steps = bad_batch_steps()   # tests only: bad batches at these steps
         # the checkpoint step this run continues, and the latest step of this run on disk
         self.resumed_step: Optional[int] = None if meta is None else int(self.state.step)
         self.saved_step: Optional[int] = None
@@ -231,7 +235,7 @@ class Trainer:
         meta = {"rng": np.asarray(jax.random.key_data(self.state.rng)).tolist(),
                 "sampler": self.sampler.state(step), "elapsed": self.elapsed,
                 "tokens": step * self.tc.tokens_per_step, "train_config": self.tc.to_dict(),
-                "data": self.data.dir}
+                "data": self.data.dir, "guard": guard_to_meta(self.state.guard)}
         try:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
                       checked=True)
@@ -296,10 +300,11 @@ class Trainer:
                  f"{jax.process_count()} process(es); remat={tc.remat} "
                  f"scan_layers={tc.scan_layers}")
 
-        batch = self._global_batch(self.sampler.train_batch(start))
+        batch = self._train_batch(start)
         t0 = time.perf_counter()
         step_fn = make_train_step(self.cfg, self.tx, self.schedule, mesh=self.mesh,
-                                  shardings=self.shardings, **self.run)
+                                  shardings=self.shardings, grad_clip=tc.grad_clip,
+                                  guard=GuardConfig.from_tc(tc), **self.run)
         step_fn = step_fn.lower(state, batch).compile()
         self.log(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
 
@@ -326,7 +331,7 @@ class Trainer:
                 state, metrics = step_fn(state, batch)
                 self.state = state
                 if step + 1 < tc.max_iters:   # sample the next batch while the device works
-                    batch = self._global_batch(self.sampler.train_batch(step + 1))
+                    batch = self._train_batch(step + 1)
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
                     raise self._diverged(f"non-finite loss ({m['loss']}) or gradient norm "
@@ -335,6 +340,8 @@ class Trainer:
                 profiler.after(step)
                 self.elapsed = elapsed0 + time.perf_counter() - run_t0
                 bar.update(1)
+                if m["skip"]:
+                    self._skipped(step, m)
                 if step % tc.log_interval == 0 or step == tc.max_iters:
                     now = time.perf_counter()
                     tps = (step - step_mark) * tc.tokens_per_step / max(now - t_mark, 1e-9)
@@ -342,6 +349,7 @@ class Trainer:
                            "grad_norm": m["grad_norm"], "tokens": step * tc.tokens_per_step,
                            "tokens_per_s": tps, "mfu": tps * fpt / peak,
                            "time": round(self.elapsed, 3)}
+                    row.update({k: v for k, v in m.items() if k not in row and k != "skip"})
                     self._append(row)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}",
                                     mfu=f"{100 * row['mfu']:.1f}%")
@@ -369,6 +377,20 @@ class Trainer:
             except Exception:  # noqa: BLE001 - after an error, that error is the one to see
                 if not failed:
                     raise
+
+    def _train_batch(self, step: int) -> jax.Array:
+        batch = self.sampler.train_batch(step)
+        if step in self.bad_steps:
+            batch = inject_bad_batch(batch, step, self.cfg.n_real_vocab)
+        return self._global_batch(batch)
+
+    def _skipped(self, step: int, m: dict) -> None:
+        """The spike guard skipped update `step`: a metrics row and a line."""
+        self._append({"kind": "skip", "step": step, "loss": m["loss"],
+                      "grad_norm": m["grad_norm"], "loss_z": m["loss_z"],
+                      "grad_z": m["grad_z"], "skipped": m["skipped"]})
+        self._say(f"step {step}: update skipped (loss {m['loss']:.4f}, z {m['loss_z']:.1f}; "
+                  f"grad norm {m['grad_norm']:.4g}, z {m['grad_z']:.1f})")
 
     def _stop_message(self, mngr, step: int, start: int, bar) -> None:
         """After a signal: save the current step when it trained one, and say what is on

@@ -77,6 +77,8 @@ def main(out_dir):
         for b in batches:
             state, m = step(state, make_global_batch(b, mesh, b.shape))
             losses.append(float(m["loss"]))
+            # the health metrics of the first step (gpt_jax/health.py), per layer
+            info.setdefault("health", {k: float(v) for k, v in m.items()})
         info["losses"] = losses
         info["loss0_after"] = float(grad_fn(state.params, first)[0])
         result[name] = info

@@ -32,6 +32,8 @@ def test_bench_smoke_writes_valid_json(tmp_path):
             "HF PyTorch time per output token b1", "ours prefill 8 tokens b1"} <= names
     hf_beam = [r for r in rows if r["name"] == "HF PyTorch beam search 4 beams b1"][0]
     assert hf_beam["config"]["best_tokens_equal_ours"] == 1.0
+    # the cost of the training-health metrics: step time with / without them (gpt_jax/health.py)
+    assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.
     assert "--flax_python" in proc.stderr and not any("Flax" in n for n in names)
     for row in rows:

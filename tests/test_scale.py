@@ -103,6 +103,12 @@ def test_losses_and_gradients_agree_across_meshes(meshes):
                                        err_msg=f"{name} {k}")
         # Adam turns rounding differences into +-lr steps: compare losses, not parameters
         np.testing.assert_allclose(r["losses"], ref["losses"], rtol=1e-4, err_msg=name)
+        # health metrics (per-layer norms, update ratio): the same keys and values on every
+        # mesh, with scanned layers too (the first step: the same weights everywhere)
+        assert set(r["health"]) == set(ref["health"]) and "grad_norm/h_1" in r["health"], name
+        for k, v in ref["health"].items():
+            np.testing.assert_allclose(r["health"][k], v, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{name} {k}")
         # it trains: the first batch's loss after the steps (each step's batch is another one,
         # so the last step's loss need not be below the first's: they differ by ~0.01 here)
         assert r["loss0_after"] < r["loss0"] - 0.1, name

@@ -32,7 +32,10 @@ def test_train_end_to_end(builtin_data, tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     train = rows(out, "train")
     assert [r["step"] for r in train] == [2, 4, 6]
-    keys = {"kind", "step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time"}
+    keys = {"kind", "step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time",
+            "loss_z", "grad_z", "skipped", "param_norm", "update_ratio", "clipped"}
+    keys |= {f"{k}/{g}" for k in ("grad_norm", "param_norm")
+             for g in ("wte", "wpe", "ln_f", "h_0", "h_1")}   # health: per layer (2 here)
     assert all(set(r) == keys for r in train)
     assert train[-1]["tokens"] == 6 * 4 * 32 and 0 < train[-1]["mfu"] < 1.5
     ev = rows(out, "eval")
@@ -58,16 +61,22 @@ def test_train_end_to_end(builtin_data, tmp_path):
 
 
 def test_resume_is_bitwise_exact(builtin_data, tmp_path):
-    """N steps straight == N/2 steps, SIGKILL, resume to N: same losses, same params."""
+    """N steps straight == N/2 steps, SIGKILL, resume to N: same losses, same params. With the
+    wsd schedule and the spike guard on, and bad batches (the test hook) before and after the
+    kill: the resumed run takes both from the checkpoint (only --init_from resume is given
+    again), restores the guard's statistics and skips the same updates."""
     n = 16
     args = [*TINY, "--dropout", "0.1", "--max_iters", str(n), "--eval_interval", str(n // 2),
-            "--log_interval", "1"]
+            "--log_interval", "1", "--lr_decay_iters", str(n)]
+    run_keys = ["--lr_schedule", "wsd", "--decay_frac", "0.5", "--skip_grad_z", "3",
+                "--skip_warmup", "4"]
+    env = {"GPT_JAX_TEST_BAD_BATCH_STEPS": "6,11"}
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    r = run_cli("train.py", *args, "--out_dir", a)
+    r = run_cli("train.py", *args, *run_keys, "--out_dir", a, env=env)
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args,
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args, *run_keys,
                              "--out_dir", b], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env={**os.environ, **env})
     half = os.path.join(b, "checkpoints", str(n // 2))
     t0 = time.time()
     while not os.path.isdir(half):   # orbax renames the step dir into place when committed
@@ -77,12 +86,16 @@ def test_resume_is_bitwise_exact(builtin_data, tmp_path):
     proc.wait()
     from gpt_jax.checkpoint import latest_step
     assert latest_step(b) == n // 2, "the run finished before it was killed"
-    r = run_cli("train.py", *args, "--out_dir", b, "--init_from", "resume")
+    r = run_cli("train.py", *args, "--out_dir", b, "--init_from", "resume", env=env)
     assert r.returncode == 0, r.stderr
-    la = [(r["step"], r["loss"], r["grad_norm"]) for r in rows(a, "train")]
-    lb = [(r["step"], r["loss"], r["grad_norm"]) for r in rows(b, "train")]
+    assert "'wsd'" in r.stdout   # the resolved config printed: the schedule came back
+    keys = ("step", "loss", "grad_norm", "lr", "skipped", "loss_z", "grad_z")
+    la = [tuple(r[k] for k in keys) for r in rows(a, "train")]
+    lb = [tuple(r[k] for k in keys) for r in rows(b, "train")]
     assert [s for s, *_ in la] == list(range(1, n + 1))
     assert la == lb
+    assert [r["step"] for r in rows(a, "skip")] == [r["step"] for r in rows(b, "skip")] == [7, 12]
+    assert len({r["lr"] for r in rows(a, "train")}) > 3   # wsd's decay moved the lr
     from gpt_jax import load_checkpoint
     pa, pb = load_checkpoint(a)[0], load_checkpoint(b)[0]
     import jax

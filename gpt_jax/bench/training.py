@@ -174,4 +174,50 @@ def run(ctx: Context) -> list[Result]:
                                       res[impl], conf))
                 rows.append(cpu_ratio_row(f"{name} gpt_jax / {peer_name} (CPU time)",
                                           cpu["float32"], cpu[impl], ctx.warmup, conf))
-    return rows
+    return rows + health_overhead(ctx)
+
+
+def health_overhead(ctx: Context) -> list[Result]:
+    """The cost of the training-health metrics (gpt_jax/health.py): the train step of the
+    cpu-small config (--tiny: a tiny one) with and without them, each call fetching its metrics
+    as the trainer does every step, interleaved; the row is the step-time ratio with / without
+    (1.03 = 3% slower)."""
+    arch = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64,
+                batch_size=2) if ctx.tiny else {}
+    tc = TrainConfig.from_dict(arch)   # the defaults are cpu-small
+    cfg, T = tc.model, tc.model.block_size
+    tx, sched = make_optimizer(tc)
+    params = init_params(cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, cfg.n_real_vocab, (1, tc.batch_size, T + 1), dtype=np.int32)
+               for _ in range(4)]
+    fns, compile_s, cpu = {}, {}, {}
+    for label, health in (("with health", True), ("without health", False)):
+        state = init_state(jax.tree_util.tree_map(jnp.copy, params), tx, jax.random.key(1))
+        step, compile_s[label] = compile_seconds(
+            make_train_step(cfg, tx, sched, grad_clip=tc.grad_clip, health=health), state,
+            batches[0])
+        box = {"state": state, "i": -1}
+
+        def call(step=step, box=box):
+            box["i"] += 1
+            box["state"], m = step(box["state"], batches[box["i"] % 4])
+            return jax.device_get(m)
+        cpu[label] = []
+        fns[label] = with_cpu_time(call, cpu[label])
+    repeats = max(3 * ctx.repeats, 3)
+    timings = time_calls(fns, repeats, ctx.warmup)
+    conf = {"config": "tiny" if ctx.tiny else "cpu-small", "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd, "batch": tc.batch_size, "seq": T}
+    res = {k: result_from_timing("train", f"step {k}", t, work=tc.batch_size * T,
+                                 metric="tokens/s", unit="tokens/s", config=conf,
+                                 compile_s=compile_s[k]) for k, t in timings.items()}
+    slow = timings["with health"].median / timings["without health"].median
+    # CPU seconds of this process per step: less moved by other jobs on a shared machine
+    w = ctx.warmup
+    cpu_slow = (statistics.median(cpu["with health"][w:])
+                / statistics.median(cpu["without health"][w:]))
+    return [*res.values(), Result("train", "health metrics step-time ratio (with / without)",
+                                  "step-time ratio", slow, "x", conf, repeats=repeats),
+            Result("train", "health metrics CPU-time ratio (with / without)",
+                   "CPU-time ratio", cpu_slow, "x", conf, repeats=repeats)]
