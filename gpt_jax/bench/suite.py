@@ -304,8 +304,8 @@ def markdown_table(name: str, results: list[Result], machine: dict, command: str
         add("cuDNN / XLA attention, forward + backward", "cuDNN not run: needs a GPU",
             _verdict(None, "> 1.00x"))
     for r in results:
-        if r.section == "train" and r.unit == "tokens/s":
-            c = r.config
+        if r.section == "train" and r.unit == "tokens/s" and "attention" in r.config:
+            c = r.config   # (the health-overhead rows' steps carry no attention: not tabled)
             figure = (f"train {r.name.split(' ')[0]}, batch {c['batch']} x {c['seq']}, "
                       f"{c['dtype']}, {c['attention']} attention")
             text = f"{r.value:,.0f} tokens/s, {1000 * r.median:.1f} ms/step"
