@@ -47,3 +47,22 @@ def random_batch(key, shape, vocab=512):
     import jax
     import jax.numpy as jnp
     return jax.random.randint(jax.random.key(key), shape, 0, vocab, jnp.int32)
+
+
+def damage_params_file(out_dir, step, how="truncate"):
+    """A real damaged checkpoint: step's largest params data file truncated to half
+    ("truncate") or a third of it overwritten with random bytes ("overwrite")."""
+    import numpy as np
+    from gpt_jax.checkpoint import checkpoint_dir
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(checkpoint_dir(out_dir),
+                                                                    str(step), "params"))
+             for f in fs]
+    path = max(files, key=os.path.getsize)
+    size = os.path.getsize(path)
+    if how == "truncate":
+        os.truncate(path, size // 2)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(size // 3)
+            f.write(np.random.default_rng(0).bytes(size // 3))
+    return path

@@ -10,6 +10,8 @@ from gpt_jax import checkpoint as ckpt
 from gpt_jax.checkpoint import checkpoint_dir, latest_step
 from gpt_jax.integrity import NonFiniteError
 
+from conftest import damage_params_file
+
 
 def leaves_equal(a, b):
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
@@ -113,26 +115,12 @@ def test_save_refuses_non_finite_values(tmp_path, tiny_cfg, bad):
     assert not (tmp_path / "o").exists()
 
 
-def largest_data_file(out_dir, step):
-    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(checkpoint_dir(out_dir),
-                                                                    str(step), "params"))
-             for f in fs]
-    return max(files, key=os.path.getsize)
-
-
 @pytest.mark.parametrize("how", ["truncate", "overwrite"])
 def test_damaged_step_is_named_with_the_intact_ones(tmp_path, tiny_cfg, how):
     params = init_params(tiny_cfg, jax.random.key(0))
     for step in (1, 2, 3):
         save_checkpoint(str(tmp_path), step, params, tiny_cfg)
-    path = largest_data_file(str(tmp_path), 3)
-    size = os.path.getsize(path)
-    if how == "truncate":
-        os.truncate(path, size // 2)
-    else:
-        with open(path, "r+b") as f:
-            f.seek(size // 3)
-            f.write(np.random.default_rng(0).bytes(size // 3))
+    damage_params_file(str(tmp_path), 3, how)
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(str(tmp_path))
     msg = str(e.value)

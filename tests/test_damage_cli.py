@@ -9,10 +9,9 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, damage_params_file
 
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, eval_iters=1,
             warmup_iters=2, lr_decay_iters=100, log_interval=1)
@@ -32,18 +31,8 @@ def run_dir(builtin_data, tmp_path_factory):
 
 def damaged_copy(run_dir, dest, how="truncate"):
     """run_dir with step 4's largest params file truncated to half, or a third overwritten."""
-    from gpt_jax.checkpoint import checkpoint_dir
     shutil.copytree(run_dir, dest)
-    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(checkpoint_dir(dest), "4",
-                                                                     "params")) for f in fs]
-    path = max(files, key=os.path.getsize)
-    size = os.path.getsize(path)
-    if how == "truncate":
-        os.truncate(path, size // 2)
-    else:
-        with open(path, "r+b") as f:
-            f.seek(size // 3)
-            f.write(np.random.default_rng(0).bytes(size // 3))
+    damage_params_file(dest, 4, how)
     return dest
 
 
