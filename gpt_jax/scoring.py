@@ -21,9 +21,8 @@ in flight at a time (the next is dispatched before the last one's (B, S) results
 from __future__ import annotations
 
 import functools
-import math
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,8 @@ from gpt_jax.generation import (MEMORY_CHECK_ABOVE, MEMORY_FRACTION, available_m
                                 format_gib)
 from gpt_jax.model import GPT
 from gpt_jax.sharding import batch_devices, batch_sharding, params_mesh
-from gpt_jax.tokenizer import EOT_ID
+from gpt_jax.score_rows import (Row, check_stride, n_windows, request_row, token_ids,  # noqa: F401
+                                window_rows)
 
 # Default batch shape: at most MAX_ROWS rows, MAX_TOKENS input tokens and MAX_SCORED scored
 # positions per batch. MAX_SCORED bounds the in-call float32 logits to 2048 * V * 4 bytes
@@ -44,14 +44,6 @@ from gpt_jax.tokenizer import EOT_ID
 MAX_ROWS = 32
 MAX_TOKENS = 8192
 MAX_SCORED = 2048
-
-
-class Row(NamedTuple):
-    """One forward pass: `inputs` (L,) int32, with positions first..L-1 scored against `targets`
-    (L - first,) (the token each of those positions predicts)."""
-    inputs: np.ndarray
-    first: int
-    targets: np.ndarray
 
 
 def bucket(n: int, cap: int) -> int:
@@ -118,48 +110,6 @@ def get_scorer(cfg: GPTConfig) -> Scorer:
     return Scorer(cfg)
 
 
-# -- checking inputs ------------------------------------------------------------------------------
-
-def token_ids(x, cfg: GPTConfig, what: str) -> np.ndarray:
-    """A 1-D sequence of integer token ids as int32, or a one-line UserError naming `what`."""
-    if isinstance(x, (str, bytes)):
-        raise UserError(f"{what} must be a list of token ids, got a string (encode it first, "
-                        f"e.g. with gpt_jax.get_tokenizer().encode)")
-    try:
-        arr = np.asarray(x)
-    except Exception:
-        raise UserError(f"{what} must be a list of integer token ids") from None
-    if arr.ndim != 1:
-        raise UserError(f"{what} must be a flat list of token ids, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, np.int32)
-    if arr.dtype == bool or arr.dtype.kind not in "iu":
-        raise UserError(f"{what} must hold integer token ids, got {arr.dtype} "
-                        f"(e.g. {arr.reshape(-1)[0]!r})")
-    bad = arr[(arr < 0) | (arr >= cfg.vocab_size)]
-    if bad.size:
-        raise UserError(f"{what} has token id {int(bad[0])}, outside the model's vocabulary "
-                        f"(0 .. {cfg.vocab_size - 1})")
-    return arr.astype(np.int32)
-
-
-def _prefix_id(cfg: GPTConfig, why: str) -> int:
-    if EOT_ID >= cfg.vocab_size:
-        raise UserError(f"{why} needs <|endoftext|> (id {EOT_ID}), but the model's vocab_size "
-                        f"is {cfg.vocab_size}")
-    return EOT_ID
-
-
-def check_stride(stride, cfg: GPTConfig) -> int:
-    if stride is None:
-        return cfg.block_size
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) \
-            or not 1 <= stride <= cfg.block_size:
-        raise UserError(f"stride must be an integer in [1, {cfg.block_size}] (the model's "
-                        f"block_size), got {stride!r}")
-    return int(stride)
-
-
 def _check_batch_size(batch_size) -> Optional[int]:
     if batch_size is None:
         return None
@@ -167,34 +117,6 @@ def _check_batch_size(batch_size) -> Optional[int]:
             or batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
-
-
-# -- rows ---------------------------------------------------------------------------------------
-
-def request_row(context: np.ndarray, continuation: np.ndarray, cfg: GPTConfig) -> Row:
-    """lm-eval's row for one (context, continuation) request (both checked int32 arrays)."""
-    if len(context) == 0:
-        context = np.array([_prefix_id(cfg, "an empty context")], np.int32)
-    whole = np.concatenate([context, continuation])[-(cfg.block_size + 1):]
-    inputs = whole[:-1]
-    return Row(inputs, len(inputs) - len(continuation), continuation)
-
-
-def window_rows(tokens: np.ndarray, cfg: GPTConfig, stride: int) -> list[Row]:
-    """The windows that score every token of a text once (see the module docstring)."""
-    n, bs = len(tokens), cfg.block_size
-    if n == 0:
-        return []
-    seq = np.concatenate([[_prefix_id(cfg, "scoring a text (token 0 is conditioned on it)")],
-                          tokens]).astype(np.int32)
-    rows, start, scored = [], 0, 0      # tokens [0, scored) are done
-    while scored < n:
-        if start + bs >= n:             # the last window: moved left to end at the end
-            start = max(0, n - bs)
-        end = min(start + bs, n)        # inputs seq[start:end] predict tokens start..end-1
-        rows.append(Row(seq[start:end], scored - start, seq[scored + 1:end + 1]))
-        scored, start = end, start + stride
-    return rows
 
 
 def _put_rows(mesh, arrays):
@@ -415,11 +337,3 @@ def token_logprobs(params, cfg: GPTConfig, tokens, *, stride: Optional[int] = No
     the rules. progress(k): called as each batch of k windows finishes."""
     return token_logprobs_batch(params, cfg, [tokens], stride=stride, batch_size=batch_size,
                                 progress=progress)[0]
-
-
-def n_windows(n_tokens: int, cfg: GPTConfig, stride: Optional[int] = None) -> int:
-    """How many windows token_logprobs runs over a text of n_tokens tokens (for progress bars)."""
-    stride = check_stride(stride, cfg)
-    if n_tokens <= cfg.block_size:
-        return int(n_tokens > 0)
-    return math.ceil((n_tokens - cfg.block_size) / stride) + 1
