@@ -32,11 +32,13 @@ from gpt_jax.cli import writable_dir
 from gpt_jax.errors import CheckpointError, UserError
 from gpt_jax.flops import flops_per_token, peak_flops
 from gpt_jax.guard import GuardConfig, bad_batch_steps, guard_to_meta, inject_bad_batch
-from gpt_jax.integrity import NonFiniteError, check_savable, describe_steps
+from gpt_jax.integrity import NonFiniteError, check_savable
 from gpt_jax.metrics import plot_loss
 from gpt_jax.model import count_params
 from gpt_jax.optimizer import make_optimizer
 from gpt_jax.profiling import StepProfiler
+from gpt_jax.run_end import (TrainingDiverged, diverged, rerun_advice,  # noqa: F401
+                             shut, stop_text)
 from gpt_jax.run_lock import hold_out_dir
 from gpt_jax.stacking import unstack_tree
 from gpt_jax.steps import make_eval_step, make_train_step
@@ -44,10 +46,6 @@ from gpt_jax.tracking import Trackers, check_installed, parse_log_to
 from gpt_jax.train_config import TrainConfig
 
 MAX_TO_KEEP = 3
-
-
-class TrainingDiverged(UserError):
-    """The loss or the gradient norm became NaN or infinite."""
 
 
 def check_out_dir(tc: TrainConfig) -> None:
@@ -182,38 +180,13 @@ class Trainer:
         if self.trackers is not None:
             self._write("metrics.jsonl", self.trackers.log, row)
 
-    def _diverged(self, what: str, step: int) -> TrainingDiverged:
-        """The error for a NaN/inf at `step`, saying what the disk holds now."""
-        steps = ckpt.all_steps(self.out_dir)
-        lower = "Lower --learning_rate" + (" (or use --dtype float32)"
-                                           if self.tc.model.dtype != "float32" else "")
-        if step == 0:
-            advice = ("The initial weights already give it, so the learning rate is not the "
-                      "cause: check the data (token ids within the vocabulary) and the weights")
-        elif steps:
-            advice = f"{lower}, then continue with --init_from resume"
-        else:
-            advice = f"{lower} and start again"
-        return TrainingDiverged(f"{what} at step {step}: training stopped and step {step} was "
-                                f"not saved; {describe_steps(steps)} in "
-                                f"{ckpt.checkpoint_dir(self.out_dir)}. {advice}")
-
-    def _rerun_advice(self) -> str:
-        """After a failed write (a full disk): what to run once the disk is fixed, which
-        works as said: resume when a checkpoint is on disk, else the same command again."""
-        if ckpt.all_steps(self.out_dir):
-            return (f"Free space on that disk (or move {self.out_dir} to a larger one), then "
-                    f"continue with --init_from resume")
-        return ("Free space on that disk (or pass an --out_dir on a larger one), then run the "
-                "same command again")
-
     def _write(self, what: str, fn, *args) -> None:
         """metrics.jsonl / loss.png: a failed write (a full disk) is one line with advice."""
         try:
             return fn(*args)
         except OSError as e:
             raise UserError(f"could not write {e.filename or what} in {self.out_dir}: "
-                            f"{e.strerror or e}. {self._rerun_advice()}") from None
+                            f"{e.strerror or e}. {rerun_advice(self.out_dir)}") from None
 
     def save(self, mngr, step: int) -> None:
         """Every process calls this: orbax writes each process's shards and process 0 the
@@ -226,7 +199,8 @@ class Trainer:
         try:
             check_savable(step, params, self.cfg, opt_state)
         except NonFiniteError as e:
-            raise self._diverged(f"non-finite values after the update ({e})", step) from None
+            raise diverged(self.out_dir, self.tc.model.dtype,
+                           f"non-finite values after the update ({e})", step) from None
         if self._stale:   # resumed from an earlier step (--resume_step): rewritten now
             ckpt.delete_steps_after(mngr, self.resumed_step)
             self.log(f"removed checkpoint step(s) {', '.join(map(str, self._stale))}, after "
@@ -240,7 +214,7 @@ class Trainer:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
                       checked=True)
         except ckpt.SaveFailed as e:
-            raise CheckpointError(f"{e}. {self._rerun_advice()}") from None
+            raise CheckpointError(f"{e}. {rerun_advice(self.out_dir)}") from None
         self.saved_step = step
 
     def _stop_requested(self) -> bool:
@@ -334,8 +308,9 @@ class Trainer:
                     batch = self._train_batch(step + 1)
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-                    raise self._diverged(f"non-finite loss ({m['loss']}) or gradient norm "
-                                         f"({m['grad_norm']})", step + 1)
+                    raise diverged(self.out_dir, self.tc.model.dtype,
+                                   f"non-finite loss ({m['loss']}) or gradient norm "
+                                   f"({m['grad_norm']})", step + 1)
                 step += 1
                 profiler.after(step)
                 self.elapsed = elapsed0 + time.perf_counter() - run_t0
@@ -362,10 +337,10 @@ class Trainer:
                 self._stop_message(mngr, step, start, bar)
         except BaseException:
             profiler.close(quiet=True)
-            self._shut(bar, mngr, handlers, quiet=True)   # the first error is the one to see
+            shut(bar, mngr, handlers, quiet=True)   # the first error is the one to see
             raise
         profiler.close()
-        self._shut(bar, mngr, handlers, quiet=False)
+        shut(bar, mngr, handlers, quiet=False)
         return {"step": step, "elapsed": self.elapsed, "stopped_by_signal": self.stop_signal,
                 "saved_step": self.saved_step, **last}
 
@@ -395,38 +370,20 @@ class Trainer:
     def _stop_message(self, mngr, step: int, start: int, bar) -> None:
         """After a signal: save the current step when it trained one, and say what is on
         disk, exactly."""
-        name = signal.Signals(self.stop_signal).name
-        where = ckpt.checkpoint_dir(self.out_dir)
-        if self.saved_step != step and step > start:
+        trained = self.saved_step != step and step > start
+        if trained:
             self.save(mngr, step)
-            msg = f"{name}: saved step {step} in {where}; continue with --init_from resume"
-        elif self.saved_step == step:
-            msg = (f"{name}: stopped at step {step}, which is saved in {where}; continue with "
-                   f"--init_from resume")
-        else:
-            msg = f"{name}: stopped at step {step}, before the first update: nothing was saved"
+        msg = stop_text(self.stop_signal, self.out_dir, step, saved=self.saved_step == step,
+                        just_saved=trained)
         if self.main:
             bar.write(msg, file=sys.stderr)
-
-    @staticmethod
-    def _shut(bar, mngr, handlers, *, quiet: bool) -> None:
-        bar.close()
-        try:
-            mngr.wait_until_finished()
-            mngr.close()
-        except Exception:  # noqa: BLE001 - after a failed save orbax may fail again here
-            if not quiet:
-                raise
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
 
     def _eval_row(self, step: int) -> dict:
         losses = self.estimate_loss(self.state.params, step)
         if not all(math.isfinite(v) for v in losses.values()):
             # not written to metrics.jsonl or plotted, and never saved
-            raise self._diverged(f"non-finite eval loss (train {losses['train']}, val "
-                                 f"{losses['val']})", step)
+            raise diverged(self.out_dir, self.tc.model.dtype, f"non-finite eval loss (train "
+                           f"{losses['train']}, val {losses['val']})", step)
         self._append({"kind": "eval", "step": step, "train_loss": losses["train"],
                       "val_loss": losses["val"], "time": round(self.elapsed, 3)})
         self._say(f"step {step}: train loss {losses['train']:.4f}, val loss "
