@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -23,13 +24,18 @@ _CANCELLED: set[int] = set()
 _IDS = itertools.count(1)
 
 
-def _on_step(stream_id, i, tokens, logprobs, done) -> np.bool_:
-    sid = int(stream_id)
+def _on_step(packed) -> np.bool_:
+    """The host side of report(): packed int32 [stream id, step, B, tokens (B), done (B), and
+    where asked log-probs (B) as float32 bits], one array because each operand of a callback
+    is a transfer of its own (a third of the callback's cost with three operands)."""
+    packed = np.asarray(packed)
+    sid, i, B = (int(x) for x in packed[:3])
     q = _LISTENERS.get(sid)
     if q is None or sid in _CANCELLED:
         return np.bool_(False)
-    q.put((int(i), np.asarray(tokens), None if logprobs is None else np.asarray(logprobs),
-           np.asarray(done)))
+    tokens, done, lps = packed[3:3 + B], packed[3 + B:3 + 2 * B], packed[3 + 2 * B:]
+    q.put((i, tokens.copy(), lps.view(np.float32).copy() if len(lps) else None,
+           done.astype(bool)))
     return np.bool_(True)
 
 
@@ -37,12 +43,14 @@ def report(s: dict, i, tokens, logprobs, done):
     """Inside the decode loop: hand step i's tokens (B,), log-probs (B,) or None and done (B,)
     to stream s["stream_id"]; a traced bool, False once the consumer has gone."""
     from jax.experimental import io_callback
-    if logprobs is None:
-        fn = lambda sid, i, t, d: _on_step(sid, i, t, None, d)
-        return io_callback(fn, jax.ShapeDtypeStruct((), np.bool_), s["stream_id"], i, tokens,
-                           done, ordered=False)
-    return io_callback(_on_step, jax.ShapeDtypeStruct((), np.bool_), s["stream_id"], i,
-                       tokens, logprobs, done, ordered=False)
+    head = (jnp.asarray(s["stream_id"], jnp.int32), jnp.asarray(i, jnp.int32),
+            jnp.int32(tokens.shape[0]))
+    parts = [jnp.stack(head),
+             tokens.astype(jnp.int32), done.astype(jnp.int32)]
+    if logprobs is not None:
+        parts.append(jax.lax.bitcast_convert_type(logprobs.astype(jnp.float32), jnp.int32))
+    return io_callback(_on_step, jax.ShapeDtypeStruct((), np.bool_), jnp.concatenate(parts),
+                       ordered=False)
 
 
 @dataclass
