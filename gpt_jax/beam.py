@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, check_finite,
-                            check_max_new_tokens, check_prompts)
+                            check_max_new_tokens, check_positive_int, check_prompts)
 from gpt_jax.config import GPTConfig
 from gpt_jax.decode import decode_mask, decode_step, heads_major, init_cache, rounded_params, \
     widened
@@ -50,23 +50,11 @@ def requested(num_beams, length_penalty, early_stopping, num_return_sequences) -
                 is_(length_penalty, 1.0) and early_stopping is False)
 
 
-def _int(x) -> Optional[int]:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
-        return None
-    return int(x)
-
-
 def check_beam_settings(num_beams, length_penalty, early_stopping, num_return_sequences):
     """(num_beams, length_penalty, early_stopping, num_return_sequences) in canonical form, or a
     one-line UserError saying what to pass."""
-    nb = _int(num_beams)
-    if nb is None or nb < 1:
-        raise UserError(f"num_beams must be an integer >= 1 (1: no beam search), "
-                        f"got {num_beams!r}")
-    nr = _int(num_return_sequences)
-    if nr is None or nr < 1:
-        raise UserError(f"num_return_sequences must be an integer >= 1, "
-                        f"got {num_return_sequences!r}")
+    nb = check_positive_int(num_beams, "num_beams", " (1: no beam search)")
+    nr = check_positive_int(num_return_sequences, "num_return_sequences")
     if nr > nb:
         raise UserError(f"num_return_sequences ({nr}) must be at most num_beams ({nb}): beam "
                         f"search keeps num_beams hypotheses; raise num_beams")

@@ -214,10 +214,17 @@ def _scalar(x, integer: bool):
     return None
 
 
-def check_max_new_tokens(max_new_tokens, cfg: GPTConfig) -> int:
-    n = _scalar(max_new_tokens, integer=True)
+def check_positive_int(value, name: str, hint: str = "") -> int:
+    """value as a Python int >= 1 (numpy and 0-d array integers too; bools, floats and strings
+    are not), or a one-line UserError naming the argument (hint: what else it may be)."""
+    n = _scalar(value, integer=True)
     if n is None or n < 1:
-        raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        raise UserError(f"{name} must be a positive integer{hint}, got {value!r}")
+    return n
+
+
+def check_max_new_tokens(max_new_tokens, cfg: GPTConfig) -> int:
+    n = check_positive_int(max_new_tokens, "max_new_tokens")
     if n >= cfg.block_size:  # no room left for even a one-token prompt
         raise PromptTooLongError(
             f"max_new_tokens {n} leaves no room for a prompt in the model's block_size "
@@ -231,10 +238,7 @@ def check_sampling(temperature, top_k, top_p) -> tuple[float, Optional[int], Opt
     t = _scalar(temperature, integer=False)
     if t is None or not t >= 0:  # NaN fails too
         raise UserError(f"temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
-    k = None if top_k is None else _scalar(top_k, integer=True)
-    if top_k is not None and (k is None or k < 1):
-        raise UserError(f"top_k must be a positive integer (or None for no top-k), "
-                        f"got {top_k!r}")
+    k = None if top_k is None else check_positive_int(top_k, "top_k", " (or None for no top-k)")
     p = None if top_p is None else _scalar(top_p, integer=False)
     if top_p is not None and (p is None or not 0 < p <= 1):
         raise UserError(f"top_p must be a number in (0, 1] (or None for no top-p), "

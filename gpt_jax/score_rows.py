@@ -8,6 +8,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from gpt_jax.checks import check_token_ids
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import EOT_ID
@@ -25,24 +26,9 @@ class Row(NamedTuple):
 
 def token_ids(x, cfg: GPTConfig, what: str) -> np.ndarray:
     """A 1-D sequence of integer token ids as int32, or a one-line UserError naming `what`."""
-    if isinstance(x, (str, bytes)):
-        raise UserError(f"{what} must be a list of token ids, got a string (encode it first, "
-                        f"e.g. with gpt_jax.get_tokenizer().encode)")
-    try:
-        arr = np.asarray(x)
-    except Exception:
-        raise UserError(f"{what} must be a list of integer token ids") from None
+    arr = check_token_ids(x, cfg.vocab_size, what)
     if arr.ndim != 1:
         raise UserError(f"{what} must be a flat list of token ids, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, np.int32)
-    if arr.dtype == bool or arr.dtype.kind not in "iu":
-        raise UserError(f"{what} must hold integer token ids, got {arr.dtype} "
-                        f"(e.g. {arr.reshape(-1)[0]!r})")
-    bad = arr[(arr < 0) | (arr >= cfg.vocab_size)]
-    if bad.size:
-        raise UserError(f"{what} has token id {int(bad[0])}, outside the model's vocabulary "
-                        f"(0 .. {cfg.vocab_size - 1})")
     return arr.astype(np.int32)
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.config import GPTConfig
-from gpt_jax.checks import check_causal, check_params, check_token_ids
+from gpt_jax.checks import check_causal, check_params, check_positive_int, check_token_ids
 from gpt_jax.errors import ScoreMemoryError, TokenError, UserError
 from gpt_jax.generation import (MEMORY_CHECK_ABOVE, MEMORY_FRACTION, available_memory_bytes,
                                 format_gib)
@@ -113,10 +113,7 @@ def get_scorer(cfg: GPTConfig) -> Scorer:
 def _check_batch_size(batch_size) -> Optional[int]:
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_positive_int(batch_size, "batch_size")
 
 
 def _put_rows(mesh, arrays):

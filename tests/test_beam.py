@@ -114,11 +114,12 @@ def test_generate_num_beams_and_one_program_per_shape():
 
 
 @pytest.mark.parametrize("kw, says", [
-    (dict(num_beams=0), "num_beams must be an integer >= 1"),
-    (dict(num_beams=2.5), "num_beams must be an integer >= 1"),
-    (dict(num_beams=True), "num_beams must be an integer >= 1"),
+    (dict(num_beams=0), "num_beams must be a positive integer"),
+    (dict(num_beams=2.5), "num_beams must be a positive integer"),
+    (dict(num_beams=True), "num_beams must be a positive integer"),
     (dict(num_beams=2, num_return_sequences=3), "must be at most num_beams (2)"),
-    (dict(num_beams=2, num_return_sequences=0), "num_return_sequences must be an integer"),
+    (dict(num_beams=2, num_return_sequences=0),
+     "num_return_sequences must be a positive integer"),
     (dict(num_beams=2, length_penalty=float("nan")), "length_penalty must be a finite number"),
     (dict(num_beams=2, length_penalty=float("inf")), "length_penalty must be a finite number"),
     (dict(num_beams=2, length_penalty="1"), "length_penalty must be a finite number"),
