@@ -31,10 +31,8 @@ import numpy as np
 from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, check_finite,
                             check_max_new_tokens, check_positive_int, check_prompts)
 from gpt_jax.config import GPTConfig
-from gpt_jax.decode import decode_mask, decode_step, heads_major, init_cache, rounded_params, \
-    widened
+from gpt_jax.decode import decode_mask, decode_step, prefill, widened
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT
 
 NEG = -1.0e9  # transformers' marker for a candidate that may not be chosen (added, not set)
 
@@ -180,14 +178,7 @@ def beam_tokens(params, weights, tokens, pad, eos_id, finish, bound, stop_when_f
     log_probs = lambda logits: jax.nn.log_softmax(logits[..., :V].astype(jnp.float32), axis=-1)
 
     # Prefill the B prompts once; every beam of a prompt starts from its cache.
-    idx = jnp.arange(P)
-    positions = jnp.maximum(idx[None, :] - pad[:, None], 0)                   # (B, P)
-    logits, cache = GPT(cfg).apply({"params": rounded_params(params, weights, cfg)}, tokens,
-                                   positions=positions, mask=decode_mask(pad, idx, S),
-                                   kv_cache=init_cache(cfg, B, S), cache_index=0,
-                                   logits_at=P - 1)
-    cache = heads_major(tuple((jnp.repeat(k, nb, axis=0), jnp.repeat(v, nb, axis=0))
-                              for k, v in cache))                             # (B*nb*H, S, D)
+    logits, cache = prefill(params, weights, cfg, tokens, pad, S, copies=nb)  # (B*nb*H, S, D)
     weights = widened(weights, cfg.compute_dtype)    # B * nb rows: wide products are faster
     pad = jnp.repeat(pad, nb)                                                 # (B*nb,)
 

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 
 from gpt_jax import processors, streaming
 from gpt_jax.config import GPTConfig
-from gpt_jax.decode import (decode_mask, decode_step, heads_major, init_cache, rounded_params,
-                            widened)
-from gpt_jax.model import GPT, mask_vocab
+from gpt_jax.decode import decode_mask, decode_step, prefill, widened
+from gpt_jax.model import mask_vocab
 from gpt_jax.processors import Plan
 
 STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits", "plan")
@@ -40,7 +39,6 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     B, P = tokens.shape
     N = max_new_tokens
     S = P + N - 1                            # the last new token is sampled, never fed back
-    model = GPT(cfg)
     s = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "eos_id": eos_id,
          "pad_id": eos_id, **(extra or {})}
     # -inf, not the model's -1e9, for padded ids: no temperature can make them likely.
@@ -49,18 +47,12 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
         greedy=greedy, use_top_k=use_top_k, use_top_p=use_top_p)
 
     # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
-    idx = jnp.arange(P)
-    positions = jnp.maximum(idx[None, :] - pad[:, None], 0)                    # (B, P)
-    logits, cache = model.apply({"params": rounded_params(params, weights, cfg)}, tokens,
-                                positions=positions,
-                                mask=decode_mask(pad, idx, S), kv_cache=init_cache(cfg, B, S),
-                                cache_index=0, logits_at=P - 1)
+    logits, cache = prefill(params, weights, cfg, tokens, pad, S)   # cache (B*H, S, D)
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
     st = processors.init_state(plan, s, tokens, pad, N, cfg.vocab_size)
     first, lp, st = pick(logits[:, 0], keys[0], st, 0)
     go = streaming.report(s, 0, first, lp, st["done"]) if plan.stream else True
 
-    cache = heads_major(cache)               # laid out once for the loop, as are the weights
     if B > 1:                                # narrow weights pay only in one-row products
         weights = widened(weights, cfg.compute_dtype)
 

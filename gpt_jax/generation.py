@@ -6,9 +6,10 @@ prompt token sits at index P-1 and all rows write the cache at the same index ea
 Per-row positions (index - row padding) and an explicit mask (keys from the row's first real
 token up to the query) make each row compute exactly what it would alone. The cache,
 preallocated for P + max_new_tokens - 1 entries, is updated in place with dynamic_update_slice
-inside the scan carry: no Python loop over tokens, no growing concatenation. The prefill fills
-per-layer (B, S, H, D) caches (decode.init_cache); the loop keeps them heads-major, (B*H, S, D),
-the layout in which XLA reads them without a copy per step (decode.heads_major).
+inside the scan carry: no Python loop over tokens, no growing concatenation. The prefill
+(decode.prefill) runs the model over caches of the prompt's own P entries and lays them out
+heads-major, (B*H, S, D), zeros after P: the layout in which XLA reads them without a copy
+per step.
 
 Inputs are checked on the host first (gpt_jax.checks: types, ranges, lengths; and here an
 estimate of the memory the decode needs), so bad input is one UserError line, never an error
@@ -312,7 +313,8 @@ def decode_memory_bytes(cfg: GPTConfig, batch: int, prompt_len: int, max_new_tok
     C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
     item = np.dtype(cfg.compute_dtype).itemsize
     cache = 2 * cfg.n_layer * B * S * C * item    # k and v of every layer
-    # Twice: the prefill writes (B, S, H, D) caches that heads_major copies for the loop.
+    # Twice: the prefill's padded cache and the loop's carry can both be live where XLA does
+    # not alias them (a bound kept on the safe side).
     total = 2 * cache
     total += B * P * 4 * C * item + 2 * B * H * P * S * 4   # prefill: MLP hidden, scores, probs
     total += 6 * B * V * 4                        # one step's logits and the filters' temporaries

@@ -306,8 +306,8 @@ def test_absurd_batch_is_refused_up_front_with_the_estimate(monkeypatch):
 
 
 def test_decode_memory_estimate_covers_the_kv_cache_and_logits():
-    """The estimate grows with what the decode holds: twice the KV cache (the prefill's layout
-    and the loop's), the per-step logits, and the returned logits when asked."""
+    """The estimate grows with what the decode holds: twice the KV cache (the prefill's padded
+    cache and the loop's carry), the per-step logits, and the returned logits when asked."""
     cfg = gpt_jax.GPTConfig.from_preset("gpt2")
     B, P, N = 8, 32, 128
     est = generation.decode_memory_bytes(cfg, B, P, N)

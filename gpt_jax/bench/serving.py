@@ -19,10 +19,11 @@ import numpy as np
 from gpt_jax.beam import BEAMS, beam_args
 from gpt_jax.bench.harness import Context, Result, ratio_row, result_from_timing
 from gpt_jax.bench.peers import have_peers, params_to_hf
-from gpt_jax.decode import decode_mask, decode_step, heads_major, init_cache
+from gpt_jax import decode
+from gpt_jax.decode import decode_step
 from gpt_jax.generation import DECODER, compile_generate
-from gpt_jax.model import GPT, init_params
-from gpt_jax.timing import block, time_calls
+from gpt_jax.model import init_params
+from gpt_jax.timing import time_calls
 from gpt_jax.tokenizer import EOT_ID
 
 from gpt_jax.bench import streaming
@@ -58,14 +59,11 @@ def run(ctx: Context) -> list[Result]:
     S = P + N - 1
     tokens = jnp.asarray(prompt, jnp.int32)
     pad = jnp.zeros((1,), jnp.int32)
-    idx = jnp.arange(P)
 
-    def prefill(params, tokens):
-        return GPT(cfg).apply({"params": params}, tokens, positions=idx[None],
-                              mask=decode_mask(pad, idx, S), kv_cache=init_cache(cfg, 1, S),
-                              cache_index=0, logits_at=P - 1)
+    def prefill(params, tokens):           # generate()'s: a heads-major cache of S entries
+        return decode.prefill(params, weights, cfg, tokens, pad, S)
     pre, compile_s["ours prefill"] = _compiled(jax.jit(prefill), params, tokens)
-    cache = heads_major(pre(params, tokens)[1])
+    cache = pre(params, tokens)[1]
 
     def one_step(weights, cache, tok):
         index = jnp.int32(S - 1)                       # the last entry: attention over all S
