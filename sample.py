@@ -145,7 +145,8 @@ def main():
     import gpt_jax
     from gpt_jax.checks import check_max_new_tokens, check_prompts
     from gpt_jax.errors import DecodeMemoryError, UserError
-    from gpt_jax.generation import bucket_length, compile_generate, generate_args, max_batch
+    from gpt_jax.generation import bucket_length, compile_generate, generate_args
+    from gpt_jax.memory import max_batch
     from gpt_jax.stopping import cut_text
     from gpt_jax.tokenizer import EOT_ID, EOT_TOKEN
 

@@ -33,6 +33,7 @@ from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, ch
 from gpt_jax.config import GPTConfig
 from gpt_jax.decode import decode_mask, decode_step, prefill, widened
 from gpt_jax.errors import UserError
+from gpt_jax import memory
 
 NEG = -1.0e9  # transformers' marker for a candidate that may not be chosen (added, not set)
 
@@ -259,10 +260,10 @@ def beam_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, num_beams
     fmt = check_decode_weights(weights)
     finish, bound = length_tables(lp, early, N)
     n = generation._batch_size(prompts)
-    generation.check_memory(cfg, n and n * nb, generation.bucket_length(1, cfg.block_size), N)
+    memory.check_memory(cfg, n and n * nb, generation.bucket_length(1, cfg.block_size), N)
     rows = check_prompts(prompts, cfg, N)
     P = generation.bucket_length(max(len(r) for r in rows), cfg.block_size)
-    generation.check_memory(cfg, len(rows) * nb, P, N)
+    memory.check_memory(cfg, len(rows) * nb, P, N)
     tokens, pad = generation.pad_rows(rows, cfg)
     laid = generation.DECODER.weights(params, cfg, fmt)   # shared with generate()'s cache
     args = (params, laid, tokens, pad, np.int32(-1 if eos is None else eos), finish, bound,

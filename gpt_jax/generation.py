@@ -18,7 +18,6 @@ from inside JAX or an out-of-memory kill.
 from __future__ import annotations
 
 import functools
-import os
 import weakref
 from typing import Callable, NamedTuple, Optional
 
@@ -32,7 +31,8 @@ from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, ch
 from gpt_jax.config import GPTConfig
 from gpt_jax.decode import decode_mask, decode_weights
 from gpt_jax.decode_loop import STATIC, decode_tokens
-from gpt_jax.errors import DecodeMemoryError, UserError
+from gpt_jax.errors import UserError
+from gpt_jax.memory import check_memory
 from gpt_jax.model import GPT
 from gpt_jax import processors, stopping
 from gpt_jax.processors import GenerationConfig, Plan
@@ -296,99 +296,6 @@ def _batch_size(prompts) -> Optional[int]:
     shape = getattr(prompts, "shape", None)
     return int(shape[0]) if shape else None
 
-
-
-# Refuse a decode whose estimate exceeds this fraction of the memory free: the estimate counts
-# the large buffers only, and XLA's temporaries and the host's other work need room too.
-MEMORY_FRACTION = 0.75
-MEMORY_CHECK_ABOVE = 256 << 20  # smaller decodes skip the check (no /proc read per call)
-
-
-def decode_memory_bytes(cfg: GPTConfig, batch: int, prompt_len: int, max_new_tokens: int,
-                        return_logits: bool = False) -> int:
-    """Bytes one generate() call allocates beyond the weights (its large buffers: a lower
-    bound of the peak), for `batch` prompts left-padded to prompt_len."""
-    B, P, N = batch, prompt_len, max_new_tokens
-    S = P + N - 1
-    C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
-    item = np.dtype(cfg.compute_dtype).itemsize
-    cache = 2 * cfg.n_layer * B * S * C * item    # k and v of every layer
-    # Twice: the prefill's padded cache and the loop's carry can both be live where XLA does
-    # not alias them (a bound kept on the safe side).
-    total = 2 * cache
-    total += B * P * 4 * C * item + 2 * B * H * P * S * 4   # prefill: MLP hidden, scores, probs
-    total += 6 * B * V * 4                        # one step's logits and the filters' temporaries
-    total += B * (P + N) * 4                      # prompts in, tokens out
-    if return_logits:
-        total += 2 * B * N * V * 4                # the stacked logits, then their concatenation
-    return total
-
-
-def available_memory_bytes() -> Optional[int]:
-    """Bytes free for a decode: on an accelerator its allocator's limit less what is in use;
-    on CPU the kernel's MemAvailable (psutil, or free pages, where /proc is absent).
-    None when unknown."""
-    dev = jax.local_devices()[0]
-    if dev.platform != "cpu":
-        stats = dev.memory_stats() or {}
-        if "bytes_limit" in stats:
-            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def max_batch(cfg: GPTConfig, prompt_len: int, max_new_tokens: int,
-              return_logits: bool = False, split: int = 1) -> Optional[int]:
-    """The most prompts of (bucketed) length prompt_len one call can decode within
-    MEMORY_FRACTION of the memory available (None when that is unknown)."""
-    free = available_memory_bytes()
-    if free is None:
-        return None
-    per_row = decode_memory_bytes(cfg, 1, prompt_len, max_new_tokens, return_logits)
-    return int(MEMORY_FRACTION * free) // per_row * split
-
-
-def check_memory(cfg: GPTConfig, batch: Optional[int], prompt_len: int, max_new_tokens: int,
-                 return_logits: bool = False, split: int = 1) -> None:
-    """Refuse, before any allocation, a decode whose KV cache and logits would not fit.
-    split: devices the rows are spread over where they divide (each holds batch / split)."""
-    if not batch:
-        return
-    rows = batch // split if batch % split == 0 else batch   # as generate_args places them
-    need = decode_memory_bytes(cfg, rows, prompt_len, max_new_tokens, return_logits)
-    if need < MEMORY_CHECK_ABOVE:
-        return
-    free = available_memory_bytes()
-    if free is None or need <= MEMORY_FRACTION * free:
-        return
-    fit = max_batch(cfg, prompt_len, max_new_tokens, return_logits, split) or 0
-    what = f"{batch} prompts x {prompt_len + max_new_tokens - 1} positions"
-    todo = (f"split the prompts into calls of at most {fit}" if fit >= 1 else
-            "ask for fewer tokens (max_new_tokens) or use a smaller model")
-    raise DecodeMemoryError(
-        f"generate() would need about {format_gib(need)} for {what} (KV cache and logits"
-        f"{', return_logits' if return_logits else ''}) but {format_gib(free)} is available "
-        f"(at most {MEMORY_FRACTION:.0%} of it is used): {todo}")
-
-
-def format_gib(n: float) -> str:
-    """Bytes as "1.5 GiB" (or MiB below one GiB)."""
-    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 # -- the reference: no cache, a full forward pass per new token (for tests and bench.py) -------

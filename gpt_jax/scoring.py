@@ -31,8 +31,8 @@ import numpy as np
 from gpt_jax.config import GPTConfig
 from gpt_jax.checks import check_causal, check_params, check_positive_int, check_token_ids
 from gpt_jax.errors import ScoreMemoryError, TokenError, UserError
-from gpt_jax.generation import (MEMORY_CHECK_ABOVE, MEMORY_FRACTION, available_memory_bytes,
-                                format_gib)
+from gpt_jax.memory import (MEMORY_CHECK_ABOVE, MEMORY_FRACTION, available_memory_bytes,
+                            format_gib)
 from gpt_jax.model import GPT
 from gpt_jax.sharding import batch_devices, batch_sharding, params_mesh
 from gpt_jax.score_rows import (Row, check_stride, n_windows, request_row, token_ids,  # noqa: F401
@@ -138,7 +138,7 @@ def _fetch(x) -> np.ndarray:
 def score_memory_bytes(cfg: GPTConfig, rows: int, T: int, S: int) -> int:
     """Bytes one scoring call of `rows` rows of T input tokens, S of them scored, allocates
     beyond the weights: its large buffers, each counted once (a lower bound of the peak, as
-    generation.decode_memory_bytes is for a decode)."""
+    memory.decode_memory_bytes is for a decode)."""
     C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
     item = np.dtype(cfg.compute_dtype).itemsize
     total = rows * (T + 2 * S) * 4               # tokens, positions and targets in

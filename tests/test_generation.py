@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import generation
+from gpt_jax import generation, memory
 from gpt_jax.errors import DecodeMemoryError, PromptTooLongError
 from gpt_jax.generation import generate
 from gpt_jax.model import mask_vocab
@@ -282,7 +282,7 @@ def test_absurd_batch_is_refused_up_front_with_the_estimate(monkeypatch):
         generate(params, CFG, huge, 8)
     msg = str(e.value)
     assert isinstance(e.value, gpt_jax.UserError) and "\n" not in msg
-    need = generation.decode_memory_bytes(CFG, 10 ** 9, 8, 8)
+    need = memory.decode_memory_bytes(CFG, 10 ** 9, 8, 8)
     assert f"{need / 2**30:,.1f} GiB" in msg and "available" in msg
     assert "split the prompts into calls of at most" in msg
     with pytest.raises(DecodeMemoryError):
@@ -290,18 +290,18 @@ def test_absurd_batch_is_refused_up_front_with_the_estimate(monkeypatch):
 
     # With a known budget: the largest batch that fits passes, one more row is refused, and
     # the message names that largest batch.
-    monkeypatch.setattr(generation, "MEMORY_CHECK_ABOVE", 0)
-    monkeypatch.setattr(generation, "available_memory_bytes", lambda: 64 << 20)
-    per_row = generation.decode_memory_bytes(CFG, 1, 8, 8)
-    fit = int(generation.MEMORY_FRACTION * (64 << 20)) // per_row
-    assert generation.max_batch(CFG, 8, 8) == fit > 10
+    monkeypatch.setattr(memory, "MEMORY_CHECK_ABOVE", 0)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 64 << 20)
+    per_row = memory.decode_memory_bytes(CFG, 1, 8, 8)
+    fit = int(memory.MEMORY_FRACTION * (64 << 20)) // per_row
+    assert memory.max_batch(CFG, 8, 8) == fit > 10
     generate(params, CFG, [[1]] * fit, 8)
     with pytest.raises(DecodeMemoryError, match=f"calls of at most {fit}$"):
         generate(params, CFG, [[1]] * (fit + 1), 8)
-    monkeypatch.setattr(generation, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1000)
     with pytest.raises(DecodeMemoryError, match="ask for fewer tokens"):
         generate(params, CFG, [[1]], 8)
-    monkeypatch.setattr(generation, "available_memory_bytes", lambda: None)  # unknown: no refusal
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: None)  # unknown: no refusal
     generate(params, CFG, [[1]] * (fit + 1), 8)
 
 
@@ -310,14 +310,14 @@ def test_decode_memory_estimate_covers_the_kv_cache_and_logits():
     cache and the loop's carry), the per-step logits, and the returned logits when asked."""
     cfg = gpt_jax.GPTConfig.from_preset("gpt2")
     B, P, N = 8, 32, 128
-    est = generation.decode_memory_bytes(cfg, B, P, N)
+    est = memory.decode_memory_bytes(cfg, B, P, N)
     kv = 2 * cfg.n_layer * B * (P + N - 1) * cfg.n_embd * 4
     assert 2 * kv < est < 2 * kv + 200 * B * cfg.vocab_size * 4
-    with_logits = generation.decode_memory_bytes(cfg, B, P, N, return_logits=True)
+    with_logits = memory.decode_memory_bytes(cfg, B, P, N, return_logits=True)
     assert with_logits - est == 2 * B * N * cfg.vocab_size * 4
-    assert generation.decode_memory_bytes(cfg, 2 * B, P, N) == 2 * est
-    assert generation.decode_memory_bytes(cfg.replace(dtype="bfloat16"), B, P, N) < est
-    assert generation.available_memory_bytes() > 0
+    assert memory.decode_memory_bytes(cfg, 2 * B, P, N) == 2 * est
+    assert memory.decode_memory_bytes(cfg.replace(dtype="bfloat16"), B, P, N) < est
+    assert memory.available_memory_bytes() > 0
 
 
 def test_tiny_temperature_is_greedy_not_an_overflow():

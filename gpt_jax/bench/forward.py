@@ -9,7 +9,7 @@ import numpy as np
 from gpt_jax.bench.harness import Context, Result, result_from_timing
 from gpt_jax.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.generation import MEMORY_FRACTION, available_memory_bytes, format_gib
+from gpt_jax.memory import MEMORY_FRACTION, available_memory_bytes, format_gib
 from gpt_jax.model import GPT, count_params, init_params
 from gpt_jax.timing import compile_seconds, time_call
 
