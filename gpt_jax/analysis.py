@@ -74,12 +74,11 @@ def torch_params(model) -> int:
 # -- sections -----------------------------------------------------------------------------------
 
 def params_section(cfg: GPTConfig = GPT2, hf: bool = True) -> dict:
-    """Tied vs untied parameter counts. Ours is tied by construction (no head parameter); the
-    untied count adds the head analytically, vocab_size x n_embd (the study branch's
-    GPTConfig(tie_embeddings=False) would give it by count_params directly)."""
+    """Tied vs untied parameter counts, both counted from the models' parameter shapes
+    (GPTConfig(tie_embeddings=False) adds an lm_head of vocab_size x n_embd)."""
     tied = count_params(cfg)
-    out = {"ours_tied": tied, "ours_untied": tied + cfg.vocab_size * cfg.n_embd,
-           "head_params": cfg.vocab_size * cfg.n_embd,
+    untied = count_params(cfg.replace(tie_embeddings=False))
+    out = {"ours_tied": tied, "ours_untied": untied, "head_params": untied - tied,
            "nanogpt_non_embedding": count_params(cfg, non_embedding=True),
            "nanogpt_padded_vocab_50304": count_params(cfg.replace(vocab_size=50304))}
     if hf:
