@@ -19,7 +19,6 @@ weights format); length_penalty, early_stopping and eos_id are runtime values.
 """
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import NamedTuple, Optional
@@ -31,7 +30,7 @@ import numpy as np
 from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, check_finite,
                             check_max_new_tokens, check_positive_int, check_prompts)
 from gpt_jax.config import GPTConfig
-from gpt_jax.decode import decode_mask, decode_step, prefill, widened
+from gpt_jax.decode import CountedJit, decode_mask, decode_step, prefill, widened
 from gpt_jax.errors import UserError
 from gpt_jax import memory
 
@@ -218,26 +217,7 @@ def beam_tokens(params, weights, tokens, pad, eos_id, finish, bound, stop_when_f
     return out, s.fin_score[:, :num_return].reshape(-1), steps, gap
 
 
-class BeamDecoder:
-    """beam_tokens jitted, with a count of its traces (one per static shape)."""
-
-    def __init__(self):
-        self.trace_count = 0
-
-        @functools.wraps(beam_tokens)
-        def counted(*args, **static):
-            self.trace_count += 1
-            return beam_tokens(*args, **static)
-        self._jitted = jax.jit(counted, static_argnames=STATIC)
-
-    def run(self, *args, **static):
-        return self._jitted(*args, **static)
-
-    def lower(self, *args, **static):
-        return self._jitted.lower(*args, **static)
-
-
-BEAMS = BeamDecoder()
+BEAMS = CountedJit(beam_tokens, STATIC)   # beam_tokens jitted, its traces counted
 
 
 # -- the public entry points -------------------------------------------------------------------

@@ -17,6 +17,7 @@ compute-bound and that fused product is slow, so the loop widens them once befor
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -43,6 +44,28 @@ HEAD_ROWS = 8192
 HEADS = ("wte", "lm_head")
 
 KVCache = tuple  # per layer: (k, v), each (B, S, n_head, head_dim), or (B*H, S, D) heads-major
+
+
+class CountedJit:
+    """fn jitted with its static_argnames, counting its traces: one program per static shape,
+    so a caller can see that calls with shapes seen before reused their program (generate's
+    Decoder and beam search's BEAMS)."""
+
+    def __init__(self, fn, static_argnames):
+        self.trace_count = 0
+
+        @functools.wraps(fn)  # its signature: jit reads the static names from it
+        def counted(*args, **static):
+            self.trace_count += 1
+            return fn(*args, **static)
+        self._jitted = jax.jit(counted, static_argnames=static_argnames)
+
+    def run(self, *args, **static):
+        return self._jitted(*args, **static)
+
+    def lower(self, *args, **static):
+        """jax's Lowered program for these arguments (compile it to run it ahead of time)."""
+        return self._jitted.lower(*args, **static)
 
 
 def init_cache(cfg: GPTConfig, batch: int, length: int) -> KVCache:

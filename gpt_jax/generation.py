@@ -29,7 +29,7 @@ from gpt_jax.checks import (check_causal, check_decode_weights, check_eos_id, ch
                             check_key, check_max_new_tokens, check_params, check_prompts,
                             check_sampling)
 from gpt_jax.config import GPTConfig
-from gpt_jax.decode import decode_mask, decode_weights
+from gpt_jax.decode import CountedJit, decode_mask, decode_weights
 from gpt_jax.decode_loop import STATIC, decode_tokens
 from gpt_jax.errors import UserError
 from gpt_jax.memory import check_memory
@@ -63,7 +63,7 @@ def pad_rows(rows: list[np.ndarray], cfg: GPTConfig) -> tuple[np.ndarray, np.nda
 
 # -- the decoding function's compiled form (the function: gpt_jax/decode_loop.py) -----------------
 
-class Decoder:
+class Decoder(CountedJit):
     """decode_tokens compiled, and what generate() keeps between calls.
 
     run(*args, **static) calls the jitted decode_tokens: one program per static shape (batch,
@@ -80,21 +80,8 @@ class Decoder:
     """
 
     def __init__(self):
-        self.trace_count = 0
+        super().__init__(decode_tokens, STATIC)
         self._last = None   # (weak refs to the params' leaves, (cfg, fmt), their weights)
-
-        @functools.wraps(decode_tokens)  # its signature: jit reads the static names from it
-        def counted(*args, **static):
-            self.trace_count += 1
-            return decode_tokens(*args, **static)
-        self._jitted = jax.jit(counted, static_argnames=STATIC)
-
-    def run(self, *args, **static):
-        return self._jitted(*args, **static)
-
-    def lower(self, *args, **static):
-        """jax's Lowered program for these arguments (compile it to run it ahead of time)."""
-        return self._jitted.lower(*args, **static)
 
     @property
     def cached_weights(self) -> Optional[dict]:
