@@ -18,7 +18,7 @@ def tiny_cfg():
 def builtin_data(tmp_path_factory):
     """The built-in corpus, prepared once per session into a temp dir (also exported as
     $GPT_JAX_DATA, so `--data builtin` in subprocesses finds it there)."""
-    from gpt_jax import corpus
+    import gpt_jax.data.prepare as corpus
     d = str(tmp_path_factory.mktemp("builtin"))
     corpus.prepare_builtin(d, progress=False)
     os.environ["GPT_JAX_DATA"] = d
@@ -39,7 +39,7 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=512, batch
 
 
 def tiny_tc(**kw):
-    from gpt_jax.train_config import TrainConfig
+    from gpt_jax.train.config import TrainConfig
     return TrainConfig.from_dict({**TINY, "warmup_iters": 5, "lr_decay_iters": 100, **kw})
 
 
@@ -53,7 +53,7 @@ def damage_params_file(out_dir, step, how="truncate"):
     """A real damaged checkpoint: step's largest params data file truncated to half
     ("truncate") or a third of it overwritten with random bytes ("overwrite")."""
     import numpy as np
-    from gpt_jax.checkpoint import checkpoint_dir
+    from gpt_jax.checkpoint.manager import checkpoint_dir
     files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(checkpoint_dir(out_dir),
                                                                     str(step), "params"))
              for f in fs]

@@ -9,8 +9,8 @@ import numpy as np
 from scipy import stats
 
 import gpt_jax
-from gpt_jax.model import GPT
-from gpt_jax.sampling import sample_logits
+from gpt_jax.model.gpt import GPT
+from gpt_jax.generation.sampling import sample_logits
 
 
 def tiny(**kw):

@@ -13,12 +13,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt_jax.sharding import batch_sharding, make_global_batch, make_mesh, replicated  # noqa: E402
-from gpt_jax.optimizer import make_optimizer  # noqa: E402
-from gpt_jax.stacking import unstack_tree  # noqa: E402
-from gpt_jax.state import new_state  # noqa: E402
-from gpt_jax.steps import grads_and_loss, make_model, make_train_step  # noqa: E402
-from gpt_jax.train_config import TrainConfig  # noqa: E402
+from gpt_jax.model.sharding import batch_sharding, make_global_batch, make_mesh, replicated  # noqa: E402
+from gpt_jax.train.optimizer import make_optimizer  # noqa: E402
+from gpt_jax.model.stacking import unstack_tree  # noqa: E402
+from gpt_jax.train.state import new_state  # noqa: E402
+from gpt_jax.train.steps import grads_and_loss, make_model, make_train_step  # noqa: E402
+from gpt_jax.train.config import TrainConfig  # noqa: E402
 
 STEPS = 5
 TC = TrainConfig.from_dict(dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=256,
@@ -77,7 +77,7 @@ def main(out_dir):
         for b in batches:
             state, m = step(state, make_global_batch(b, mesh, b.shape))
             losses.append(float(m["loss"]))
-            # the health metrics of the first step (gpt_jax/health.py), per layer
+            # the health metrics of the first step (gpt_jax/train/health.py), per layer
             info.setdefault("health", {k: float(v) for k, v in m.items()})
         info["losses"] = losses
         info["loss0_after"] = float(grad_fn(state.params, first)[0])

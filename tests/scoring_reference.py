@@ -1,6 +1,6 @@
 """Shared by the scoring, tasks and eval CLI tests: a fully random GPT and the same weights in
 transformers' GPT2LMHeadModel, which computes the reference log-probs one window at a time with
-none of gpt_jax.scoring's batching, bucketing or gathering."""
+none of gpt_jax.evaluation.scoring's batching, bucketing or gathering."""
 import functools
 
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 from flax import traverse_util
 
 import gpt_jax
-from gpt_jax.tokenizer import EOT_ID
+from gpt_jax.model.tokenizer import EOT_ID
 
 
 def random_params(cfg, seed=0):
@@ -24,7 +24,7 @@ def random_params(cfg, seed=0):
 
 
 def hf_model(params, cfg):
-    from gpt_jax.hf import to_transformers
+    from gpt_jax.checkpoint.hf import to_transformers
     return to_transformers(params, cfg)
 
 

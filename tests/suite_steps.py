@@ -1,8 +1,8 @@
-"""Steps for tests/test_bench.py's suite tests, run by gpt_jax.bench.suite in child processes
+"""Steps for tests/test_bench.py's suite tests, run by gpt_jax.lab.bench.suite in child processes
 (named "suite_steps:NAME"; the tests put this directory on the children's PYTHONPATH)."""
 import time
 
-from gpt_jax.bench.harness import Result
+from gpt_jax.lab.bench.harness import Result
 
 
 def broken(ctx):

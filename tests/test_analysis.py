@@ -1,16 +1,17 @@
-"""gpt_jax.analysis (docs/analysis.md): each measured claim computed at a tiny size, and
+"""gpt_jax.lab.analysis (docs/analysis.md): each measured claim computed at a tiny size, and
 checked against what the claim says (not against a stored number)."""
 import json
 import math
 
 import jax
-import numpy as np
 import pytest
 
-from gpt_jax import analysis, analysis_speed
-from gpt_jax.config import GPTConfig
+import gpt_jax.lab.analysis as analysis
+
+import gpt_jax.lab.analysis_speed as analysis_speed
+from gpt_jax.model.config import GPTConfig
 from gpt_jax.errors import UserError
-from gpt_jax.model import init_params
+from gpt_jax.model.gpt import init_params
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

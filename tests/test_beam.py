@@ -1,4 +1,4 @@
-"""gpt_jax.beam: beam search token for token as transformers' GPT2LMHeadModel.generate(num_beams=
+"""gpt_jax.generation.beam: beam search token for token as transformers' GPT2LMHeadModel.generate(num_beams=
 ...) with the same weights (every tensor random), on 20 prompts of unequal length decoded as one
 batch; generate()'s num_beams hook; one program per shape; bad settings as one-line UserErrors.
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import beam
+import gpt_jax.generation.beam as beam
 from gpt_jax.errors import UserError
-from gpt_jax.hf import to_transformers
+from gpt_jax.checkpoint.hf import to_transformers
 
 from generation_reference import prompts_of, tiny
 from scoring_reference import random_params

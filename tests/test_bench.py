@@ -32,7 +32,7 @@ def test_bench_smoke_writes_valid_json(tmp_path):
             "HF PyTorch time per output token b1", "ours prefill 8 tokens b1"} <= names
     hf_beam = [r for r in rows if r["name"] == "HF PyTorch beam search 4 beams b1"][0]
     assert hf_beam["config"]["best_tokens_equal_ours"] == 1.0
-    # the cost of the training-health metrics: step time with / without them (gpt_jax/health.py)
+    # the cost of the training-health metrics: step time with / without them (gpt_jax/train/health.py)
     assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.
     assert "--flax_python" in proc.stderr and not any("Flax" in n for n in names)
@@ -145,8 +145,8 @@ def test_peers_are_left_out_when_ours_run_on_an_accelerator(monkeypatch):
     """The Hugging Face peers run on torch's CPU build: on a GPU, bench.py put our GPU figures
     over their CPU ones in a ratio row."""
     import jax
-    from gpt_jax.bench.harness import Context
-    from gpt_jax.bench.peers import have_peers
+    from gpt_jax.lab.bench.harness import Context
+    from gpt_jax.lab.bench.peers import have_peers
     assert have_peers(Context(), "train")          # torch and transformers: the test extra
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert not have_peers(Context(), "train")
@@ -264,7 +264,7 @@ def test_gpu_suite_refuses_what_it_cannot_do_before_running(tmp_path):
 def test_suite_budgets_fit_in_its_wall_time():
     """Each step is killed at its budget, so the budgets bound the whole run: they must fit in
     the 8 minutes the gpu suite promises, with room for this process's start-up."""
-    from gpt_jax.bench.suite import SUITES, resolve
+    from gpt_jax.lab.bench.suite import SUITES, resolve
     gpu = SUITES["gpu"]
     assert gpu.max_wall_s == 480
     assert gpu.tests_budget_s + sum(s.budget_s for s in gpu.steps) <= gpu.max_wall_s - 15
@@ -277,8 +277,8 @@ def test_suite_step_failures_are_rows_and_the_rest_still_run(monkeypatch):
     reason; the steps after them still run, and a peak measured by one step reaches the next
     (its own process) with the suite's options and sizes."""
     from conftest import ROOT
-    from gpt_jax.bench import suite
-    from gpt_jax.bench.harness import Context
+    import gpt_jax.lab.bench.suite as suite
+    from gpt_jax.lab.bench.harness import Context
     steps = (suite.Step("suite_steps:broken", 60), suite.Step("suite_steps:sleepy", 8),
              suite.Step("suite_steps:measures", 60, {"a": 1}),
              suite.Step("suite_steps:reads", 60, {"b": 2}))
@@ -311,7 +311,7 @@ def test_suite_step_failures_are_rows_and_the_rest_still_run(monkeypatch):
 
 def gpu_rows(mfu_value, cudnn_tps, xla_tps):
     """Rows as an H100 run would give them (the figures are made up: they test the table)."""
-    from gpt_jax.bench.harness import Result
+    from gpt_jax.lab.bench.harness import Result
     conf = {"n_layer": 12, "batch": 16, "seq": 1024, "dtype": "bfloat16"}
     rows = []
     for label, tps in (("cudnn", cudnn_tps), ("xla", xla_tps)):
@@ -332,8 +332,8 @@ def gpu_rows(mfu_value, cudnn_tps, xla_tps):
 def test_gpu_table_states_each_target_met_or_not(tmp_path):
     """The verdicts come from the figures: MFU against 50% of the datasheet peak, cuDNN
     against XLA, the wall time against 480 s; and rewriting the table twice gives one table."""
-    from gpt_jax.bench.report import write_table
-    from gpt_jax.bench.suite import markdown_table
+    from gpt_jax.lab.bench.report import write_table
+    from gpt_jax.lab.bench.suite import markdown_table
     machine = {"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "device_count": 1,
                "jax": "0.10.2"}
     good = markdown_table("gpu", gpu_rows(0.55, 400000, 300000), machine, "cmd", False)
@@ -374,8 +374,8 @@ def test_flax_python_that_is_no_python_and_gpu_suite_without_a_gpu_are_one_line(
 def test_serve_streaming_rows():
     """Section serve's streaming rows on tiny sizes: streamed tokens equal unstreamed ones,
     and a batch whose rows stop after 10 tokens stops there (the early-exit rows)."""
-    from gpt_jax.bench import streaming
-    from gpt_jax.bench.harness import Context
+    import gpt_jax.lab.bench.streaming as streaming
+    from gpt_jax.lab.bench.harness import Context
     rows = {r.name: r for r in streaming.run(Context(tiny=True, repeats=1, warmup=0))}
     assert {"streamed / unstreamed b1", "streamed / unstreamed b8",
             "early exit / all 64 tokens", "early exit / 10 tokens"} <= set(rows)

@@ -1,14 +1,13 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gpt_jax import CheckpointError, init_params, load_checkpoint, save_checkpoint
-from gpt_jax import checkpoint as ckpt
-from gpt_jax.checkpoint import checkpoint_dir, latest_step
-from gpt_jax.integrity import NonFiniteError
+import gpt_jax.checkpoint.manager as ckpt
+from gpt_jax.checkpoint.manager import checkpoint_dir, latest_step
+from gpt_jax.checkpoint.integrity import NonFiniteError
 
 from conftest import damage_params_file
 
@@ -190,7 +189,7 @@ def test_unfinished_save_is_ignored(tmp_path, tiny_cfg):
 
 
 def test_single_line_error_from_cli_helper(tmp_path, capsys):
-    from gpt_jax.cli import run
+    from gpt_jax.cli.common import run
     with pytest.raises(SystemExit) as e:
         run(lambda: load_checkpoint(str(tmp_path / "missing")))
     assert e.value.code == 1
@@ -209,9 +208,9 @@ def test_save_into_a_file_is_one_line(tmp_path, tiny_cfg):
 def test_resuming_a_params_only_checkpoint_says_what_it_is(tmp_path, tiny_cfg):
     """save_checkpoint writes no optimizer state: that is not damage, and the message says
     how to use it."""
-    from gpt_jax.optimizer import make_optimizer
-    from gpt_jax.state import abstract_state
-    from gpt_jax.train_config import TrainConfig
+    from gpt_jax.train.optimizer import make_optimizer
+    from gpt_jax.train.state import abstract_state
+    from gpt_jax.train.config import TrainConfig
     save_checkpoint(str(tmp_path), 1, init_params(tiny_cfg, jax.random.key(0)), tiny_cfg)
     tx, _ = make_optimizer(TrainConfig())
     with pytest.raises(CheckpointError, match="holds no optimizer state.*--init_from") as e:

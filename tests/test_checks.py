@@ -1,11 +1,11 @@
-"""gpt_jax.checks: params that do not match their config are named in one line. (The token-id
+"""gpt_jax.model.checks: params that do not match their config are named in one line. (The token-id
 and generate() input checks are tested through their callers: test_scoring, test_generation.)"""
 import jax
 import pytest
 
 from gpt_jax import UserError, init_params, log_probs
-from gpt_jax.checks import check_params
-from gpt_jax.stacking import stack_layers
+from gpt_jax.model.checks import check_params
+from gpt_jax.model.stacking import stack_layers
 
 
 def test_params_that_do_not_match_cfg_are_named_in_one_line(tiny_cfg):
@@ -45,12 +45,12 @@ def test_generate_refuses_non_finite_params_in_any_weight_format(tiny_cfg, bad):
         with pytest.raises(UserError, match="NaN or inf .*h_1/mlp/c_fc/kernel") as e:
             generate(broken, tiny_cfg, [[1, 2]], 3, weights=weights)
         assert "\n" not in str(e.value)
-    from gpt_jax.checks import check_finite
+    from gpt_jax.model.checks import check_finite
     assert check_finite(params) is params            # (generate's own tests use clean ones)
 
 
 def test_the_finite_check_runs_once_per_params(tiny_cfg, monkeypatch):
-    from gpt_jax import checks
+    import gpt_jax.model.checks as checks
     params = init_params(tiny_cfg, jax.random.key(1))
     calls = []
     real = checks._all_finite
@@ -67,7 +67,7 @@ def test_scoring_shares_the_params_check_and_takes_the_stacked_layout(tiny_cfg):
     errors; now the same line as generate() (the stacked scan_layers layout still scores)."""
     import numpy as np
     from gpt_jax import loglikelihood, token_logprobs
-    from gpt_jax.model import param_shapes
+    from gpt_jax.model.gpt import param_shapes
     tiny_cfg = tiny_cfg.replace(vocab_size=50304)    # token_logprobs needs <|endoftext|>
     # zeros of the right shapes: only the shapes are checked (no init to compile)
     params = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, np.float32),

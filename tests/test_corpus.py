@@ -1,4 +1,4 @@
-"""gpt_jax.corpus: documents -> token files (the split, the built-in corpus), and nothing lost:
+"""gpt_jax.data.prepare: documents -> token files (the split, the built-in corpus), and nothing lost:
 interrupted, failed or refused prepares leave the old directory as it was."""
 import os
 import textwrap
@@ -6,9 +6,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from gpt_jax import builtin_corpus, corpus, data
+import gpt_jax.data.builtin as builtin_corpus
+
+import gpt_jax.data.prepare as corpus
+
+import gpt_jax.data as data
 from gpt_jax.errors import DataError, UserError
-from gpt_jax.tokenizer import get_tokenizer
+from gpt_jax.model.tokenizer import get_tokenizer
 
 from token_dirs import good_dir, snapshot, write
 

@@ -21,8 +21,8 @@ QUIET = dict(progress=False, log=lambda *a: None)
 @pytest.fixture(scope="module")
 def run_dir(builtin_data, tmp_path_factory):
     """A train.py out_dir with steps 2 and 4 (params and optimizer state)."""
-    from gpt_jax.train_config import TrainConfig
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.config import TrainConfig
+    from gpt_jax.train.trainer import Trainer
     out = str(tmp_path_factory.mktemp("run"))
     Trainer(TrainConfig.from_dict({**TINY, "max_iters": 4, "eval_interval": 2,
                                    "out_dir": out}), **QUIET).fit()
@@ -45,8 +45,8 @@ def abandoned_tasks():
 
 
 def cli_error(capfd, main, *argv):
-    """Run a CLI's main through gpt_jax.cli.run in this process: (exit code, stderr, stdout)."""
-    from gpt_jax.cli import run
+    """Run a CLI's main through gpt_jax.cli.common.run in this process: (exit code, stderr, stdout)."""
+    from gpt_jax.cli.common import run
     capfd.readouterr()
     with pytest.raises(SystemExit) as e:
         run(lambda: main(list(argv)) if argv else main())
@@ -79,7 +79,7 @@ def test_every_entry_point_says_one_line_and_its_step_flag(run_dir, tmp_path, ca
     import eval as eval_cli
     import sample as sample_cli
     import train as train_cli
-    from gpt_jax import hf
+    import gpt_jax.checkpoint.hf as hf
     d = damaged_copy(run_dir, str(tmp_path / "d"))
     text = tmp_path / "t.txt"
     text.write_text("hello world, this is a text to score. " * 20)
@@ -208,7 +208,7 @@ def test_full_disk_is_one_line_and_its_advice_works(builtin_data, disk, capfd, m
         err[:3000]
     assert "\n" not in bar.strip() and "Traceback" not in bar, bar
     assert "No space left on device;" in err, err
-    from gpt_jax.checkpoint import all_steps
+    from gpt_jax.checkpoint.manager import all_steps
     if saved is None:
         assert "(no checkpoint is on disk)" in err and err.endswith(
             "then run the same command again\n"), err
@@ -228,7 +228,7 @@ def test_harness_model_names_its_step_argument(run_dir, tmp_path, capfd):
     step is one line naming --step / model_args step, and step=2 loads."""
     pytest.importorskip("lm_eval")
     from gpt_jax import CheckpointError
-    from gpt_jax.evals import GptJaxLM
+    from gpt_jax.evaluation.harness import GptJaxLM
     d = damaged_copy(run_dir, str(tmp_path / "d"))
     capfd.readouterr()
     for _ in range(3):

@@ -1,4 +1,4 @@
-"""gpt_jax.data: prepared directories checked before use (damaged files and meta.json fields as
+"""gpt_jax.data.tokens: prepared directories checked before use (damaged files and meta.json fields as
 one-line errors), resolve() of --data, and the step-indexed batch sampler."""
 import json
 import os
@@ -6,7 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from gpt_jax import builtin_corpus, corpus, data
+import gpt_jax.data.builtin as builtin_corpus
+
+import gpt_jax.data.prepare as corpus
+
+import gpt_jax.data as data
 from gpt_jax.errors import DataError
 
 from token_dirs import good_dir, write

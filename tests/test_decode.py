@@ -1,13 +1,13 @@
-"""gpt_jax.decode through generate(): the cached one-token step reproduces GPT's full forward
+"""gpt_jax.generation.step through generate(): the cached one-token step reproduces GPT's full forward
 pass (float32 and bfloat16), and the no-cache reference decoder agrees."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import generation
-from gpt_jax.generation import generate
-from gpt_jax.decode import decode_weights, quantize_int8, weight_bytes
+import gpt_jax.generation as generation
+from gpt_jax.generation.decoding import generate
+from gpt_jax.generation.step import decode_weights, quantize_int8, weight_bytes
 from gpt_jax.errors import UserError
 
 from generation_reference import (CFG, LENGTHS, N_NEW, full_forward_logits, prompts_of,

@@ -1,5 +1,5 @@
 """eval.py end to end on a small checkpoint: the results table, --json keys and values (those of
-gpt_jax.tasks.run_task, which tests/test_tasks.py checks against transformers), one-line errors."""
+gpt_jax.evaluation.tasks.run_task, which tests/test_tasks.py checks against transformers), one-line errors."""
 import importlib.util
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import gpt_jax
-from gpt_jax import tasks
+import gpt_jax.evaluation.tasks as tasks
 from gpt_jax.errors import UserError
 
 from scoring_reference import random_params
@@ -178,7 +178,7 @@ def test_a_batch_size_past_the_work_runs_the_rows_there_are(setup, monkeypatch):
     """--batch_size 100000000 on a text of 40 windows was OOM-killed at 24 GB: the batch is
     cut to the rows there are (tests/test_scoring.py checks the answers against the default
     batch's)."""
-    from gpt_jax import scoring
+    import gpt_jax.evaluation.scoring as scoring
     d, params = setup
     rows = []
     real = scoring.Scorer.__call__

@@ -1,5 +1,5 @@
-"""gpt_jax.eval_tasks: the --eval_tasks spec, its one-line errors, and rows that equal
-gpt_jax.tasks.run_task (which tests/test_tasks.py checks against transformers) on the same files,
+"""gpt_jax.evaluation.task_evals: the --eval_tasks spec, its one-line errors, and rows that equal
+gpt_jax.evaluation.tasks.run_task (which tests/test_tasks.py checks against transformers) on the same files,
 for GPT-2-layout and scan_layers-stacked params alike. The training run that writes the rows is
 in tests/test_train_cli.py."""
 import json
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import eval_tasks, tasks
+import gpt_jax.evaluation.task_evals as eval_tasks
+import gpt_jax.evaluation.tasks as tasks
 from gpt_jax.errors import ConfigError, DataError, UserError
-from gpt_jax.stacking import stack_layers
+from gpt_jax.model.stacking import stack_layers
 
 CFG = gpt_jax.GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)
 WORDS = "the cat sat on a mat while dogs ran far away into deep green woods".split()

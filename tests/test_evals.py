@@ -1,4 +1,4 @@
-"""The lm-eval model "gpt_jax" (gpt_jax/evals.py) against lm-eval's own Hugging Face backend,
+"""The lm-eval model "gpt_jax" (gpt_jax/evaluation/harness.py) against lm-eval's own Hugging Face backend,
 request by request, on one random GPT-2 saved by transformers: loglikelihood, multiple choice,
 loglikelihood_rolling and generate_until, through local YAML tasks over small jsonl files (no
 network). Needs the eval extra (pip install .[test,eval]); CI installs it."""
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch", reason="needs torch (pip install .[test])")
 transformers = pytest.importorskip("transformers", reason="needs transformers (.[test])")
 
 from gpt_jax.errors import UserError
-from gpt_jax.tokenizer import bpe_files
+from gpt_jax.model.tokenizer import bpe_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 48
@@ -110,7 +110,7 @@ def models(hf_dir):
     from lm_eval.api.registry import get_model
     ours = get_model("gpt_jax")(init_from=hf_dir, batch_size="auto", device="cpu")
     theirs = get_model("hf")(pretrained=hf_dir, batch_size=4, device="cpu")
-    assert isinstance(ours, gpt_jax.evals.GptJaxLM)
+    assert isinstance(ours, gpt_jax.evaluation.harness.GptJaxLM)
     return ours, theirs
 
 
@@ -171,7 +171,7 @@ def test_simple_evaluate_through_eval_py(hf_dir, task_manager, task_dir, models,
 
 
 def test_model_args_errors(hf_dir):
-    from gpt_jax.evals import GptJaxLM
+    from gpt_jax.evaluation.harness import GptJaxLM
     with pytest.raises(UserError, match="needs model_args init_from"):
         GptJaxLM()
     with pytest.raises(UserError, match="batch_size must be a positive integer or 'auto'"):
@@ -221,7 +221,7 @@ def test_a_hub_task_without_the_network_is_one_line(hf_dir, tmp_path, monkeypatc
     import datasets
     import huggingface_hub.constants
     import lm_eval.tasks
-    from gpt_jax import evals
+    import gpt_jax.evaluation.harness as evals
     (tmp_path / "t_hub.yaml").write_text(
         "task: t_hub\ndataset_path: EleutherAI/lambada_openai\ndataset_name: default\n"
         "output_type: loglikelihood\ntest_split: test\ndoc_to_text: \"{{text}}\"\n"

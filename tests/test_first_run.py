@@ -1,7 +1,7 @@
 """The first run ends on samples that look like the built-in corpus (issue 16).
 
 A short training on the built-in corpus, sampled with sample.py's defaults, is judged by
-gpt_jax.textstats: how many words, how many of them are the corpus's words, and how much of
+gpt_jax.data.textstats: how many words, how many of them are the corpus's words, and how much of
 the text is whitespace. The default run's own figures are in README ("Two commands"); a run of
 seconds meets looser thresholds, which an untrained model fails.
 """
@@ -11,11 +11,11 @@ import pytest
 
 import sample   # sample.py (the repository root is on sys.path, see conftest)
 from gpt_jax import generate, get_tokenizer, init_params, load_checkpoint
-from gpt_jax.data import load_split
-from gpt_jax.textstats import CorpusStats, nonblank, sample_figures, whitespace_share
-from gpt_jax.tokenizer import EOT_TOKEN
-from gpt_jax.train_config import TrainConfig
-from gpt_jax.trainer import Trainer
+from gpt_jax.data.format import load_split
+from gpt_jax.data.textstats import CorpusStats, nonblank, sample_figures, whitespace_share
+from gpt_jax.model.tokenizer import EOT_TOKEN
+from gpt_jax.train.config import TrainConfig
+from gpt_jax.train.trainer import Trainer
 
 # Seconds of training: the default run's recipe (warm-up, cosine decay) on a narrow model with
 # half the default's batch, whose 50257 x 32 head costs a quarter of the default's per token.

@@ -1,4 +1,4 @@
-"""bench.py's HF Flax peer (gpt_jax/bench/flax_peer.py, flax_worker.py). It needs a side
+"""bench.py's HF Flax peer (gpt_jax/lab/bench/flax_peer.py, flax_worker.py). It needs a side
 environment with transformers<5 and flax (README, Benchmarks): set GPT_JAX_FLAX_PYTHON to its
 python to run the test against it; without it that test is skipped. What needs no side
 environment (the note without --flax_python, the one-line errors) is in test_bench.py."""
@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_jax.model import init_params
-from gpt_jax.optimizer import make_optimizer
-from gpt_jax.state import init_state
-from gpt_jax.steps import make_train_step
-from gpt_jax.train_config import TrainConfig
+from gpt_jax.model.gpt import init_params
+from gpt_jax.train.optimizer import make_optimizer
+from gpt_jax.train.state import init_state
+from gpt_jax.train.steps import make_train_step
+from gpt_jax.train.config import TrainConfig
 
 FLAX_PYTHON = os.environ.get("GPT_JAX_FLAX_PYTHON")
 
@@ -21,7 +21,7 @@ FLAX_PYTHON = os.environ.get("GPT_JAX_FLAX_PYTHON")
 def test_flax_peer_trains_the_same_model_with_the_same_optimizer():
     # Its losses before and after one AdamW update (full learning rate, clipping on) equal
     # ours: the same model, weights, batches and recipe, so its timings are comparable.
-    from gpt_jax.bench.flax_peer import FlaxPeer, check_flax_python
+    from gpt_jax.lab.bench.flax_peer import FlaxPeer, check_flax_python
     check_flax_python(FLAX_PYTHON)
     tc = TrainConfig.from_dict(dict(n_layer=2, n_head=2, n_embd=64, block_size=32,
                                     batch_size=2, vocab_size=512, warmup_iters=1,

@@ -1,7 +1,7 @@
-"""gpt_jax/flops.py: FLOPs per token and the datasheet peaks MFU is quoted against."""
-from gpt_jax.config import GPTConfig
-from gpt_jax.flops import datasheet_flops, flops_per_token
-from gpt_jax.model import count_params
+"""gpt_jax/model/flops.py: FLOPs per token and the datasheet peaks MFU is quoted against."""
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.flops import datasheet_flops, flops_per_token
+from gpt_jax.model.gpt import count_params
 
 
 def test_datasheet_peak_names_the_right_part():

@@ -1,4 +1,4 @@
-"""gpt_jax.generation: batching, sampling end to end, EOS, seeds, compiled programs reused, the
+"""gpt_jax.generation.decoding: batching, sampling end to end, EOS, seeds, compiled programs reused, the
 decode-weights cache, and bad input as one-line UserErrors before anything is compiled."""
 import functools
 
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import generation, memory
+import gpt_jax.generation as generation
+import gpt_jax.generation.memory as memory
 from gpt_jax.errors import DecodeMemoryError, PromptTooLongError
-from gpt_jax.generation import generate
-from gpt_jax.model import mask_vocab
-from gpt_jax.sampling import apply_temperature, sample_logits, top_k_filter
+from gpt_jax.generation.decoding import generate
+from gpt_jax.model.gpt import mask_vocab
+from gpt_jax.generation.sampling import apply_temperature, sample_logits, top_k_filter
 
 from generation_reference import (CFG, LENGTHS, N_NEW, chi2_pvalue, draws_of, prompts_of,
                                   random_params, tiny)

@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax.config import GPTConfig
-from gpt_jax.generation import generate
-from gpt_jax.model import GPT, attention_implementation
-from gpt_jax.optimizer import make_optimizer
-from gpt_jax.sharding import make_global_batch, make_mesh
-from gpt_jax.state import new_state
-from gpt_jax.steps import make_train_step
-from gpt_jax.train_config import TrainConfig
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.generation.decoding import generate
+from gpt_jax.model.gpt import GPT, attention_implementation
+from gpt_jax.train.optimizer import make_optimizer
+from gpt_jax.model.sharding import make_global_batch, make_mesh
+from gpt_jax.train.state import new_state
+from gpt_jax.train.steps import make_train_step
+from gpt_jax.train.config import TrainConfig
 
 from generation_reference import full_forward_logits, prompts_of, random_params
 

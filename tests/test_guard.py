@@ -1,16 +1,15 @@
-"""The spike guard (gpt_jax/guard.py): its statistics and rules, a skipped update inside the
+"""The spike guard (gpt_jax/train/guard.py): its statistics and rules, a skipped update inside the
 jitted step, and through the Trainer an injected bad batch that is skipped and logged."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from conftest import random_batch, tiny_tc
-from gpt_jax.guard import WINDOW, GuardConfig, guard_step, init_guard, zscore
-from gpt_jax.model import init_params
-from gpt_jax.optimizer import make_optimizer
-from gpt_jax.state import init_state
-from gpt_jax.steps import make_train_step
+from gpt_jax.train.guard import WINDOW, GuardConfig, guard_step, init_guard, zscore
+from gpt_jax.model.gpt import init_params
+from gpt_jax.train.optimizer import make_optimizer
+from gpt_jax.train.state import init_state
+from gpt_jax.train.steps import make_train_step
 
 
 def test_zscore_over_the_buffered_values():
@@ -88,10 +87,10 @@ def test_injected_bad_batch_is_skipped_and_logged(builtin_data, tmp_path, monkey
     """A bad batch at update 11 (the test hook GPT_JAX_TEST_BAD_BATCH_STEPS=10): skipped, a
     "skip" row and the train rows' count say so, and the weights and optimizer state after
     it are bit-identical to those before it (= a run that never saw it, stopped at step 10)."""
-    from gpt_jax import checkpoint as ckpt
-    from gpt_jax.metrics import read_metrics
-    from gpt_jax.train_config import TrainConfig
-    from gpt_jax.trainer import Trainer
+    import gpt_jax.checkpoint.manager as ckpt
+    from gpt_jax.train.metrics import read_metrics
+    from gpt_jax.train.config import TrainConfig
+    from gpt_jax.train.trainer import Trainer
     monkeypatch.setenv("GPT_JAX_TEST_BAD_BATCH_STEPS", "10")
     tc = TrainConfig.from_dict(dict(
         n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=11,
@@ -104,7 +103,7 @@ def test_injected_bad_batch_is_skipped_and_logged(builtin_data, tmp_path, monkey
     train = {r["step"]: r for r in rows if r["kind"] == "train"}
     assert train[10]["skipped"] == 0 and train[11]["skipped"] == 1
     assert ckpt.all_steps(str(tmp_path)) == [10, 11]
-    from gpt_jax.state import abstract_state
+    from gpt_jax.train.state import abstract_state
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                    sharding=dev),

@@ -1,4 +1,4 @@
-"""The tied head fused with the cross-entropy (gpt_jax/head_loss.py) against autodiff through
+"""The tied head fused with the cross-entropy (gpt_jax/model/head_loss.py) against autodiff through
 the plain head and optax's loss."""
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from gpt_jax import head_loss
-from gpt_jax.head_loss import head_cross_entropy
-from gpt_jax.model import PADDED_LOGIT, mask_vocab
+import gpt_jax.model.head_loss as head_loss
+from gpt_jax.model.head_loss import head_cross_entropy
+from gpt_jax.model.gpt import PADDED_LOGIT, mask_vocab
 
 
 @pytest.mark.parametrize("cpu", [True, False])

@@ -1,15 +1,15 @@
-"""Training-health metrics (gpt_jax/health.py) from the jitted train step: per-layer norms
+"""Training-health metrics (gpt_jax/train/health.py) from the jitted train step: per-layer norms
 against numpy, the same keys and values with scan_layers, the clip flag and the update ratio."""
 import jax
 import numpy as np
 import pytest
 
 from conftest import random_batch, tiny_tc
-from gpt_jax.model import init_params
-from gpt_jax.optimizer import make_optimizer
-from gpt_jax.stacking import stack_tree
-from gpt_jax.state import init_state
-from gpt_jax.steps import grads_and_loss, make_train_step
+from gpt_jax.model.gpt import init_params
+from gpt_jax.train.optimizer import make_optimizer
+from gpt_jax.model.stacking import stack_tree
+from gpt_jax.train.state import init_state
+from gpt_jax.train.steps import grads_and_loss, make_train_step
 
 
 def norm(tree):

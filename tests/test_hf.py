@@ -22,7 +22,8 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 import gpt_jax
-from gpt_jax import hf, hf_files
+import gpt_jax.checkpoint.hf as hf
+import gpt_jax.checkpoint.hf_files as hf_files
 from gpt_jax.errors import CheckpointError, ConfigError, UserError
 
 FP32_TOL = 1e-4    # max |Δlogits| <= FP32_TOL * max(1, max |logits|)
@@ -243,7 +244,7 @@ def test_export_cli(tmp_path, capsys):
     assert_trees_equal(params2, params)
     load_with_transformers(str(tmp_path / "hf"))
 
-    from gpt_jax.cli import run
+    from gpt_jax.cli.common import run
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run(lambda: hf.main(["export", str(tmp_path / "nothing"), str(tmp_path / "hf2")]))
@@ -253,7 +254,7 @@ def test_export_cli(tmp_path, capsys):
 
 
 def export_error(capsys, *argv):
-    from gpt_jax.cli import run
+    from gpt_jax.cli.common import run
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run(lambda: hf.main([str(a) for a in argv]))

@@ -1,13 +1,13 @@
-"""Next-token cross-entropy (gpt_jax/loss.py)."""
+"""Next-token cross-entropy (gpt_jax/train/loss.py)."""
 import jax
 import jax.numpy as jnp
 import pytest
 
 from conftest import random_batch
-from gpt_jax.config import GPTConfig
-from gpt_jax.loss import cross_entropy
-from gpt_jax.model import GPT, init_params
-from gpt_jax.steps import grads_and_loss
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.train.loss import cross_entropy
+from gpt_jax.model.gpt import GPT, init_params
+from gpt_jax.train.steps import grads_and_loss
 
 
 def test_padded_vocab_carries_no_loss_or_gradient():

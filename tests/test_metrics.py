@@ -1,7 +1,7 @@
-"""metrics.jsonl and loss.png (gpt_jax/metrics.py)."""
+"""metrics.jsonl and loss.png (gpt_jax/train/metrics.py)."""
 import os
 
-from gpt_jax.metrics import (LOSS_PLOT, METRICS, append_metrics, plot_loss, read_metrics,
+from gpt_jax.train.metrics import (LOSS_PLOT, METRICS, append_metrics, plot_loss, read_metrics,
                              restart_metrics)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from gpt_jax import GPT, GPTConfig, UserError, init_params
-from gpt_jax.model import PADDED_LOGIT
-from gpt_jax.stacking import stack_layers
+from gpt_jax.model.gpt import PADDED_LOGIT
+from gpt_jax.model.stacking import stack_layers
 
 
 def forward(cfg, params, tokens, **kw):
@@ -126,7 +126,7 @@ def test_dropout_only_when_not_deterministic(tiny_cfg):
 
 
 def test_attention_dropout_path_equals_fused_path_without_dropout(tiny_cfg):
-    from gpt_jax.model import attention, attention_with_dropout, causal_mask
+    from gpt_jax.model.gpt import attention, attention_with_dropout, causal_mask
     q, k, v = (jax.random.normal(jax.random.key(i), (2, 8, 2, 16)) for i in range(3))
     fused = attention(q, k, v, is_causal=True)
     explicit = attention_with_dropout(q, k, v, causal_mask(8))
@@ -139,7 +139,7 @@ def test_causal_attention_equals_jax_attention_and_its_gradients(dtype, rtol):
     # jax.nn.dot_product_attention and the explicit softmax path: outputs and gradients of a
     # random projection of the output, with scores large enough (x3) that the normaliser and
     # the masked entries matter.
-    from gpt_jax.model import attention, attention_with_dropout, causal_attention, causal_mask
+    from gpt_jax.model.gpt import attention, attention_with_dropout, causal_attention, causal_mask
     q, k, v, w = (jax.random.normal(jax.random.key(i), (2, 12, 3, 16)) for i in range(4))
     q = 3 * q
     loss = lambda f: lambda q, k, v: jnp.sum(f(q.astype(dtype), k.astype(dtype),
@@ -159,7 +159,7 @@ def test_causal_attention_equals_jax_attention_and_its_gradients(dtype, rtol):
 def test_targets_give_the_loss_of_the_logits(tiny_cfg, vocab_size):
     # GPT(..., targets=) returns the mean cross-entropy of the logits it would return without
     # them, with the same gradients (50304: the 47 padded ids past the tokenizer's 50257).
-    from gpt_jax.loss import cross_entropy
+    from gpt_jax.train.loss import cross_entropy
     cfg = tiny_cfg.replace(vocab_size=vocab_size, n_layer=1)
     params = init_params(cfg, jax.random.key(0))
     params = jax.tree_util.tree_map(
@@ -192,7 +192,7 @@ def test_padded_vocab_gets_no_probability():
 
 @pytest.mark.parametrize("remat,scan_layers", [(True, False), (False, True), (True, True)])
 def test_remat_and_scan_layers_compute_the_same_function(remat, scan_layers):
-    from gpt_jax.stacking import unstack_layers
+    from gpt_jax.model.stacking import unstack_layers
     cfg = GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=128)
     params = init_params(cfg, jax.random.key(0))
     tokens = random_tokens(cfg, (2, 16))
@@ -215,7 +215,7 @@ def test_remat_and_scan_layers_compute_the_same_function(remat, scan_layers):
 def test_auto_attention_picks_cudnn_only_where_cudnn_takes_the_inputs(monkeypatch):
     """auto chose cuDNN for any 16-bit config on a GPU, so a head_dim that is not a multiple
     of 8 (or above 128) raised inside jax.nn.dot_product_attention; it gets XLA's now."""
-    from gpt_jax.model import attention_implementation
+    from gpt_jax.model.gpt import attention_implementation
     gpu = GPTConfig(n_layer=1, n_head=2, n_embd=128, dtype="bfloat16")   # head_dim 64
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert attention_implementation(gpu) == "cudnn"

@@ -1,4 +1,4 @@
-"""The Dense product laid out for XLA:CPU (gpt_jax/ops.py): the same product and gradients as
+"""The Dense product laid out for XLA:CPU (gpt_jax/model/ops.py): the same product and gradients as
 lax.dot_general, on XLA:CPU and with the CPU layouts off (as on GPU/TPU)."""
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from gpt_jax import ops
-from gpt_jax.ops import dense_dot_general
+import gpt_jax.model.ops as ops
+from gpt_jax.model.ops import dense_dot_general
 
 
 @pytest.mark.parametrize("cpu", [True, False])

@@ -1,4 +1,4 @@
-"""AdamW, its schedule and its weight-decay mask (gpt_jax/optimizer.py)."""
+"""AdamW, its schedule and its weight-decay mask (gpt_jax/train/optimizer.py)."""
 import math
 
 import jax
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY, tiny_tc
-from gpt_jax.config import GPTConfig
-from gpt_jax.model import init_params
-from gpt_jax.optimizer import decay_mask, lr_schedule, make_optimizer
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import init_params
+from gpt_jax.train.optimizer import decay_mask, lr_schedule, make_optimizer
 
 
 def test_decay_mask_by_name():

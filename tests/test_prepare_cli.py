@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -104,7 +103,7 @@ def test_train_on_damaged_tokens_says_damaged(prepared, tmp_path):
 def test_hf_rows_without_text(tmp_path):
     sys.path.insert(0, ROOT)
     import prepare as prepare_cli
-    from gpt_jax.corpus import row_texts
+    from gpt_jax.data.prepare import row_texts
     from gpt_jax.errors import DataError, UserError
     rows = [{"text": "a"}, {"content": "b"}]
     with pytest.raises(DataError, match="row 1 of ds has no text field 'text'.*content"):

@@ -1,4 +1,4 @@
-"""gpt_jax.processors and generate()'s processors against transformers' GPT2LMHeadModel.generate
+"""gpt_jax.generation.processors and generate()'s processors against transformers' GPT2LMHeadModel.generate
 with the same weights (every tensor random), on 20 prompts of unequal length: greedy with each
 processor token for token; the warpers (temperature, top-k, top-p, min-p) as transformers' on
 the same logits; seeded sampling with processors reproducible; bad settings one-line errors."""
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import generation
-from gpt_jax.sampling import apply_temperature, min_p_filter, top_k_filter, top_p_filter
+import gpt_jax.generation as generation
+from gpt_jax.generation.sampling import apply_temperature, min_p_filter, top_k_filter, top_p_filter
 
 from generation_reference import CFG, prompts_of, random_params
 
@@ -25,7 +25,7 @@ MARGIN = 1e-3                      # compare tokens while the decision is above 
 def model():
     torch.set_num_threads(1)       # a tiny model: threads only contend (10x slower on 2 cores)
     params = random_params(CFG, seed=21, std=0.3)
-    from gpt_jax.hf import to_transformers
+    from gpt_jax.checkpoint.hf import to_transformers
     return params, to_transformers(params, CFG).eval()
 
 
@@ -119,7 +119,7 @@ def test_processors_equal_transformers_on_the_same_logits():
     """The processors alone, on sequences full of repeats (including a row too short for the
     n-gram): the same logits as transformers' processors."""
     from transformers.generation import logits_process as lp
-    from gpt_jax import processors
+    import gpt_jax.generation.processors as processors
     rng = np.random.default_rng(0)
     B, L, V = 6, 12, 10
     seqs = rng.integers(0, V, (B, L))

@@ -1,4 +1,4 @@
-"""One run per out_dir (gpt_jax/run_lock.py): a second train.py run on a held out_dir stops
+"""One run per out_dir (gpt_jax/checkpoint/run_lock.py): a second train.py run on a held out_dir stops
 with one line naming the holder, fresh or resumed; a lock left by a killed run is taken over
 with a message; save_checkpoint respects it. Real processes hold the locks."""
 import json
@@ -69,9 +69,9 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(builtin_da
 def test_lock_is_released_on_errors_and_respected_by_save_checkpoint(builtin_data, tmp_path,
                                                                      tiny_cfg):
     from gpt_jax import init_params, save_checkpoint
-    from gpt_jax.run_lock import LockedError, RunLock
-    from gpt_jax.trainer import Trainer
-    from gpt_jax.train_config import TrainConfig
+    from gpt_jax.checkpoint.run_lock import LockedError, RunLock
+    from gpt_jax.train.trainer import Trainer
+    from gpt_jax.train.config import TrainConfig
     out = str(tmp_path)
     with RunLock(out):
         with pytest.raises(LockedError, match=f"pid {os.getpid()} on host"):

@@ -1,10 +1,10 @@
-"""gpt_jax.sampling: the bisection filters against sorted references, first_argmax against
+"""gpt_jax.generation.sampling: the bisection filters against sorted references, first_argmax against
 numpy, and the sampled distributions against softmax (chi-squared)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import sampling
+import gpt_jax.generation.sampling as sampling
 
 from generation_reference import chi2_pvalue, draws_of, softmax
 

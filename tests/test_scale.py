@@ -57,7 +57,7 @@ def resume_from(src, dst, step):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """~50k tokens (this package's source), prepared once."""
-    from gpt_jax.corpus import prepare_files
+    from gpt_jax.data.prepare import prepare_files
     d = str(tmp_path_factory.mktemp("corpus"))
     prepare_files([os.path.join(ROOT, "gpt_jax")], d, progress=False)
     return d
@@ -211,7 +211,7 @@ def test_two_processes_match_one(tmp_path, corpus, single):
     assert_same_losses(losses(out), losses(single))
     # the checkpoint both processes wrote restores in this single process
     from gpt_jax import load_checkpoint
-    from gpt_jax.checkpoint import latest_step
+    from gpt_jax.checkpoint.manager import latest_step
     assert latest_step(out) == STEPS
     params, cfg = load_checkpoint(out)
     assert params["wte"]["embedding"].shape == (50257, 32)
@@ -221,7 +221,7 @@ GENERATE_SHARDED = r"""
 import json, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 import gpt_jax
-from gpt_jax.sharding import make_mesh, tree_shardings
+from gpt_jax.model.sharding import make_mesh, tree_shardings
 assert jax.device_count() == 8
 cfg = gpt_jax.GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=256)
 params = gpt_jax.init_params(cfg, jax.random.key(0))

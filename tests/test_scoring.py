@@ -16,9 +16,10 @@ pytest.importorskip("torch", reason="the reference needs torch (pip install .[te
 pytest.importorskip("transformers", reason="the reference needs transformers (pip install .[test])")
 
 import gpt_jax
-from gpt_jax import GPT, init_params, log_probs, scoring
+from gpt_jax import GPT, init_params, log_probs
+import gpt_jax.evaluation.scoring as scoring
 from gpt_jax.errors import TokenError, UserError
-from gpt_jax.tokenizer import EOT_ID
+from gpt_jax.model.tokenizer import EOT_ID
 
 from scoring_reference import (hf_logprobs, ref_loglikelihood, ref_token_logprobs,
                                reference_pair, top_two_gap)
@@ -148,7 +149,7 @@ def test_only_scored_positions_reach_the_head(model):
 
 def test_stacked_params_score_like_unstacked(model):
     """A run's scan_layers layout (layers stacked under "h") scores what GPT-2's layout does."""
-    from gpt_jax.stacking import stack_layers
+    from gpt_jax.model.stacking import stack_layers
     params, _ = model
     rng = np.random.default_rng(4)
     reqs = [(ids(rng, 5), ids(rng, 3)), ([], ids(rng, 4)), (ids(rng, 40), ids(rng, 2))]
@@ -206,7 +207,8 @@ def test_rows_are_split_over_a_mesh(tmp_path):
         import sys, jax, numpy as np
         sys.path.insert(0, "tests")
         import gpt_jax
-        from gpt_jax import scoring, sharding
+        import gpt_jax.evaluation.scoring as scoring
+        import gpt_jax.model.sharding as sharding
         cfg = gpt_jax.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=256)
         params = gpt_jax.init_params(cfg, jax.random.key(0))
         rng = np.random.default_rng(0)

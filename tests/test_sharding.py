@@ -1,10 +1,9 @@
 import jax
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from gpt_jax import ConfigError
-from gpt_jax.sharding import fsdp_spec, make_mesh, parse_mesh
+from gpt_jax.model.sharding import fsdp_spec, make_mesh, parse_mesh
 
 
 @pytest.mark.parametrize("spec,n,expected", [

@@ -1,10 +1,10 @@
-"""Layer stacking for scan_layers (gpt_jax/stacking.py)."""
+"""Layer stacking for scan_layers (gpt_jax/model/stacking.py)."""
 import jax
 import numpy as np
 import optax
 
 from gpt_jax import GPTConfig, init_params
-from gpt_jax.stacking import map_param_trees, stack_layers, unstack_layers
+from gpt_jax.model.stacking import map_param_trees, stack_layers, unstack_layers
 
 
 def test_stack_unstack_round_trip():
@@ -22,7 +22,7 @@ def test_stack_unstack_round_trip():
 def test_stack_tree_converts_a_whole_state_once():
     """stack_tree / unstack_tree (what a scan_layers run and its checkpoints use) convert
     params and Adam's moments together, and leave stacked dicts as they are."""
-    from gpt_jax.stacking import stack_tree, unstack_tree
+    from gpt_jax.model.stacking import stack_tree, unstack_tree
     cfg = GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=128)
     params = init_params(cfg, jax.random.key(0))
     state = (params, optax.adamw(1e-3).init(params))

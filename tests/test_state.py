@@ -1,14 +1,14 @@
-"""TrainState on a mesh (gpt_jax/state.py): built fresh, or placed from a checkpoint's parts."""
+"""TrainState on a mesh (gpt_jax/train/state.py): built fresh, or placed from a checkpoint's parts."""
 import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_tc
-from gpt_jax.model import init_params
-from gpt_jax.optimizer import make_optimizer
-from gpt_jax.sharding import make_mesh
-from gpt_jax.stacking import stack_tree, unstack_tree
-from gpt_jax.state import (abstract_state, new_state, place_params, place_state,
+from gpt_jax.model.gpt import init_params
+from gpt_jax.train.optimizer import make_optimizer
+from gpt_jax.model.sharding import make_mesh
+from gpt_jax.model.stacking import stack_tree, unstack_tree
+from gpt_jax.train.state import (abstract_state, new_state, place_params, place_state,
                            state_shardings)
 
 

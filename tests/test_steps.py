@@ -1,4 +1,4 @@
-"""The train and eval steps (gpt_jax/steps.py): a tiny model overfits one batch, and
+"""The train and eval steps (gpt_jax/train/steps.py): a tiny model overfits one batch, and
 gradient accumulation equals one big batch."""
 import jax
 import jax.numpy as jnp
@@ -6,11 +6,11 @@ import numpy as np
 import optax
 
 from conftest import TINY, random_batch, tiny_tc
-from gpt_jax.config import GPTConfig
-from gpt_jax.model import init_params
-from gpt_jax.optimizer import make_optimizer
-from gpt_jax.state import init_state
-from gpt_jax.steps import grads_and_loss, make_train_step
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import init_params
+from gpt_jax.train.optimizer import make_optimizer
+from gpt_jax.train.state import init_state
+from gpt_jax.train.steps import grads_and_loss, make_train_step
 
 
 def test_overfits_one_batch():

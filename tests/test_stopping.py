@@ -1,4 +1,4 @@
-"""gpt_jax.stopping: stop strings matched in the loop as transformers' StopStringCriteria does
+"""gpt_jax.generation.stopping: stop strings matched in the loop as transformers' StopStringCriteria does
 (a stop split over tokens, overlapping stops, a stop ending inside a token), generate(stop=...)
 equal to transformers' generate(stop_strings=...), the loop's early exit, and the host-side cut
 of text and streams."""
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import generation, stopping
-from gpt_jax.tokenizer import bpe_files, get_tokenizer
+import gpt_jax.generation as generation
+import gpt_jax.generation.stopping as stopping
+from gpt_jax.model.tokenizer import bpe_files, get_tokenizer
 
 from generation_reference import CFG, prompts_of, random_params
 
@@ -63,7 +64,7 @@ def test_stop_matched_equals_transformers_stop_string_criteria(hf_tokenizer, sto
 def test_generate_with_stop_strings_equals_transformers(hf_tokenizer):
     """Greedy with stop strings on 20 prompts: the tokens of transformers' generate with
     stop_strings, the rows that stop padded; the loop exits once all rows are done."""
-    from gpt_jax.hf import to_transformers
+    from gpt_jax.checkpoint.hf import to_transformers
     torch.set_num_threads(1)
     params = random_params(CFG, seed=21, std=0.3)
     hf = to_transformers(params, CFG).eval()

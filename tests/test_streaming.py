@@ -6,7 +6,8 @@ import jax
 import numpy as np
 
 import gpt_jax
-from gpt_jax import generation, stopping
+import gpt_jax.generation as generation
+import gpt_jax.generation.stopping as stopping
 
 from generation_reference import CFG, LENGTHS, N_NEW, prompts_of, random_params
 

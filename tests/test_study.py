@@ -1,4 +1,4 @@
-"""study.py's experiments at a tiny size, each checking the claim it measures (gpt_jax/study/).
+"""study.py's experiments at a tiny size, each checking the claim it measures (gpt_jax/lab/study/).
 
 Synthetic token streams stand in for the corpus where a claim needs a known answer: on random
 tokens no causal model can beat ln(V), so a loss far below it can only come from reading the
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from gpt_jax.config import GPTConfig
-from gpt_jax.model import init_params
-from gpt_jax.study import experiments as ex, report
-from gpt_jax.study.runs import train
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import init_params
+from gpt_jax.lab.study import experiments as ex, report
+from gpt_jax.lab.study.runs import train
 
 
 class Tokens:

@@ -7,11 +7,12 @@ import pytest
 
 from gpt_jax import GPTConfig, GPT, generate, init_params, load_checkpoint, save_checkpoint
 from gpt_jax.errors import ConfigError, UserError
-from gpt_jax.generation import generate_uncached, left_pad
-from gpt_jax.hf import to_hf
-from gpt_jax.model import count_params
-from gpt_jax.scoring import log_probs
-from gpt_jax.train_config import resolve_config
+from gpt_jax.generation.decoding import generate_uncached
+from gpt_jax.generation.prompts import left_pad
+from gpt_jax.checkpoint.hf import to_hf
+from gpt_jax.model.gpt import count_params
+from gpt_jax.evaluation.scoring import log_probs
+from gpt_jax.train.config import resolve_config
 
 BASE = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=256)
 

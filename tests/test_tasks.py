@@ -1,4 +1,4 @@
-"""gpt_jax.tasks: hellaswag / lambada / text aggregates on small synthetic files against the
+"""gpt_jax.evaluation.tasks: hellaswag / lambada / text aggregates on small synthetic files against the
 same metrics computed from transformers' log-probs (tests/scoring_reference.py), and the
 one-line errors for bad data."""
 import json
@@ -11,7 +11,7 @@ pytest.importorskip("torch", reason="the reference needs torch (pip install .[te
 pytest.importorskip("transformers", reason="the reference needs transformers (pip install .[test])")
 
 import gpt_jax
-from gpt_jax import tasks
+import gpt_jax.evaluation.tasks as tasks
 from gpt_jax.errors import DataError, UserError
 
 from scoring_reference import (hf_logprobs, ref_loglikelihood, ref_token_logprobs,

@@ -1,4 +1,4 @@
-"""gpt_jax.textfiles: which files are text and how they are read (binary and UTF-16 files
+"""gpt_jax.data.textfiles: which files are text and how they are read (binary and UTF-16 files
 refused or skipped, Latin-1 bytes replaced with a warning, unreadable files and directories as
 one-line errors, a prepared directory's own files never tokenised)."""
 import os
@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from gpt_jax import corpus, textfiles
+import gpt_jax.data.prepare as corpus
+
+import gpt_jax.data.textfiles as textfiles
 from gpt_jax.errors import DataError
 
 from token_dirs import write

@@ -4,7 +4,7 @@ import shutil
 import tiktoken
 
 from gpt_jax import get_tokenizer
-from gpt_jax.tokenizer import bpe_files
+from gpt_jax.model.tokenizer import bpe_files
 
 TEXT = ("Hello, world! It's GPT-2's BPE.\n\n   indented\tand\ttabs   \n"
         "Ünïcödé: naïve café, 日本語のテキスト, Ελληνικά, русский; emoji 🤖🚀👍🏽 and ZWJ 👩‍💻\n"

@@ -1,4 +1,4 @@
-"""--log_to (gpt_jax/tracking.py) and --profile_steps (gpt_jax/profiling.py): what TensorBoard
+"""--log_to (gpt_jax/train/tracking.py) and --profile_steps (gpt_jax/train/profiling.py): what TensorBoard
 and W&B hold is what metrics.jsonl holds, read back with their own readers, across a resume;
 a profile trace appears for the steps asked."""
 import glob
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpt_jax.errors import ConfigError, UserError
-from gpt_jax.train_config import TrainConfig
+from gpt_jax.train.config import TrainConfig
 
 
 def tc_for(out_dir, **kw):
@@ -98,8 +98,8 @@ def wandb_config(run_file) -> dict:
 
 
 def jsonl_scalars(out_dir) -> dict[str, list[tuple[int, float]]]:
-    from gpt_jax.metrics import read_metrics
-    from gpt_jax.tracking import scalars
+    from gpt_jax.train.metrics import read_metrics
+    from gpt_jax.train.tracking import scalars
     out: dict[str, list] = {}
     for row in read_metrics(str(out_dir)):
         for k, v in scalars(row).items():
@@ -130,8 +130,8 @@ def offline_wandb(monkeypatch, tmp_path):
 # -- the flags ----------------------------------------------------------------------------------
 
 def test_log_to_and_profile_steps_are_checked():
-    from gpt_jax.profiling import parse_profile_steps
-    from gpt_jax.tracking import parse_log_to
+    from gpt_jax.train.profiling import parse_profile_steps
+    from gpt_jax.train.tracking import parse_log_to
     assert parse_log_to("tensorboard, wandb") == ("jsonl", "tensorboard", "wandb")
     assert parse_log_to("") == parse_log_to("jsonl") == ("jsonl",)
     assert parse_profile_steps("") is None and parse_profile_steps("10:15") == (10, 15)
@@ -148,7 +148,7 @@ def test_log_to_and_profile_steps_are_checked():
 
 def test_a_missing_tracker_package_names_the_extra(monkeypatch):
     import importlib.util
-    from gpt_jax import tracking
+    import gpt_jax.train.tracking as tracking
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda n, *a: None if n == "wandb" else real(n, *a))
@@ -160,7 +160,7 @@ def test_a_missing_tracker_package_names_the_extra(monkeypatch):
 
 def test_scalars_take_every_number_of_a_row():
     """A key added to a row (e.g. a health metric) reaches the trackers with no change."""
-    from gpt_jax.tracking import scalars
+    from gpt_jax.train.tracking import scalars
     assert scalars({"kind": "train", "step": 5, "loss": 2.5, "new_metric": 7, "clipped": True,
                     "note": "x", "norms": {"h_0": 0.5, "h_1": {"attn": 2}}}) == \
         {"train/loss": 2.5, "train/new_metric": 7.0, "train/clipped": 1.0,
@@ -179,7 +179,7 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
     each step once; both carry the run's config. (eval_task rows: the next test.)"""
     pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
     pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     out = tmp_path / "out"
     tc = tc_for(out, log_to="tensorboard,wandb")
     Trainer(tc, **QUIET).fit()
@@ -215,7 +215,7 @@ def test_profile_steps_writes_a_trace(builtin_data, tmp_path):
     """--profile_steps 1:2 traces the update from step 1 to step 2, and only it: an
     xplane.pb for TensorBoard and a Perfetto trace whose one step marker is 1."""
     import gzip
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     out = tmp_path / "out"
     Trainer(tc_for(out, max_iters=3, eval_interval=3, profile_steps="1:2"), **QUIET).fit()
     (run,) = glob.glob(str(out / "profile" / "plugins" / "profile" / "*"))
@@ -232,7 +232,7 @@ def test_every_row_kind_reaches_the_trackers_and_flush_writes_it(tmp_path, offli
     not leave TensorBoard without the steps the resumed run starts after."""
     pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
     pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
-    from gpt_jax.tracking import Trackers
+    from gpt_jax.train.tracking import Trackers
     t = Trackers("tensorboard,wandb", str(tmp_path), {"seed": 1}, 0)
     for s in (1, 2):
         t.log({"kind": "train", "step": s, "loss": 1.0 / s, "tokens": 512 * s})

@@ -84,7 +84,7 @@ def test_resume_is_bitwise_exact(builtin_data, tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    from gpt_jax.checkpoint import latest_step
+    from gpt_jax.checkpoint.manager import latest_step
     assert latest_step(b) == n // 2, "the run finished before it was killed"
     r = run_cli("train.py", *args, "--out_dir", b, "--init_from", "resume", env=env)
     assert r.returncode == 0, r.stderr
@@ -117,7 +117,7 @@ def test_sigterm_saves_and_exits(builtin_data, tmp_path):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    from gpt_jax.checkpoint import latest_step
+    from gpt_jax.checkpoint.manager import latest_step
     step = latest_step(out)
     assert step is not None and 2 <= step < 100000
     assert f"SIGTERM: saved step {step}" in stderr
@@ -136,7 +136,8 @@ def test_eval_tasks_during_training(builtin_data, tmp_path):
     rows equal run_task on the saved weights (GPT-2 layout, one device); a resume drops the rows
     after its step and writes them again, the same."""
     from test_eval_tasks import task_files
-    from gpt_jax import load_checkpoint, tasks
+    from gpt_jax import load_checkpoint
+    import gpt_jax.evaluation.tasks as tasks
     files = task_files(tmp_path, rows=8)
     out = str(tmp_path / "out")
     args = [*TINY, "--max_iters", "4", "--eval_interval", "2", "--log_interval", "2",
@@ -200,7 +201,7 @@ def test_prepare_end_to_end(tmp_path):
 
 def test_config_precedence(tmp_path):
     from gpt_jax.errors import ConfigError, UserError
-    from gpt_jax.train_config import TrainConfig, resolve_config
+    from gpt_jax.train.config import TrainConfig, resolve_config
     sys.path.insert(0, ROOT)
     import train as train_cli
     f = tmp_path / "c.json"
@@ -232,7 +233,7 @@ def test_config_precedence(tmp_path):
 def run_main(capsys, *argv):
     """train.py's main in process, through cli.run: (exit code, stderr)."""
     import train as train_cli
-    from gpt_jax.cli import run
+    from gpt_jax.cli.common import run
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run(lambda: train_cli.main([str(a) for a in argv]))

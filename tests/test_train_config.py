@@ -1,7 +1,7 @@
-"""The run configuration (gpt_jax/train_config.py): checked values, config files, flat keys."""
+"""The run configuration (gpt_jax/train/config.py): checked values, config files, flat keys."""
 import pytest
 
-from gpt_jax.train_config import TrainConfig
+from gpt_jax.train.config import TrainConfig
 
 
 @pytest.mark.parametrize("field, value", [
@@ -20,7 +20,7 @@ def test_config_refuses_non_finite_and_mistyped_values(field, value):
                                      '{"learning_rate": NaN}'])
 def test_config_file_values_of_the_wrong_type(tmp_path, content):
     from gpt_jax.errors import ConfigError
-    from gpt_jax.train_config import resolve_config
+    from gpt_jax.train.config import resolve_config
     f = tmp_path / "c.json"
     f.write_text(content)
     with pytest.raises(ConfigError, match="out_dir|data|learning_rate"):
@@ -42,7 +42,7 @@ def test_flat_keys_outside_a_gptconfig_inside():
     """The model's keys form tc.model (a GPTConfig, which checks them); everything outside
     (flags, files, meta["train_config"]) sees one flat set of keys, each with its help."""
     import json
-    from gpt_jax.config import GPTConfig
+    from gpt_jax.model.config import GPTConfig
     from gpt_jax.errors import ConfigError
     assert list(TrainConfig.fields()) == KEYS
     assert all(f.metadata.get("help") for f in TrainConfig.fields().values())

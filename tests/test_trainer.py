@@ -1,4 +1,4 @@
-"""The Trainer loop (gpt_jax/trainer.py and the builders of gpt_jax/init_from.py), in process:
+"""The Trainer loop (gpt_jax/train/trainer.py and the builders of gpt_jax/train/start.py), in process:
 what it learns, what reaches the disk, and what the messages say about it."""
 import math
 import os
@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import checkpoint as ckpt
-from gpt_jax.config import GPTConfig
-from gpt_jax.model import init_params
-from gpt_jax.train_config import TrainConfig
+import gpt_jax.checkpoint.manager as ckpt
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import init_params
+from gpt_jax.train.config import TrainConfig
 
 
 def trainer_tc(out_dir, **kw):
@@ -23,8 +23,8 @@ def trainer_tc(out_dir, **kw):
 
 
 def test_loss_falls_on_builtin_corpus(builtin_data, tmp_path):
-    from gpt_jax.metrics import read_metrics
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.metrics import read_metrics
+    from gpt_jax.train.trainer import Trainer
     out = Trainer(trainer_tc(tmp_path), progress=False, log=lambda *a: None).fit()
     evals = [r for r in read_metrics(str(tmp_path)) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 15, 30]
@@ -36,7 +36,7 @@ def test_loss_falls_on_builtin_corpus(builtin_data, tmp_path):
 
 
 def test_nan_stops_and_keeps_last_checkpoint(builtin_data, tmp_path):
-    from gpt_jax.trainer import Trainer, TrainingDiverged
+    from gpt_jax.train.trainer import Trainer, TrainingDiverged
     tc = trainer_tc(tmp_path, max_iters=4, eval_interval=2, eval_iters=1)
     Trainer(tc.replace(max_iters=2), progress=False, log=lambda *a: None).fit()
     good = ckpt.load_checkpoint(str(tmp_path))[0]
@@ -52,10 +52,10 @@ def test_nan_stops_and_keeps_last_checkpoint(builtin_data, tmp_path):
 
 
 def test_init_from_hf_weights_is_wired(builtin_data, tmp_path):
-    """--init_from HF_DIR starts from exactly those weights (read by gpt_jax.hf.from_hf); the
+    """--init_from HF_DIR starts from exactly those weights (read by gpt_jax.checkpoint.hf.from_hf); the
     architecture comes from the weights, dropout/dtype from the run."""
-    from gpt_jax.hf import to_hf
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.checkpoint.hf import to_hf
+    from gpt_jax.train.trainer import Trainer
     hf_cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=128)
     hf_params = init_params(hf_cfg, jax.random.key(5))
     hf_dir = to_hf(hf_params, hf_cfg, str(tmp_path / "hf"))
@@ -87,8 +87,8 @@ def small_tc(out_dir, **kw):
 def test_huge_learning_rate_saves_nothing_non_finite(builtin_data, tmp_path):
     """lr 1e30: the step-1 update leaves finite but huge weights whose eval loss is NaN; the
     run must stop there, save nothing, and say that no checkpoint is on disk."""
-    from gpt_jax.metrics import read_metrics
-    from gpt_jax.trainer import Trainer, TrainingDiverged
+    from gpt_jax.train.metrics import read_metrics
+    from gpt_jax.train.trainer import Trainer, TrainingDiverged
     tc = small_tc(tmp_path, learning_rate=1e30, min_lr=1.0, eval_interval=1, max_iters=3)
     with pytest.raises(TrainingDiverged, match="step 1 was not saved; no checkpoint is on disk"):
         Trainer(tc, **QUIET).fit()
@@ -98,7 +98,7 @@ def test_huge_learning_rate_saves_nothing_non_finite(builtin_data, tmp_path):
 
 def test_save_refuses_a_non_finite_state(builtin_data, tmp_path):
     """Whatever the losses said (a signal can stop between evals), values are checked."""
-    from gpt_jax.trainer import Trainer, TrainingDiverged
+    from gpt_jax.train.trainer import Trainer, TrainingDiverged
     t = Trainer(small_tc(tmp_path), **QUIET)
     t.state = t.state.replace(params={**t.state.params, "ln_f": jax.tree_util.tree_map(
         lambda x: x * jnp.inf, t.state.params["ln_f"])})
@@ -114,7 +114,7 @@ def test_signal_during_the_first_eval_says_nothing_was_saved(builtin_data, tmp_p
     message may claim otherwise (it said "saved step 0" with checkpoints/ empty)."""
     import signal
     import train as train_cli
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     real = Trainer.estimate_loss
 
     def interrupted(self, params, step):
@@ -133,7 +133,7 @@ def test_signal_during_the_first_eval_says_nothing_was_saved(builtin_data, tmp_p
 
 def test_resume_takes_the_architecture_from_the_checkpoint(builtin_data, tmp_path):
     from gpt_jax.errors import CheckpointError, ConfigError
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     TC = TrainConfig.from_dict
     Trainer(small_tc(tmp_path), **QUIET).fit()
     # no architecture flags at all: n_layer=1, n_embd=32, block_size=32 come from step 4
@@ -158,7 +158,7 @@ def test_damaged_latest_step_and_resume_step(builtin_data, tmp_path):
     replaces step 4, and reproduces it bit for bit."""
     import os
     from gpt_jax.errors import CheckpointError
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     Trainer(small_tc(tmp_path), **QUIET).fit()
     before = ckpt.load_checkpoint(str(tmp_path), step=4)[0]
     files = [os.path.join(r, f) for r, _, fs in
@@ -182,7 +182,7 @@ def test_damaged_latest_step_and_resume_step(builtin_data, tmp_path):
 def test_a_scratch_run_never_deletes_steps_it_did_not_write(builtin_data, tmp_path):
     """Another run's step that appears in out_dir after a scratch run's start-up check is
     not this run's to delete (it used to reach delete_steps_after(mngr, None): a TypeError)."""
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     other = tmp_path / "other"
     Trainer(small_tc(other, max_iters=6, eval_interval=6), **QUIET).fit()
     t = Trainer(small_tc(tmp_path), **QUIET)          # the out_dir check passes: it is empty
@@ -199,7 +199,7 @@ def test_full_disk_during_a_training_save(builtin_data, tmp_path, monkeypatch, c
     import os
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as jch
     from gpt_jax.errors import CheckpointError
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     real, calls = jch.JsonCheckpointHandler._save_fn, []
 
     async def disk_fills_up(self, x, directory):
@@ -220,7 +220,7 @@ def test_full_disk_during_a_training_save(builtin_data, tmp_path, monkeypatch, c
 def test_init_from_sources(builtin_data, tmp_path):
     """A typo is one line before anything loads; another run's out_dir gives its weights."""
     from gpt_jax.errors import ConfigError, UserError
-    from gpt_jax.trainer import Trainer
+    from gpt_jax.train.trainer import Trainer
     with pytest.raises(ConfigError, match="'resme' is not scratch, resume, a directory.*"
                                           "known model name \\(gpt2, .*distilgpt2\\)"):
         Trainer(small_tc(tmp_path / "a", init_from="resme"), **QUIET)

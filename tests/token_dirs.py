@@ -2,7 +2,9 @@
 directory, a small prepared token directory."""
 import os
 
-from gpt_jax import corpus, data
+import gpt_jax.data.prepare as corpus
+
+import gpt_jax.data as data
 
 
 def write(path, text):

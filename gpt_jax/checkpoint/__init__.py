@@ -1,0 +1,1 @@
+"""Weights on disk: orbax checkpoints, their integrity, the run lock, Hugging Face import/export."""

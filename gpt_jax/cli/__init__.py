@@ -1,0 +1,1 @@
+"""The command-line entry points (train, sample, eval, prepare, bench, study, analysis, hf)."""

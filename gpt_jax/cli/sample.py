@@ -1,0 +1,287 @@
+"""Sample from a model: python sample.py [--init_from out] [--start TEXT | --start FILE:path] ...
+
+stdout holds only the samples, each (prompt + continuation) followed by a line of dashes;
+the config, compile time and tokens/s go to stderr. Samples are decoded in batches (at most
+--batch_size, and no more than fit in memory) and written as each batch finishes, so any
+--num_samples runs in bounded memory.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+SEPARATOR = "---------------"
+MAX_BATCH = 64  # samples decoded at once by default (fewer where memory allows fewer)
+
+
+def parse_args(argv=None):
+    from gpt_jax.cli.common import MAX_SEED, ArgumentParser, seed, str2bool
+    from gpt_jax.generation.step import WEIGHT_FORMATS
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init_from", default="out",
+                   help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="a train.py out_dir's checkpoint step (default: the latest)")
+    p.add_argument("--start", default="\n", help='prompt text, or FILE:path (default: "\\n")')
+    p.add_argument("--num_samples", type=int, default=3)
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=200, help="0 = off")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass; 1 = off")
+    p.add_argument("--seed", type=seed, default=1337, help=f"0..{MAX_SEED}")
+    p.add_argument("--eos", type=str2bool, default=False,
+                   help="true: a sample ends at <|endoftext|>")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help=f"samples decoded at once (default: up to {MAX_BATCH}, as many as fit "
+                        f"in memory); the seed fixes the samples for a given batch size")
+    p.add_argument("--weights", default=None, choices=WEIGHT_FORMATS,
+                   help="how the decode loop stores the weights (default: the model's dtype); "
+                        "bfloat16 or int8 read fewer bytes per token: faster at batch 1 on "
+                        "CPU, with slightly different logits")
+    p.add_argument("--repetition_penalty", type=float, default=1.0,
+                   help="> 1 makes ids already in the text less likely (transformers'); 1 = off")
+    p.add_argument("--no_repeat_ngram_size", type=int, default=0,
+                   help="never repeat an n-gram of this size; 0 = off")
+    p.add_argument("--min_p", type=float, default=0.0,
+                   help="keep tokens at least this fraction as likely as the top one; 0 = off")
+    p.add_argument("--min_new_tokens", type=int, default=0,
+                   help="with --eos true: no <|endoftext|> before this many new tokens")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="a sample ends where its text ends in TEXT (repeatable; \\n, \\t "
+                        "and \\\\ are read as escapes); the text is cut before it")
+    p.add_argument("--stream", type=str2bool, default=False,
+                   help="true: print each sample as its tokens are made (one at a time)")
+    p.add_argument("--num_beams", type=int, default=1,
+                   help="> 1: beam search (deterministic, as transformers'; the sampling flags "
+                        "and --num_samples do not apply): prints the --num_return_sequences "
+                        "best continuations of the prompt, best first, scores on stderr")
+    p.add_argument("--length_penalty", type=float, default=1.0,
+                   help="beam search: score = sum log p / length ** this (> 0 favours longer)")
+    p.add_argument("--num_return_sequences", type=int, default=1,
+                   help="beam search: how many of the best beams to print (<= --num_beams)")
+    args = p.parse_args(argv)
+    if args.stop is not None:
+        args.stop = [unescape(s) for s in args.stop]
+    if args.num_beams > 1:
+        other = [f for f, on in (("--repetition_penalty", args.repetition_penalty != 1.0),
+                                 ("--no_repeat_ngram_size", args.no_repeat_ngram_size != 0),
+                                 ("--min_p", args.min_p != 0.0),
+                                 ("--min_new_tokens", args.min_new_tokens != 0),
+                                 ("--stop", bool(args.stop)), ("--stream", args.stream)) if on]
+        if other:
+            p.error(f"--num_beams {args.num_beams} is beam search, which takes none of "
+                    f"{', '.join(other)}: leave them out (or use --num_beams 1)")
+    for name in ("num_samples", "max_new_tokens", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.step is not None and args.step < 0:
+        p.error(f"--step must be a checkpoint step (0 or more), got {args.step}")
+    if not args.temperature >= 0:  # NaN too
+        p.error(f"--temperature must be >= 0 (0 = greedy, inf = uniform over the top_k), "
+                f"got {args.temperature}")
+    if args.top_k < 0:
+        p.error(f"--top_k must be >= 0 (0 = off), got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.num_beams != 1 or args.num_return_sequences != 1 or args.length_penalty != 1.0:
+        from gpt_jax.generation.beam import check_beam_settings
+        check_beam_settings(args.num_beams, args.length_penalty, False,
+                            args.num_return_sequences)   # one-line UserError, exit 1
+        if args.num_beams == 1:
+            p.error("--length_penalty and --num_return_sequences apply to beam search: "
+                    "pass --num_beams > 1")
+    return args
+
+
+def unescape(text: str) -> str:
+    r"""\n, \t and \\ in a flag's text as the characters they name (a shell passes them as
+    two characters)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def read_prompt(start: str) -> str:
+    from gpt_jax.errors import UserError
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read the prompt file {path!r} given by --start: "
+                        f"{getattr(e, 'strerror', None) or e}")
+
+
+def load_model(init_from: str, step=None):
+    """A train.py out_dir (it has checkpoints/; the default `out` always means one, so a
+    missing one says "train first"): its latest step, or --step; anything else is a gpt2* hub
+    id or a Hugging Face directory."""
+    from gpt_jax.evaluation.tasks import load_model
+    return load_model(init_from, step, step_hint="sample from the latest with --step {step}")
+
+
+def plan_batches(num_samples: int, batch_size, fit) -> tuple[int, int]:
+    """(batch, n_batches): at most batch_size (default MAX_BATCH, capped by `fit`, the most
+    that fit in memory, None if unknown) per batch, the batches of equal size so that one
+    compiled program serves them all (the last one's spare rows are dropped)."""
+    cap = batch_size or min(MAX_BATCH, MAX_BATCH if fit is None else max(fit, 1))
+    n_batches = math.ceil(num_samples / cap)
+    return math.ceil(num_samples / n_batches), n_batches
+
+
+def main():
+    args = parse_args()
+    import jax
+    import numpy as np
+    import gpt_jax
+    from gpt_jax.model.checks import check_max_new_tokens, check_prompts
+    from gpt_jax.errors import DecodeMemoryError, UserError
+    from gpt_jax.generation.decoding import compile_generate, generate_args
+    from gpt_jax.generation.prompts import bucket_length
+    from gpt_jax.generation.memory import max_batch
+    from gpt_jax.generation.stopping import cut_text
+    from gpt_jax.model.tokenizer import EOT_ID, EOT_TOKEN
+
+    text = read_prompt(args.start)
+    params, cfg = load_model(args.init_from, args.step)
+    enc = gpt_jax.get_tokenizer()
+    ids = enc.encode(text, allowed_special={EOT_TOKEN}) or [EOT_ID]
+    if max(ids) >= cfg.vocab_size:
+        raise UserError(f"the prompt has token id {max(ids)} but the model knows only ids below "
+                        f"{cfg.vocab_size} (vocab_size): use a prompt within its vocabulary")
+    eos_id = EOT_ID if args.eos and EOT_ID < cfg.n_real_vocab else None
+    if args.eos and eos_id is None:
+        print(f"[sample] --eos true ignored: the model's vocabulary ({cfg.vocab_size} ids) has "
+              f"no <|endoftext|> ({EOT_ID})", file=sys.stderr)
+    # A terminal or pipe that cannot encode a character gets "?" rather than a traceback
+    # halfway through the samples (a model may emit any byte sequence).
+    sys.stdout.reconfigure(errors="replace")
+    check_prompts([ids], cfg, check_max_new_tokens(args.max_new_tokens, cfg))
+    if args.num_beams > 1:
+        return beam_main(args, params, cfg, ids, eos_id, enc)
+    P = bucket_length(len(ids), cfg.block_size)
+    batch, n_batches = plan_batches(args.num_samples, 1 if args.stream else args.batch_size,
+                                    max_batch(cfg, P, args.max_new_tokens))
+    key = jax.random.key(args.seed)
+    prompts = [ids] * batch
+
+    def sampling(i):  # batch i draws with its own key; batch 0 with the seed's own key
+        return dict(key=key if i == 0 else jax.random.fold_in(key, i),
+                    temperature=args.temperature, top_k=args.top_k or None,
+                    top_p=args.top_p if args.top_p < 1 else None, eos_id=eos_id,
+                    weights=args.weights, repetition_penalty=args.repetition_penalty,
+                    no_repeat_ngram_size=args.no_repeat_ngram_size, min_p=args.min_p or None,
+                    min_new_tokens=args.min_new_tokens,
+                    stop=args.stop)
+
+    try:  # every check (memory too) before the config line and the compile
+        generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(0))
+    except DecodeMemoryError as e:
+        if args.batch_size is None:
+            raise
+        raise UserError(f"--batch_size {args.batch_size} does not fit in memory ({e}): pass a "
+                        f"smaller --batch_size, or omit it") from None
+    print(f"[sample] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, "
+          f"{cfg.n_embd} wide, vocab {cfg.vocab_size}, block {cfg.block_size}, {cfg.dtype}; "
+          f"prompt {len(ids)} tokens, {args.num_samples} samples x {args.max_new_tokens} tokens "
+          f"({n_batches} batch{'es' if n_batches > 1 else ''} of {batch}), "
+          f"temperature {args.temperature}, top_k {args.top_k or 'off'}, "
+          f"top_p {args.top_p if args.top_p < 1 else 'off'}, seed {args.seed}"
+          f"{f', weights {args.weights}' if args.weights else ''}", file=sys.stderr)
+    if args.stream:
+        return stream_samples(params, cfg, ids, text, args, sampling)
+    t0 = time.perf_counter()
+    decode, dargs = compile_generate(params, cfg, prompts, args.max_new_tokens, **sampling(0))
+    compile_s = time.perf_counter() - t0
+    left, n_tokens, run_s = args.num_samples, 0, 0.0
+    for i in range(n_batches):
+        if i:  # the same static shape: the compiled program takes these too
+            dargs, _ = generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(i))
+        t0 = time.perf_counter()
+        new = np.asarray(decode(*dargs))  # (batch, max_new_tokens)
+        run_s += time.perf_counter() - t0
+        rows = new.tolist()[:left]
+        left -= len(rows)
+        n_tokens += len(rows) * new.shape[1]
+        try:
+            for row in rows:
+                for end in (eos_id, -1):   # -1: padding after a stop string
+                    if end is not None and end in row:
+                        row = row[:row.index(end)]
+                sample_text = enc.decode(ids + row) if not args.stop else \
+                    enc.decode(ids) + cut_text(enc.decode(row), args.stop)
+                sys.stdout.write(sample_text + "\n" + SEPARATOR + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print(f"[sample] stdout closed after {args.num_samples - left} samples",
+                  file=sys.stderr)
+            return 0
+    print(f"[sample] compile {compile_s:.1f}s, {n_tokens} tokens in {run_s:.2f}s = "
+          f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
+
+
+def stream_samples(params, cfg, ids, text, args, sampling):
+    """--stream: one sample at a time, each printed piece by piece as its tokens are made."""
+    import time
+    import gpt_jax
+    n_tokens, t0 = 0, time.perf_counter()
+    try:
+        for i in range(args.num_samples):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            for piece in gpt_jax.generate_stream(params, cfg, [ids], args.max_new_tokens,
+                                                 text=True, **sampling(i)):
+                n_tokens += 1
+                sys.stdout.write(piece.text[0])
+                sys.stdout.flush()
+            sys.stdout.write("\n" + SEPARATOR + "\n")
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    run_s = time.perf_counter() - t0
+    print(f"[sample] streamed {n_tokens} tokens in {run_s:.2f}s (compile included) = "
+          f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
+
+
+def beam_main(args, params, cfg, ids, eos_id, enc):
+    """--num_beams > 1: the --num_return_sequences best beams of the one prompt, as samples."""
+    import numpy as np
+    from gpt_jax.generation.beam import BEAMS, beam_args
+    bargs, static = beam_args(params, cfg, [ids], args.max_new_tokens, num_beams=args.num_beams,
+                              length_penalty=args.length_penalty,
+                              num_return_sequences=args.num_return_sequences, eos_id=eos_id,
+                              weights=args.weights)
+    print(f"[sample] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_embd} wide; prompt "
+          f"{len(ids)} tokens, beam search: {args.num_beams} beams, length_penalty "
+          f"{args.length_penalty}, {args.num_return_sequences} returned, up to "
+          f"{args.max_new_tokens} tokens", file=sys.stderr)
+    t0 = time.perf_counter()
+    tokens, scores, _, _ = BEAMS.run(*bargs, **static)
+    tokens, scores = np.asarray(tokens), np.asarray(scores)
+    for row, score in zip(tokens.tolist(), scores):
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id)]
+        sys.stdout.write(enc.decode(ids + row) + "\n" + SEPARATOR + "\n")
+        print(f"[sample] beam score {score:.4f} ({len(row)} tokens)", file=sys.stderr)
+    print(f"[sample] beam search with compile {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+
+def entry() -> None:
+    """The console script (gpt-jax-sample) and `python -m gpt_jax.cli.sample`."""
+    from gpt_jax.cli.common import run
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()

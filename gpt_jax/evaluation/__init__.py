@@ -1,0 +1,1 @@
+"""Evaluation: scoring, HellaSwag / LAMBADA / perplexity tasks, the lm-evaluation-harness model."""

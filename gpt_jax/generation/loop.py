@@ -1,0 +1,161 @@
+"""decode_tokens: the pure function generate() compiles (gpt_jax/generation/decoding.py holds its
+compiled form, the checks and the entry points).
+
+It prefills the whole left-padded prompt batch in one pass, then loops decode.decode_step over
+the KV cache: a lax.scan over every new token, or, with eos_id or stop strings (early exit) or
+streaming, a lax.while_loop that ends once every row is done, writing into preallocated
+buffers. Each step's token comes from processors.pick (transformers' processors and warpers,
+eos and stop strings); streaming adds one host callback per step (streaming.report).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+import gpt_jax.generation.channel as channel
+import gpt_jax.generation.processors as processors
+from gpt_jax.generation.processors import Plan
+from gpt_jax.generation.step import (CountedJit, decode_mask, decode_step, decode_weights,
+                                     prefill, widened)
+from gpt_jax.model.checks import check_params
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import mask_vocab
+
+STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits", "plan")
+
+
+def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id,
+                  extra=None, *, cfg: GPTConfig, max_new_tokens: int, greedy: bool,
+                  use_top_k: bool, use_top_p: bool, return_logits: bool, plan: Plan = Plan()):
+    """The pure decoding function that generate() compiles: int32 (B, max_new_tokens) new
+    tokens, then, where asked, their float32 (B, N, V) logits (return_logits) and float32
+    (B, N) log-probabilities (plan.logprobs), as a tuple.
+
+    params, and weights = decode_weights(params); tokens (B, P) left-padded prompts with pad
+    (B,) the padding of each row (as from left_pad); key one PRNG key; temperature, top_k,
+    top_p, eos_id scalars (eos_id -1: none); extra: the processors' runtime values
+    (generate_args: pad_id, penalty, min_p, min_new, stop tables, stream_id, ...). The keyword
+    arguments are static (see STATIC): greedy skips the filters, use_top_k / use_top_p switch
+    those filters on, plan (processors.Plan) the processors, stop strings, early exit and
+    streaming. Without early exit the loop is a lax.scan over every token; with it, a
+    while_loop that ends when every row is done."""
+    B, P = tokens.shape
+    N = max_new_tokens
+    S = P + N - 1                            # the last new token is sampled, never fed back
+    s = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "eos_id": eos_id,
+         "pad_id": eos_id, **(extra or {})}
+    # -inf, not the model's -1e9, for padded ids: no temperature can make them likely.
+    pick = lambda logits, key, st, made: processors.pick(
+        plan, s, mask_vocab(logits, cfg.n_real_vocab), key, st, made, P=P, pad=pad,
+        greedy=greedy, use_top_k=use_top_k, use_top_p=use_top_p)
+
+    # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
+    logits, cache = prefill(params, weights, cfg, tokens, pad, S)   # cache (B*H, S, D)
+    keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
+    st = processors.init_state(plan, s, tokens, pad, N, cfg.vocab_size)
+    first, lp, st = pick(logits[:, 0], keys[0], st, 0)
+    go = channel.report(s, 0, first, lp, st["done"]) if plan.stream else True
+
+    if B > 1:                                # narrow weights pay only in one-row products
+        weights = widened(weights, cfg.compute_dtype)
+
+    def step(cache, tok, st, i):             # feed token i - 1 (at index P + i - 1), pick token i
+        index = P + i - 1
+        logits, cache = decode_step(weights, cfg, tok, index - pad,
+                                    decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
+        new, lp, st = pick(logits, keys[i], st, i)
+        return cache, new, lp, st, logits
+
+    if not (plan.early_exit or plan.stream):
+        def body(carry, i):
+            cache, tok, st = carry
+            cache, new, lp, st, logits = step(cache, tok, st, i)
+            return (cache, new, st), (new, logits if return_logits else None, lp)
+
+        _, (rest, rest_logits, rest_lp) = jax.lax.scan(body, (cache, first, st),
+                                                       jnp.arange(1, N))
+        out = [jnp.concatenate([first[:, None], rest.T], axis=1)]              # (B, N)
+        if return_logits:
+            out.append(jnp.concatenate([logits, jnp.swapaxes(rest_logits, 0, 1)], axis=1))
+        if plan.logprobs:
+            out.append(jnp.concatenate([lp[:, None], rest_lp.T], axis=1))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    # Early exit: the same steps in a while_loop, writing into buffers (the rest stay padding).
+    bufs = {"tok": jnp.full((B, N), s["pad_id"], jnp.int32).at[:, 0].set(first)}
+    if return_logits:
+        bufs["logits"] = jnp.zeros((B, N, logits.shape[-1]), jnp.float32).at[:, 0].set(
+            logits[:, 0])
+    if plan.logprobs:
+        bufs["lp"] = jnp.zeros((B, N), jnp.float32).at[:, 0].set(lp)
+
+    def cond(carry):
+        _, _, st, i, _, go = carry
+        return (i < N) & ~jnp.all(st["done"]) & go
+
+    def body(carry):
+        cache, tok, st, i, bufs, _ = carry
+        cache, new, lp, st, logits = step(cache, tok, st, i)
+        put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], i, 1)
+        bufs = dict(bufs, tok=put(bufs["tok"], new))
+        if return_logits:
+            bufs["logits"] = put(bufs["logits"], logits)
+        if plan.logprobs:
+            bufs["lp"] = put(bufs["lp"], lp)
+        go = channel.report(s, i, new, lp, st["done"]) if plan.stream else True
+        return cache, new, st, i + 1, bufs, jnp.asarray(go)
+
+    carry = (cache, first, st, jnp.int32(1), bufs, jnp.asarray(go))
+    bufs = jax.lax.while_loop(cond, body, carry)[4]
+    out = [bufs[k] for k in ("tok", "logits", "lp") if k in bufs]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+# -- the function's compiled form, and the weights laid out for it ---------------------------
+
+class Decoder(CountedJit):
+    """decode_tokens compiled, and what generate() keeps between calls.
+
+    run(*args, **static) calls the jitted decode_tokens: one program per static shape (batch,
+    bucketed prompt length, and the STATIC arguments). trace_count counts the times it was
+    traced, so a caller can see that calls with shapes seen before reused their program.
+
+    weights(params, cfg, fmt) is decode_weights(params, cfg, fmt), made once per params and
+    format: on CPU a transposed copy of the Dense kernels (most of the weights), in a bfloat16
+    run or format a bfloat16 copy, for int8 a quantised one. The copy for the last params is
+    kept while those params live: it holds weak references to their leaves, and drops the copy
+    when one of them dies, so repeated generate() calls skip the work and a model that is let
+    go takes its copy with it. Only immutable jax Arrays are cached (numpy arrays could change
+    in place). cached_weights is the copy held now, or None.
+    """
+
+    def __init__(self):
+        super().__init__(decode_tokens, STATIC)
+        self._last = None   # (weak refs to the params' leaves, (cfg, fmt), their weights)
+
+    @property
+    def cached_weights(self) -> Optional[dict]:
+        return None if self._last is None else self._last[2]
+
+    def weights(self, params, cfg: GPTConfig, fmt: Optional[str] = None) -> dict:
+        leaves = jax.tree_util.tree_leaves(params)
+        if self._last is not None:
+            refs, for_cfg, weights = self._last
+            if for_cfg == (cfg, fmt) and len(refs) == len(leaves) and \
+                    all(r() is x for r, x in zip(refs, leaves)):
+                return weights
+        self._last = None                     # free the old copy before making the new one
+        check_params(params, cfg)             # once per params: a hit above was checked before
+        weights = decode_weights(params, cfg, fmt)  # op by op: leaves it keeps are not copied
+        if all(isinstance(x, jax.Array) for x in leaves):
+            def forget(_):                    # a leaf died: so did these params
+                if self._last is not None and self._last[2] is weights:
+                    self._last = None
+            self._last = ([weakref.ref(x, forget) for x in leaves], (cfg, fmt), weights)
+        return weights
+
+
+DECODER = Decoder()  # the one generate() and compile_generate() use

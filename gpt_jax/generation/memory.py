@@ -1,0 +1,106 @@
+"""How much memory a decode needs and how much there is: generate() and beam search refuse,
+before anything is allocated, a call whose KV cache and logits would not fit (one
+DecodeMemoryError line naming the largest batch that does); scoring and bench.py read the same
+free-memory figure."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.errors import DecodeMemoryError
+
+# Refuse a decode whose estimate exceeds this fraction of the memory free: the estimate counts
+# the large buffers only, and XLA's temporaries and the host's other work need room too.
+MEMORY_FRACTION = 0.75
+MEMORY_CHECK_ABOVE = 256 << 20  # smaller decodes skip the check (no /proc read per call)
+
+
+def decode_memory_bytes(cfg: GPTConfig, batch: int, prompt_len: int, max_new_tokens: int,
+                        return_logits: bool = False) -> int:
+    """Bytes one generate() call allocates beyond the weights (its large buffers: a lower
+    bound of the peak), for `batch` prompts left-padded to prompt_len."""
+    B, P, N = batch, prompt_len, max_new_tokens
+    S = P + N - 1
+    C, H, V = cfg.n_embd, cfg.n_head, cfg.vocab_size
+    item = np.dtype(cfg.compute_dtype).itemsize
+    cache = 2 * cfg.n_layer * B * S * C * item    # k and v of every layer
+    # Twice: the prefill's padded cache and the loop's carry can both be live where XLA does
+    # not alias them (a bound kept on the safe side).
+    total = 2 * cache
+    total += B * P * 4 * C * item + 2 * B * H * P * S * 4   # prefill: MLP hidden, scores, probs
+    total += 6 * B * V * 4                        # one step's logits and the filters' temporaries
+    total += B * (P + N) * 4                      # prompts in, tokens out
+    if return_logits:
+        total += 2 * B * N * V * 4                # the stacked logits, then their concatenation
+    return total
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Bytes free for a decode: on an accelerator its allocator's limit less what is in use;
+    on CPU the kernel's MemAvailable (psutil, or free pages, where /proc is absent).
+    None when unknown."""
+    dev = jax.local_devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def max_batch(cfg: GPTConfig, prompt_len: int, max_new_tokens: int,
+              return_logits: bool = False, split: int = 1) -> Optional[int]:
+    """The most prompts of (bucketed) length prompt_len one call can decode within
+    MEMORY_FRACTION of the memory available (None when that is unknown)."""
+    free = available_memory_bytes()
+    if free is None:
+        return None
+    per_row = decode_memory_bytes(cfg, 1, prompt_len, max_new_tokens, return_logits)
+    return int(MEMORY_FRACTION * free) // per_row * split
+
+
+def check_memory(cfg: GPTConfig, batch: Optional[int], prompt_len: int, max_new_tokens: int,
+                 return_logits: bool = False, split: int = 1) -> None:
+    """Refuse, before any allocation, a decode whose KV cache and logits would not fit.
+    split: devices the rows are spread over where they divide (each holds batch / split)."""
+    if not batch:
+        return
+    rows = batch // split if batch % split == 0 else batch   # as generate_args places them
+    need = decode_memory_bytes(cfg, rows, prompt_len, max_new_tokens, return_logits)
+    if need < MEMORY_CHECK_ABOVE:
+        return
+    free = available_memory_bytes()
+    if free is None or need <= MEMORY_FRACTION * free:
+        return
+    fit = max_batch(cfg, prompt_len, max_new_tokens, return_logits, split) or 0
+    what = f"{batch} prompts x {prompt_len + max_new_tokens - 1} positions"
+    todo = (f"split the prompts into calls of at most {fit}" if fit >= 1 else
+            "ask for fewer tokens (max_new_tokens) or use a smaller model")
+    raise DecodeMemoryError(
+        f"generate() would need about {format_gib(need)} for {what} (KV cache and logits"
+        f"{', return_logits' if return_logits else ''}) but {format_gib(free)} is available "
+        f"(at most {MEMORY_FRACTION:.0%} of it is used): {todo}")
+
+
+def format_gib(n: float) -> str:
+    """Bytes as "1.5 GiB" (or MiB below one GiB)."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"

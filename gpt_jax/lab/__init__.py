@@ -1,0 +1,1 @@
+"""The lab: the analysis, the study and the benchmarks."""

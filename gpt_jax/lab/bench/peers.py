@@ -1,0 +1,106 @@
+"""The Hugging Face PyTorch peers the training and decoding sections time against ours, on the
+same weights (torch and transformers are optional: without them those rows are left out)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import jax
+import numpy as np
+
+from gpt_jax.lab.bench.harness import Context
+from gpt_jax.model.config import GPTConfig
+
+
+def have_peers(ctx: Context, section: str) -> bool:
+    """Whether to time the Hugging Face PyTorch peers (installed, not --peers false, and our
+    side on the CPU too: the peers run on torch's CPU build, so against a GPU or TPU their
+    ratio would compare two machines)."""
+    if not ctx.options.get("peers", True):
+        return False
+    backend = jax.default_backend()
+    if backend != "cpu":
+        print(f"[bench] {section}: the Hugging Face peers run on the CPU and ours on the "
+              f"{backend}: leaving them out", file=sys.stderr)
+        return False
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError:
+        print(f"[bench] {section}: torch/transformers missing, skipping the Hugging Face peer "
+              f"rows (pip install 'gpt-jax[test]')", file=sys.stderr)
+        return False
+    # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
+    # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
+    torch.set_num_threads(ctx.options.get("torch_threads") or os.cpu_count() or 1)
+    return True
+
+
+def torch_train_step(params, cfg: GPTConfig, tc):
+    """A Hugging Face GPT2LMHeadModel + torch AdamW step with our recipe (same weights, decay
+    groups, clipping): the peer. Returns step(tokens (B, T + 1) numpy) -> loss float."""
+    import torch
+    from gpt_jax.checkpoint.hf import to_transformers
+    model = to_transformers(params, cfg)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8)
+
+    def step(tokens):
+        x = torch.from_numpy(tokens[:, :-1].astype(np.int64))
+        y = torch.from_numpy(tokens[:, 1:].astype(np.int64))
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def params_to_hf(params, cfg: GPTConfig):
+    """The PyTorch peer for decoding: our weights in a GPT2LMHeadModel that generates exactly
+    max_new_tokens (no EOS stop)."""
+    from gpt_jax.checkpoint.hf import to_transformers
+    model = to_transformers(params, cfg)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def lm_eval_hf(params, cfg: GPTConfig, batch_size: int, section: str):
+    """lm-eval's own Hugging Face backend (HFLM: transformers + PyTorch, the scorer everyone's
+    lm-eval numbers come from) over our weights, or None, with a note on stderr, when lm-eval
+    is not installed. Its tokenizer is built from the local BPE files (no download)."""
+    try:
+        import lm_eval.models  # noqa: F401 - loads lm-eval's own models into its registry
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        print(f"[bench] {section}: lm-eval missing, skipping its Hugging Face backend rows "
+              f"(pip install 'gpt-jax[eval]')", file=sys.stderr)
+        return None
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+    from gpt_jax.checkpoint.hf import to_transformers
+    from gpt_jax.model.tokenizer import EOT_TOKEN, bpe_files
+    vocab_bpe, encoder_json = bpe_files()
+    # transformers 5 builds an empty GPT-2 tokenizer from vocab/merges files: wrap the
+    # tokenizers library's byte-level BPE instead (docs/design.md, "Things known to bite").
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=ByteLevelBPETokenizer(encoder_json, vocab_bpe),
+        bos_token=EOT_TOKEN, eos_token=EOT_TOKEN, unk_token=EOT_TOKEN)
+    # Passing a built model is deliberate here: HFLM's warnings about it would only be noise.
+    quiet = logging.getLogger("lm_eval.models.huggingface")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return HFLM(pretrained=to_transformers(params, cfg).eval(), tokenizer=tokenizer,
+                    batch_size=batch_size, device="cpu")
+    finally:
+        quiet.setLevel(level)

@@ -1,0 +1,1 @@
+"""Helpers with no model knowledge: timing and paths."""
