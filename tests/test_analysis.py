@@ -6,6 +6,7 @@ import math
 import jax
 import pytest
 
+import gpt_jax.cli.analysis as analysis_cli
 import gpt_jax.lab.analysis as analysis
 
 import gpt_jax.lab.analysis_speed as analysis_speed
@@ -94,8 +95,8 @@ def test_timed_sections_compute_and_agree():
 
 def test_cli_writes_json_and_refuses_unknown_sections(tmp_path):
     out = tmp_path / "a.json"
-    assert analysis.main(["--only", "masking", "--hf", "false", "--json", str(out)]) == 0
+    assert analysis_cli.main(["--only", "masking", "--hf", "false", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["sections"]) == {"masking"} and "backend" in report["machine"]
     with pytest.raises(UserError, match="unknown section"):
-        analysis.main(["--only", "masking,bogus"])
+        analysis_cli.main(["--only", "masking,bogus"])

@@ -61,7 +61,7 @@ def test_interrupted_prepare_keeps_the_old_data(tmp_path):
 @pytest.mark.parametrize("flags", [["--num_threads", "-1"], ["--batch_docs", "0"],
                                    ["--num_threads", "0"], ["--empty"]])
 def test_bad_prepare_input_destroys_nothing(tmp_path, flags):
-    import prepare as prepare_cli
+    import gpt_jax.cli.prepare as prepare_cli
     out = tmp_path / "tok"
     before = good_dir(out)
     empty = write(str(tmp_path / "empty.txt"), "")

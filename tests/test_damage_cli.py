@@ -76,10 +76,10 @@ def test_every_entry_point_says_one_line_and_its_step_flag(run_dir, tmp_path, ca
                                                           monkeypatch):
     """train.py resume, hf export, eval.py --task and sample.py, twice each: one line
     naming the entry point's own flag with the intact step, and that flag works."""
-    import eval as eval_cli
-    import sample as sample_cli
-    import train as train_cli
-    import gpt_jax.checkpoint.hf as hf
+    import gpt_jax.cli.eval as eval_cli
+    import gpt_jax.cli.sample as sample_cli
+    import gpt_jax.cli.train as train_cli
+    import gpt_jax.cli.hf as hf_cli
     d = damaged_copy(run_dir, str(tmp_path / "d"))
     text = tmp_path / "t.txt"
     text.write_text("hello world, this is a text to score. " * 20)
@@ -87,7 +87,7 @@ def test_every_entry_point_says_one_line_and_its_step_flag(run_dir, tmp_path, ca
     cases = {
         "resume": (train_cli.main, [*flags, "--max_iters=6", f"--out_dir={d}",
                                     "--init_from=resume"], "--resume_step 2"),
-        "export": (hf.main, ["export", d, str(tmp_path / "hf")], "--step 2"),
+        "export": (hf_cli.main, ["export", d, str(tmp_path / "hf")], "--step 2"),
         "eval": (eval_cli.main, ["--init_from", d, "--task", "text", "--data", str(text)],
                  "--step 2"),
         "sample": (sample_cli.main, None, "--step 2"),
@@ -103,7 +103,7 @@ def test_every_entry_point_says_one_line_and_its_step_flag(run_dir, tmp_path, ca
             assert code == 1 and err.startswith("error: checkpoint step 4") \
                 and err.count("\n") == 1 and f"with {flag})" in err, (name, err[:3000])
     # the advice, followed
-    code, err, _ = cli_error(capfd, hf.main, "export", d, str(tmp_path / "hf"), "--step", "2")
+    code, err, _ = cli_error(capfd, hf_cli.main, "export", d, str(tmp_path / "hf"), "--step", "2")
     assert code == 0 and "from step 2" in capfd.readouterr().out + err + _
     monkeypatch.setattr(sys, "argv", ["sample.py", "--init_from", d, "--step", "2",
                                       "--max_new_tokens", "2", "--num_samples", "1"])
@@ -129,7 +129,7 @@ def test_cli_processes_print_one_line(run_dir, tmp_path):
 
 
 def test_step_flags_are_checked(run_dir, capfd):
-    import eval as eval_cli
+    import gpt_jax.cli.eval as eval_cli
     code, err, _ = cli_error(capfd, eval_cli.main, "--init_from", "gpt2", "--task", "text",
                              "--step", "3")
     assert code == 1 and "--step 3 picks a checkpoint of a train.py out_dir" in err, err
@@ -195,7 +195,7 @@ def test_full_disk_is_one_line_and_its_advice_works(builtin_data, disk, capfd, m
     """3 MB: no checkpoint fits ("run the same command again"); 30 MB: step 2 fits, step 4
     does not ("continue with --init_from resume"). Each advice, followed once there is
     room, finishes the run."""
-    import train as train_cli
+    import gpt_jax.cli.train as train_cli
     out = os.path.join(disk.path, "o")
     argv = [*(f"--{k}={v}" for k, v in TINY.items()), "--max_iters=4", "--eval_interval=2",
             f"--out_dir={out}"]

@@ -1,6 +1,5 @@
 """eval.py end to end on a small checkpoint: the results table, --json keys and values (those of
 gpt_jax.evaluation.tasks.run_task, which tests/test_tasks.py checks against transformers), one-line errors."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -42,10 +41,8 @@ def run_eval(*args):
 
 
 def eval_main():
-    spec = importlib.util.spec_from_file_location("eval_cli", os.path.join(ROOT, "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    import gpt_jax.cli.eval as eval_cli
+    return eval_cli.main
 
 
 def test_hellaswag_table_and_json(setup):

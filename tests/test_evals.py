@@ -151,12 +151,9 @@ def test_generate_until_samples_when_the_task_samples(models, task_manager, task
 def test_simple_evaluate_through_eval_py(hf_dir, task_manager, task_dir, models, tmp_path,
                                          monkeypatch, capsys):
     """eval.py --harness runs lm_eval.simple_evaluate with the registered "gpt_jax" model."""
-    import importlib.util
     import lm_eval.tasks
+    import gpt_jax.cli.eval as cli
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", task_manager)
-    spec = importlib.util.spec_from_file_location("eval_cli", os.path.join(ROOT, "eval.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     out = tmp_path / "harness.json"
     cli.main(["--harness", "t_ll", "--init_from", hf_dir, "--include_path", task_dir,
               "--limit", "3", "--json", str(out)])

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-import sample   # sample.py (the repository root is on sys.path, see conftest)
+import gpt_jax.cli.sample as sample
 from gpt_jax import generate, get_tokenizer, init_params, load_checkpoint
 from gpt_jax.data.format import load_split
 from gpt_jax.data.textstats import CorpusStats, nonblank, sample_figures, whitespace_share

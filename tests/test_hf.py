@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+import gpt_jax.cli.hf as hf_cli
 import gpt_jax
 import gpt_jax.checkpoint.hf as hf
 import gpt_jax.checkpoint.hf_files as hf_files
@@ -238,7 +239,7 @@ def test_export_cli(tmp_path, capsys):
     cfg = gpt_jax.GPTConfig(vocab_size=300, n_layer=2, n_head=2, n_embd=32, block_size=32)
     params = randomised_params(cfg, 3)
     gpt_jax.save_checkpoint(str(tmp_path / "out"), 7, params, cfg)
-    assert hf.main(["export", str(tmp_path / "out"), str(tmp_path / "hf")]) == 0
+    assert hf_cli.main(["export", str(tmp_path / "out"), str(tmp_path / "hf")]) == 0
     params2, cfg2 = gpt_jax.from_hf(str(tmp_path / "hf"))
     assert cfg2 == cfg
     assert_trees_equal(params2, params)
@@ -247,7 +248,7 @@ def test_export_cli(tmp_path, capsys):
     from gpt_jax.cli.common import run
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run(lambda: hf.main(["export", str(tmp_path / "nothing"), str(tmp_path / "hf2")]))
+        run(lambda: hf_cli.main(["export", str(tmp_path / "nothing"), str(tmp_path / "hf2")]))
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -257,7 +258,7 @@ def export_error(capsys, *argv):
     from gpt_jax.cli.common import run
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run(lambda: hf.main([str(a) for a in argv]))
+        run(lambda: hf_cli.main([str(a) for a in argv]))
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
     return err
@@ -274,7 +275,7 @@ def test_export_refuses_to_overwrite_and_respects_the_umask(tmp_path, capsys):
     try:
         assert "is not empty" in export_error(capsys, "export", out, dst)
         assert sorted(os.listdir(dst)) == ["README.md"]
-        assert hf.main(["export", out, str(dst), "--step", "1", "--overwrite"]) == 0
+        assert hf_cli.main(["export", out, str(dst), "--step", "1", "--overwrite"]) == 0
         assert sorted(os.listdir(dst)) == ["README.md", "config.json", "model.safetensors"]
         for name in ("config.json", "model.safetensors"):
             assert os.stat(dst / name).st_mode & 0o777 == 0o644, name

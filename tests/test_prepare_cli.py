@@ -102,7 +102,7 @@ def test_train_on_damaged_tokens_says_damaged(prepared, tmp_path):
 
 def test_hf_rows_without_text(tmp_path):
     sys.path.insert(0, ROOT)
-    import prepare as prepare_cli
+    import gpt_jax.cli.prepare as prepare_cli
     from gpt_jax.data.prepare import row_texts
     from gpt_jax.errors import DataError, UserError
     rows = [{"text": "a"}, {"content": "b"}]
@@ -126,7 +126,7 @@ def test_hf_dataset_without_the_network_is_one_line(tmp_path, prepared, monkeypa
                           "pass --input PATH")
     datasets = pytest.importorskip("datasets")
     sys.path.insert(0, ROOT)
-    import prepare as prepare_cli
+    import gpt_jax.cli.prepare as prepare_cli
     from gpt_jax.errors import DataError
 
     def stream(*args, **kwargs):          # two rows, then the connection drops

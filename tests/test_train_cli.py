@@ -203,7 +203,7 @@ def test_config_precedence(tmp_path):
     from gpt_jax.errors import ConfigError, UserError
     from gpt_jax.train.config import TrainConfig, resolve_config
     sys.path.insert(0, ROOT)
-    import train as train_cli
+    import gpt_jax.cli.train as train_cli
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"n_layer": 3, "batch_size": 5, "learning_rate": 1}))
     config, flags, launch = train_cli.parse_args(["--config", str(f), "--batch_size=7",
@@ -232,7 +232,7 @@ def test_config_precedence(tmp_path):
 
 def run_main(capsys, *argv):
     """train.py's main in process, through cli.run: (exit code, stderr)."""
-    import train as train_cli
+    import gpt_jax.cli.train as train_cli
     from gpt_jax.cli.common import run
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:

@@ -113,7 +113,7 @@ def test_signal_during_the_first_eval_says_nothing_was_saved(builtin_data, tmp_p
     """SIGINT while step 0 is evaluated: no step was trained, so nothing is saved, and no
     message may claim otherwise (it said "saved step 0" with checkpoints/ empty)."""
     import signal
-    import train as train_cli
+    import gpt_jax.cli.train as train_cli
     from gpt_jax.train.trainer import Trainer
     real = Trainer.estimate_loss
 

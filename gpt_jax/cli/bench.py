@@ -185,7 +185,8 @@ def main_suite(args) -> None:
     import time
     from gpt_jax.lab.bench.harness import Context, machine_info
     from gpt_jax.lab.bench.report import check_table_file, format_table, write_json, write_table
-    from gpt_jax.lab.bench.suite import SUITES, markdown_table, run_steps, run_tests
+    from gpt_jax.lab.bench.suite import (SUITES, checkout_root, markdown_table, run_steps,
+                                         run_tests)
     suite = SUITES[args.suite]
     if args.table:
         check_table_file(args.table, args.suite)
@@ -198,8 +199,7 @@ def main_suite(args) -> None:
         check_accelerator(args.suite)
     platform = DEVICES.get(args.device)
     t0 = time.perf_counter()
-    root = os.path.dirname(os.path.abspath(__file__))
-    results = run_tests(args.suite, root, platform, env) if args.tests else []
+    results = run_tests(args.suite, checkout_root(), platform, env) if args.tests else []
     ctx = Context(repeats=args.repeats, warmup=args.warmup, preset=suite.preset,
                   dtype=suite.dtype, tiny=args.tiny,
                   options={"peers": False, "torch_threads": args.torch_threads})

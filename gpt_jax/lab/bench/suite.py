@@ -117,11 +117,18 @@ def run_child(cmd: list[str], env: dict, timeout: float, cwd: Optional[str] = No
     return rc, "".join(tail), time.perf_counter() - t0
 
 
+def checkout_root() -> str:
+    """The folder that holds this gpt_jax package: the repository root in a checkout (with
+    tests/ beside it), site-packages when installed."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+
+
 def child_env(env: Optional[dict], platform: Optional[str]) -> dict:
     """env (default: this process's) for a child that imports this very gpt_jax, on platform
     (JAX_PLATFORMS) when given."""
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = checkout_root()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     if platform:
         env["JAX_PLATFORMS"] = platform
@@ -149,6 +156,10 @@ def run_tests(name: str, root: str, platform: Optional[str] = None, env: Optiona
     if importlib.util.find_spec("pytest") is None:
         return [Result("tests", label, "not run", 0.0, "tests",
                        {"reason": "pytest is not installed (pip install 'gpt-jax[test]')"})]
+    if not os.path.isdir(os.path.join(root, "tests")):
+        return [Result("tests", label, "not run", 0.0, "tests",
+                       {"reason": f"no tests/ beside gpt_jax in {root}: the tests live in a "
+                                  f"checkout of the repository, not in the wheel"})]
     env = {**child_env(env, platform), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     log(f"[bench] {label} (budget {timeout:.0f} s) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as d:
