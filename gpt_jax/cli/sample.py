@@ -6,17 +6,16 @@ the config, compile time and tokens/s go to stderr. Samples are decoded in batch
 --num_samples runs in bounded memory.
 """
 import argparse
-import math
 import os
 import sys
 import time
 
 SEPARATOR = "---------------"
-MAX_BATCH = 64  # samples decoded at once by default (fewer where memory allows fewer)
 
 
 def parse_args(argv=None):
     from gpt_jax.cli.common import MAX_SEED, ArgumentParser, seed, str2bool
+    from gpt_jax.generation.memory import MAX_SAMPLE_BATCH
     from gpt_jax.generation.step import WEIGHT_FORMATS
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_from", default="out",
@@ -33,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--eos", type=str2bool, default=False,
                    help="true: a sample ends at <|endoftext|>")
     p.add_argument("--batch_size", type=int, default=None,
-                   help=f"samples decoded at once (default: up to {MAX_BATCH}, as many as fit "
+                   help=f"samples decoded at once (default: up to {MAX_SAMPLE_BATCH}, as many as fit "
                         f"in memory); the seed fixes the samples for a given batch size")
     p.add_argument("--weights", default=None, choices=WEIGHT_FORMATS,
                    help="how the decode loop stores the weights (default: the model's dtype); "
@@ -129,25 +128,16 @@ def load_model(init_from: str, step=None):
     return load_model(init_from, step, step_hint="sample from the latest with --step {step}")
 
 
-def plan_batches(num_samples: int, batch_size, fit) -> tuple[int, int]:
-    """(batch, n_batches): at most batch_size (default MAX_BATCH, capped by `fit`, the most
-    that fit in memory, None if unknown) per batch, the batches of equal size so that one
-    compiled program serves them all (the last one's spare rows are dropped)."""
-    cap = batch_size or min(MAX_BATCH, MAX_BATCH if fit is None else max(fit, 1))
-    n_batches = math.ceil(num_samples / cap)
-    return math.ceil(num_samples / n_batches), n_batches
-
-
 def main():
     args = parse_args()
     import jax
     import numpy as np
     import gpt_jax
-    from gpt_jax.model.checks import check_max_new_tokens, check_prompts
+    from gpt_jax.generation.checks import check_max_new_tokens, check_prompts
     from gpt_jax.errors import DecodeMemoryError, UserError
     from gpt_jax.generation.decoding import compile_generate, generate_args
     from gpt_jax.generation.prompts import bucket_length
-    from gpt_jax.generation.memory import max_batch
+    from gpt_jax.generation.memory import plan_batches
     from gpt_jax.generation.stopping import cut_text
     from gpt_jax.model.tokenizer import EOT_ID, EOT_TOKEN
 
@@ -169,8 +159,8 @@ def main():
     if args.num_beams > 1:
         return beam_main(args, params, cfg, ids, eos_id, enc)
     P = bucket_length(len(ids), cfg.block_size)
-    batch, n_batches = plan_batches(args.num_samples, 1 if args.stream else args.batch_size,
-                                    max_batch(cfg, P, args.max_new_tokens))
+    batch, n_batches = plan_batches(cfg, args.num_samples, P, args.max_new_tokens,
+                                    1 if args.stream else args.batch_size)
     key = jax.random.key(args.seed)
     prompts = [ids] * batch
 
@@ -257,17 +247,17 @@ def stream_samples(params, cfg, ids, text, args, sampling):
 def beam_main(args, params, cfg, ids, eos_id, enc):
     """--num_beams > 1: the --num_return_sequences best beams of the one prompt, as samples."""
     import numpy as np
-    from gpt_jax.generation.beam import BEAMS, beam_args
-    bargs, static = beam_args(params, cfg, [ids], args.max_new_tokens, num_beams=args.num_beams,
-                              length_penalty=args.length_penalty,
-                              num_return_sequences=args.num_return_sequences, eos_id=eos_id,
-                              weights=args.weights)
+    from gpt_jax.generation.beam import beam_args, beam_search
+    settings = dict(num_beams=args.num_beams, length_penalty=args.length_penalty,
+                    num_return_sequences=args.num_return_sequences, eos_id=eos_id,
+                    weights=args.weights)
+    beam_args(params, cfg, [ids], args.max_new_tokens, **settings)   # every check first
     print(f"[sample] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_embd} wide; prompt "
           f"{len(ids)} tokens, beam search: {args.num_beams} beams, length_penalty "
           f"{args.length_penalty}, {args.num_return_sequences} returned, up to "
           f"{args.max_new_tokens} tokens", file=sys.stderr)
     t0 = time.perf_counter()
-    tokens, scores, _, _ = BEAMS.run(*bargs, **static)
+    tokens, scores = beam_search(params, cfg, [ids], args.max_new_tokens, **settings)
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     for row, score in zip(tokens.tolist(), scores):
         if eos_id is not None and eos_id in row:

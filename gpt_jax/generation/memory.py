@@ -4,6 +4,7 @@ DecodeMemoryError line naming the largest batch that does); scoring and bench.py
 free-memory figure."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -76,6 +77,31 @@ def max_batch(cfg: GPTConfig, prompt_len: int, max_new_tokens: int,
         return None
     per_row = decode_memory_bytes(cfg, 1, prompt_len, max_new_tokens, return_logits)
     return int(MEMORY_FRACTION * free) // per_row * split
+
+
+MAX_SAMPLE_BATCH = 64  # sample.py's samples decoded at once by default (fewer where fewer fit)
+
+
+def plan_batches(cfg: GPTConfig, num_samples: int, prompt_len: int, max_new_tokens: int,
+                 batch_size: Optional[int] = None) -> tuple[int, int]:
+    """How to decode num_samples samples of one prompt in bounded memory.
+
+    Args:
+      cfg: the model's config.
+      num_samples: samples wanted (>= 1).
+      prompt_len: the bucketed prompt length (prompts.bucket_length).
+      max_new_tokens: new tokens per sample.
+      batch_size: the most rows per call (default: MAX_SAMPLE_BATCH, capped by what fits in
+        memory, see max_batch).
+
+    Returns:
+      (batch, n_batches): n_batches calls of `batch` rows each, all of one shape so that one
+      compiled program serves them all (the last call's spare rows are dropped).
+    """
+    fit = max_batch(cfg, prompt_len, max_new_tokens)
+    cap = batch_size or min(MAX_SAMPLE_BATCH, MAX_SAMPLE_BATCH if fit is None else max(fit, 1))
+    n_batches = math.ceil(num_samples / cap)
+    return math.ceil(num_samples / n_batches), n_batches
 
 
 def check_memory(cfg: GPTConfig, batch: Optional[int], prompt_len: int, max_new_tokens: int,
