@@ -33,10 +33,10 @@ def on_step(packed) -> np.bool_:
     return np.bool_(True)
 
 
-def report(s: dict, i, tokens, logprobs, done):
+def report(stream_id, i, tokens, logprobs, done):
     """Inside the decode loop: hand step i's tokens (B,), log-probs (B,) or None and done (B,)
-    to stream s["stream_id"]; a traced bool, False once the consumer has gone."""
-    head = (jnp.asarray(s["stream_id"], jnp.int32), jnp.asarray(i, jnp.int32),
+    to stream stream_id; a traced bool, False once the consumer has gone."""
+    head = (jnp.asarray(stream_id, jnp.int32), jnp.asarray(i, jnp.int32),
             jnp.int32(tokens.shape[0]))
     parts = [jnp.stack(head),
              tokens.astype(jnp.int32), done.astype(jnp.int32)]

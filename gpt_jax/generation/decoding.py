@@ -33,7 +33,7 @@ from gpt_jax.generation.checks import (check_decode_weights, check_eos_id, check
 from gpt_jax.generation.config import GenerationConfig, check_processors, settings_of
 from gpt_jax.generation.loop import DECODER
 from gpt_jax.generation.memory import check_memory
-from gpt_jax.generation.processors import Plan
+from gpt_jax.generation.processors import Plan, Values
 from gpt_jax.generation.prompts import batch_size, bucket_length, pad_rows
 from gpt_jax.generation.sampling import first_argmax
 from gpt_jax.generation.step import decode_mask
@@ -55,7 +55,7 @@ class DecodeArgs(NamedTuple):
     top_k: np.int32
     top_p: np.float32
     eos_id: np.int32
-    extra: dict                        # the processors' runtime values (decode_tokens)
+    values: Values                     # the processors' runtime values
 
 
 # -- the public entry points -------------------------------------------------------------------
@@ -171,23 +171,18 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
                 stop_window=tables.window if tables is not None else 0,
                 early_exit=eos_id is not None or bool(stop), logprobs=g.logprobs,
                 stream=_stream)
-    extra = {"pad_id": np.int32(pad_id)}
-    if plan.penalty:
-        extra["penalty"] = np.float32(proc["repetition_penalty"])
-    if plan.min_p:
-        extra["min_p"] = np.float32(proc["min_p"])
-    if plan.min_new:
-        extra["min_new"] = np.int32(proc["min_new_tokens"])
-    if tables is not None:
-        extra["stop"] = tables
-        extra["stop_in_prompt"] = np.bool_(g.stop_in_prompt)
-    if _stream:
-        extra["stream_id"] = np.int32(0)    # streaming.generate_stream sets its own
+    values = Values(
+        pad_id=np.int32(pad_id),
+        penalty=np.float32(proc["repetition_penalty"]) if plan.penalty else None,
+        min_p=np.float32(proc["min_p"]) if plan.min_p else None,
+        min_new=np.int32(proc["min_new_tokens"]) if plan.min_new else None,
+        stop=tables, stop_in_prompt=np.bool_(g.stop_in_prompt) if tables is not None else None,
+        stream_id=np.int32(0) if _stream else None)   # generate_stream sets its own
     args = DecodeArgs(params, laid, tokens, pad, key,
                       np.float32(temperature if not greedy else 1.0),
                       np.int32(top_k if use_top_k else 0),
                       np.float32(top_p if use_top_p else 1.0),
-                      np.int32(-1 if eos_id is None else eos_id), extra)
+                      np.int32(-1 if eos_id is None else eos_id), values)
     static = dict(cfg=cfg, max_new_tokens=int(max_new_tokens), greedy=greedy,
                   use_top_k=use_top_k, use_top_p=use_top_p, return_logits=bool(return_logits),
                   plan=plan)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 import gpt_jax.generation.channel as channel
 import gpt_jax.generation.processors as processors
-from gpt_jax.generation.processors import Plan
+from gpt_jax.generation.processors import Plan, Settings
 from gpt_jax.generation.step import (CountedJit, decode_mask, decode_step, decode_weights,
                                      prefill, widened)
 from gpt_jax.model.checks import check_params
@@ -28,7 +28,7 @@ STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_l
 
 
 def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id,
-                  extra=None, *, cfg: GPTConfig, max_new_tokens: int, greedy: bool,
+                  values=None, *, cfg: GPTConfig, max_new_tokens: int, greedy: bool,
                   use_top_k: bool, use_top_p: bool, return_logits: bool, plan: Plan = Plan()):
     """The pure decoding function that generate() compiles: int32 (B, max_new_tokens) new
     tokens, then, where asked, their float32 (B, N, V) logits (return_logits) and float32
@@ -36,8 +36,8 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
 
     params, and weights = decode_weights(params); tokens (B, P) left-padded prompts with pad
     (B,) the padding of each row (as from left_pad); key one PRNG key; temperature, top_k,
-    top_p, eos_id scalars (eos_id -1: none); extra: the processors' runtime values
-    (generate_args: pad_id, penalty, min_p, min_new, stop tables, stream_id, ...). The keyword
+    top_p, eos_id scalars (eos_id -1: none); values: the processors' runtime values
+    (processors.Values: pad_id, penalty, min_p, min_new, stop tables, stream_id). The keyword
     arguments are static (see STATIC): greedy skips the filters, use_top_k / use_top_p switch
     those filters on, plan (processors.Plan) the processors, stop strings, early exit and
     streaming. Without early exit the loop is a lax.scan over every token; with it, a
@@ -45,8 +45,7 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     B, P = tokens.shape
     N = max_new_tokens
     S = P + N - 1                            # the last new token is sampled, never fed back
-    s = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "eos_id": eos_id,
-         "pad_id": eos_id, **(extra or {})}
+    s = Settings.of(temperature, top_k, top_p, eos_id, values)
     # -inf, not the model's -1e9, for padded ids: no temperature can make them likely.
     pick = lambda logits, key, st, made: processors.pick(
         plan, s, mask_vocab(logits, cfg.n_real_vocab), key, st, made, P=P, pad=pad,
@@ -57,7 +56,7 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
     st = processors.init_state(plan, s, tokens, pad, N, cfg.vocab_size)
     first, lp, st = pick(logits[:, 0], keys[0], st, 0)
-    go = channel.report(s, 0, first, lp, st["done"]) if plan.stream else True
+    go = channel.report(s.values.stream_id, 0, first, lp, st.done) if plan.stream else True
 
     if B > 1:                                # narrow weights pay only in one-row products
         weights = widened(weights, cfg.compute_dtype)
@@ -85,7 +84,7 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
         return out[0] if len(out) == 1 else tuple(out)
 
     # Early exit: the same steps in a while_loop, writing into buffers (the rest stay padding).
-    bufs = {"tok": jnp.full((B, N), s["pad_id"], jnp.int32).at[:, 0].set(first)}
+    bufs = {"tok": jnp.full((B, N), s.pad_id, jnp.int32).at[:, 0].set(first)}
     if return_logits:
         bufs["logits"] = jnp.zeros((B, N, logits.shape[-1]), jnp.float32).at[:, 0].set(
             logits[:, 0])
@@ -94,7 +93,7 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
 
     def cond(carry):
         _, _, st, i, _, go = carry
-        return (i < N) & ~jnp.all(st["done"]) & go
+        return (i < N) & ~jnp.all(st.done) & go
 
     def body(carry):
         cache, tok, st, i, bufs, _ = carry
@@ -105,7 +104,7 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
             bufs["logits"] = put(bufs["logits"], logits)
         if plan.logprobs:
             bufs["lp"] = put(bufs["lp"], lp)
-        go = channel.report(s, i, new, lp, st["done"]) if plan.stream else True
+        go = channel.report(s.values.stream_id, i, new, lp, st.done) if plan.stream else True
         return cache, new, st, i + 1, bufs, jnp.asarray(go)
 
     carry = (cache, first, st, jnp.int32(1), bufs, jnp.asarray(go))

@@ -16,6 +16,7 @@ settings. Which are on is static (Plan), so a decode without them compiles to th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,45 @@ class Plan:
     early_exit: bool = False
     logprobs: bool = False
     stream: bool = False
+
+
+class Values(NamedTuple):
+    """The processors' runtime values, None where the plan leaves a processor off: traced, so
+    new values reuse the compiled loop. The fields are in alphabetical order, so the decode
+    program's arguments are in the order a dict of them had."""
+    min_new: Any = None         # int32: no eos_id before this many new tokens
+    min_p: Any = None           # float32: min-p filter
+    pad_id: Any = None          # int32: what a done row holds (None: eos_id)
+    penalty: Any = None         # float32: repetition penalty
+    stop: Any = None            # stopping.StopTables: the stop strings' tables
+    stop_in_prompt: Any = None  # bool: the prompt's text counts toward a stop string
+    stream_id: Any = None       # int32: channel's stream of this decode
+
+
+class Settings(NamedTuple):
+    """Everything pick reads at run time: the sampling values and the processors' Values."""
+    temperature: Any
+    top_k: Any
+    top_p: Any
+    eos_id: Any                 # int32, -1: none
+    pad_id: Any
+    values: Values
+
+    @classmethod
+    def of(cls, temperature, top_k, top_p, eos_id, values: Optional[Values]) -> "Settings":
+        values = values or Values()
+        pad_id = eos_id if values.pad_id is None else values.pad_id
+        return cls(temperature, top_k, top_p, eos_id, pad_id, values)
+
+
+class RowState(NamedTuple):
+    """What the loop carries per row besides the cache (fields in alphabetical order, as the
+    dict it replaced: the loop's carry keeps its layout). done (B,) bool; seen (B, V) bool, the
+    ids a row has held; hist (B, L) int32, its tokens by buffer index; tail, the stop window."""
+    done: Any
+    hist: Any = None
+    seen: Any = None
+    tail: Any = None
 
 
 # -- the processors: float32 (B, V) logits in, (B, V) out; jittable, traced settings ---------
@@ -91,55 +131,56 @@ def initial_seen(tokens, pad, V: int):
 
 # -- one step of the loop: logits in, token out, the row state carried ---------------------------
 
-def init_state(plan: Plan, s: dict, tokens, pad, max_new_tokens: int, V: int) -> dict:
+def init_state(plan: Plan, s: Settings, tokens, pad, max_new_tokens: int, V: int) -> RowState:
     """What the loop carries per row besides the cache: done (B,), and what the plan's
     processors read (seen, hist, the stop window tail). tokens (B, P) left-padded, pad (B,)."""
     B, P = tokens.shape
-    st = {"done": jnp.zeros((B,), bool)}
+    st = RowState(done=jnp.zeros((B,), bool))
     if plan.penalty:
-        st["seen"] = initial_seen(tokens, pad, V)
+        st = st._replace(seen=initial_seen(tokens, pad, V))
     if plan.ngram:
         real = jnp.arange(P)[None, :] >= pad[:, None]
-        st["hist"] = jnp.concatenate([jnp.where(real, tokens, V),
-                                      jnp.full((B, max_new_tokens), V, tokens.dtype)], axis=1)
+        st = st._replace(hist=jnp.concatenate([jnp.where(real, tokens, V),
+                                               jnp.full((B, max_new_tokens), V, tokens.dtype)],
+                                              axis=1))
     if plan.stop_window:
-        st["tail"] = stopping.initial_tail(tokens, pad, plan.stop_window, V,
-                                           s["stop_in_prompt"])
+        st = st._replace(tail=stopping.initial_tail(tokens, pad, plan.stop_window, V,
+                                                    s.values.stop_in_prompt))
     return st
 
 
-def pick(plan: Plan, s: dict, logits, key, st: dict, made, *, P: int, pad, greedy: bool,
+def pick(plan: Plan, s: Settings, logits, key, st: RowState, made, *, P: int, pad, greedy: bool,
          use_top_k: bool, use_top_p: bool):
     """(token (B,), its log-probability (B,) or None, the new state): the token after `made`
     new ones (buffer index P + made), from the model's float32 (B, V) logits (padded ids -inf
-    already). s: the runtime settings (temperature, top_k, top_p, eos_id, pad_id, ...).
+    already). s: the runtime settings (temperature, top_k, top_p, eos_id, pad_id, values).
     Rows already done get pad_id; a row is done once it emits eos_id or ends a stop string."""
     x = logits
     if plan.penalty:
-        x = repetition_penalty(x, st["seen"], s["penalty"])
+        x = repetition_penalty(x, st.seen, s.values.penalty)
     if plan.ngram:
-        x = no_repeat_ngram(x, st["hist"], P + made, pad, plan.ngram)
+        x = no_repeat_ngram(x, st.hist, P + made, pad, plan.ngram)
     if plan.min_new:
-        x = min_new_tokens(x, made, s["min_new"], s["eos_id"])
-    tok = sample_logits(x, key, temperature=s["temperature"],
-                        top_k=s["top_k"] if use_top_k else None,
-                        top_p=s["top_p"] if use_top_p else None, greedy=greedy,
-                        min_p=s["min_p"] if plan.min_p and not greedy else None)
-    done = st["done"]
-    tok = jnp.where(done, s["pad_id"], tok)
+        x = min_new_tokens(x, made, s.values.min_new, s.eos_id)
+    tok = sample_logits(x, key, temperature=s.temperature,
+                        top_k=s.top_k if use_top_k else None,
+                        top_p=s.top_p if use_top_p else None, greedy=greedy,
+                        min_p=s.values.min_p if plan.min_p and not greedy else None)
+    done = st.done
+    tok = jnp.where(done, s.pad_id, tok)
     lp = None
     if plan.logprobs:
         chosen = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
                                      jnp.clip(tok, 0, logits.shape[-1] - 1)[:, None], axis=-1)
         lp = jnp.where(done, 0.0, chosen[:, 0])
-    new = dict(st)
-    stopped = tok == s["eos_id"]
+    new = st
+    stopped = tok == s.eos_id
     if plan.penalty:
-        new["seen"] = mark_seen(st["seen"], tok)
+        new = new._replace(seen=mark_seen(st.seen, tok))
     if plan.ngram:
-        new["hist"] = jax.lax.dynamic_update_slice_in_dim(st["hist"], tok[:, None], P + made, 1)
+        new = new._replace(hist=jax.lax.dynamic_update_slice_in_dim(st.hist, tok[:, None],
+                                                                    P + made, 1))
     if plan.stop_window:
-        new["tail"] = stopping.push(st["tail"], jnp.where(done, logits.shape[-1], tok))
-        stopped |= stopping.stop_matched(s["stop"], new["tail"])
-    new["done"] = done | stopped
-    return tok, lp, new
+        new = new._replace(tail=stopping.push(st.tail, jnp.where(done, logits.shape[-1], tok)))
+        stopped |= stopping.stop_matched(s.values.stop, new.tail)
+    return tok, lp, new._replace(done=done | stopped)

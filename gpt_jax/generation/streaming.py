@@ -51,7 +51,7 @@ def generate_stream(params, cfg, prompts, max_new_tokens: int = 64, key=None, *,
         stops = check_stop(settings_of(config, settings).stop)
         streams = [StopTextStream(stops) for _ in range(args.tokens.shape[0])]
     sid, q = channel.open_stream()
-    args = args._replace(extra={**args.extra, "stream_id": np.int32(sid)})
+    args = args._replace(values=args.values._replace(stream_id=np.int32(sid)))
     fail: list[BaseException] = []
     END = object()
 
