@@ -4,8 +4,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+SUPPORT = os.path.join(ROOT, "tests", "support")   # the reference helpers the tests share
+for path in (SUPPORT, ROOT):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 @pytest.fixture

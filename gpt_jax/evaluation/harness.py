@@ -9,7 +9,7 @@ model_args: init_from (a train.py out_dir, a gpt2* hub name or a Hugging Face di
 step (an out_dir's checkpoint step; default the latest),
 dtype (float32 | bfloat16 compute), seed (for tasks that sample), max_gen_toks (default 256),
 plus the batch_size, max_batch_size and device that lm-eval passes. The answers are those of
-lm-eval's own "hf" backend on the same weights, request by request (tests/test_evals.py):
+lm-eval's own "hf" backend on the same weights, request by request (tests/evaluation/test_evals.py):
 - loglikelihood: TemplateLM's encoding (the same as the hf backend's), scored by
   gpt_jax.evaluation.scoring.loglikelihood;
 - loglikelihood_rolling: gpt_jax.evaluation.scoring.token_logprobs at stride block_size, which is

@@ -4,7 +4,7 @@ budget, plus a pytest run, summarised as a markdown table (bench.py --suite NAME
 The "gpu" suite is the first-GPU check (issue 15), sized to finish in under 8 minutes on an
 H100/H200-class GPU. Its parts, in order, with their budgets (no GPU has run it yet: the
 budgets are estimates, compile times dominate and the timed calls take seconds):
-  1. tests (100 s): `pytest -m gpu tests/test_gpu.py`: cuDNN attention, bfloat16 training,
+  1. tests (100 s): `pytest -m gpu tests/lab/test_gpu.py`: cuDNN attention, bfloat16 training,
      decoding and meshes checked against float32 references;
   2. machine (40 s): 8192^2 float32 and bfloat16 matmuls, a 4 GiB read;
   3. attention (50 s): jax.nn.dot_product_attention forward + backward at gpt2-124m's shapes
@@ -64,7 +64,7 @@ class Suite:
 SUITES = {
     "gpu": Suite(
         preset="gpt2", dtype="bfloat16",
-        tests=("-m", "gpu", "tests/test_gpu.py"), tests_budget_s=100.0,
+        tests=("-m", "gpu", "tests/lab/test_gpu.py"), tests_budget_s=100.0,
         steps=(Step("machine", 40.0),
                Step("attention", 50.0),
                Step("train", 150.0, {"train_sizes": (("gpt2-124m", GPT2_124M, 16, 1024),),

@@ -1,5 +1,5 @@
 """eval.py end to end on a small checkpoint: the results table, --json keys and values (those of
-gpt_jax.evaluation.tasks.run_task, which tests/test_tasks.py checks against transformers), one-line errors."""
+gpt_jax.evaluation.tasks.run_task, which tests/evaluation/test_tasks.py checks against transformers), one-line errors."""
 import json
 import os
 import subprocess
@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
+from conftest import ROOT
+
 import gpt_jax
 import gpt_jax.evaluation.tasks as tasks
 from gpt_jax.errors import UserError
 
 from scoring_reference import random_params
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = gpt_jax.GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=50304)
 HS_ROWS = [{"ctx": "the cat sat", "endings": ["on the mat", "far away", "in a box", "x"],
             "label": 0},
@@ -173,7 +174,7 @@ def test_a_signal_stops_scoring_at_once_with_one_line(setup, tmp_path, sig):
 
 def test_a_batch_size_past_the_work_runs_the_rows_there_are(setup, monkeypatch):
     """--batch_size 100000000 on a text of 40 windows was OOM-killed at 24 GB: the batch is
-    cut to the rows there are (tests/test_scoring.py checks the answers against the default
+    cut to the rows there are (tests/evaluation/test_scoring.py checks the answers against the default
     batch's)."""
     import gpt_jax.evaluation.scoring as scoring
     d, params = setup

@@ -1,8 +1,8 @@
-"""Run by tests/test_scale.py in a subprocess with 8 CPU devices (XLA_FLAGS set by the test,
+"""Run by tests/train/test_scale.py in a subprocess with 8 CPU devices (XLA_FLAGS set by the test,
 never for the whole suite): trains a tiny model on several meshes and run settings in one
 process and writes what the test compares.
 
-    python tests/scale_worker.py OUT_DIR   ->  OUT_DIR/result.json, OUT_DIR/grads_<name>.npz
+    python tests/support/scale_worker.py OUT_DIR   ->  OUT_DIR/result.json, OUT_DIR/grads_<name>.npz
 """
 import json
 import os
@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from gpt_jax.model.sharding import batch_sharding, make_global_batch, make_mesh, replicated  # noqa: E402
 from gpt_jax.train.optimizer import make_optimizer  # noqa: E402

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from conftest import ROOT
 import gpt_jax.cli.hf as hf_cli
 import gpt_jax
 import gpt_jax.checkpoint.hf as hf
@@ -303,8 +304,7 @@ def test_hf_cli_bad_flags_are_one_line(capsys, argv, words):
 def test_hf_cli_bad_flags_exit_1_as_a_subprocess():
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-m", "gpt_jax.hf", "export"], cwd=root,
+    r = subprocess.run([sys.executable, "-m", "gpt_jax.hf", "export"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.startswith("error: "), r.stderr
     assert r.stderr.count("\n") == 1 and "usage:" not in r.stderr

@@ -77,7 +77,7 @@ def single(tmp_path_factory, corpus):
 def meshes(tmp_path_factory):
     out = tmp_path_factory.mktemp("meshes")
     full_env = {**os.environ, **EIGHT, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scale_worker.py"),
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "support", "scale_worker.py"),
                         str(out)], env=full_env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out / "result.json") as f:

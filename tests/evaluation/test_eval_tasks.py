@@ -1,7 +1,7 @@
 """gpt_jax.evaluation.task_evals: the --eval_tasks spec, its one-line errors, and rows that equal
-gpt_jax.evaluation.tasks.run_task (which tests/test_tasks.py checks against transformers) on the same files,
+gpt_jax.evaluation.tasks.run_task (which tests/evaluation/test_tasks.py checks against transformers) on the same files,
 for GPT-2-layout and scan_layers-stacked params alike. The training run that writes the rows is
-in tests/test_train_cli.py."""
+in tests/cli/test_train_cli.py."""
 import json
 
 import jax

@@ -1,5 +1,5 @@
 """gpt_jax.loglikelihood and gpt_jax.token_logprobs against transformers' GPT2LMHeadModel on the
-same fully random weights, request by request and token by token (tests/scoring_reference.py
+same fully random weights, request by request and token by token (tests/support/scoring_reference.py
 computes one window at a time, with none of the batching, bucketing or gathering); and
 gpt_jax.log_probs against a float64 log-softmax of the model's logits."""
 import os
@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from conftest import ROOT
 
 pytest.importorskip("torch", reason="the reference needs torch (pip install .[test])")
 pytest.importorskip("transformers", reason="the reference needs transformers (pip install .[test])")
@@ -24,7 +26,6 @@ from gpt_jax.model.tokenizer import EOT_ID
 from scoring_reference import (hf_logprobs, ref_loglikelihood, ref_token_logprobs,
                                reference_pair, top_two_gap)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 32
 # vocab_size pads GPT-2's 50257 ids to 50304: the padded ids must carry no probability (the
 # transformers model has only the 50257 real ones).
@@ -205,7 +206,7 @@ def test_rows_are_split_over_a_mesh(tmp_path):
     over the devices (an odd batch_size is rounded up to whole rows per device)."""
     script = textwrap.dedent("""
         import sys, jax, numpy as np
-        sys.path.insert(0, "tests")
+        sys.path.insert(0, "tests/support")
         import gpt_jax
         import gpt_jax.evaluation.scoring as scoring
         import gpt_jax.model.sharding as sharding

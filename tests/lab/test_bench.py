@@ -204,7 +204,7 @@ def test_gpu_suite_plumbing_on_cpu(tmp_path):
     assert {row["section"] for row in rows} == SUITE_SECTIONS
     assert not [row for row in rows if row["metric"] == "failed" and row["section"] == "suite"]
     by = {(row["section"], row["name"], row["metric"]): row for row in rows}
-    tests = {m: by[("tests", "pytest -m gpu tests/test_gpu.py", m)] for m in
+    tests = {m: by[("tests", "pytest -m gpu tests/lab/test_gpu.py", m)] for m in
              ("passed", "failed", "skipped")}
     # Without a GPU every gpu test is collected and skips, saying why.
     assert tests["passed"]["value"] == tests["failed"]["value"] == 0
@@ -236,7 +236,7 @@ def test_gpu_suite_plumbing_on_cpu(tmp_path):
     inside = inside_markers(text)
     assert "Not yet run on a GPU" not in inside and "**Plumbing run" in inside
     assert "| figure | result | target |" in inside
-    for figure in ("`pytest -m gpu tests/test_gpu.py` | 0 passed, 0 failed",
+    for figure in ("`pytest -m gpu tests/lab/test_gpu.py` | 0 passed, 0 failed",
                    "cuDNN not run: needs a GPU", "| attention xla, forward + backward",
                    "| train tiny, batch 2 x 64, bfloat16, xla attention |",
                    "| decode gpt2-tiny, bfloat16, batch 8", "| loglikelihood gpt2-tiny lambada-like",
@@ -285,7 +285,7 @@ def test_suite_step_failures_are_rows_and_the_rest_still_run(monkeypatch):
     monkeypatch.setitem(suite.SUITES, "fake", suite.Suite(
         preset="gpt2", dtype="bfloat16", tests=(), tests_budget_s=1, steps=steps,
         min_mfu=0.5, max_wall_s=200))
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")}
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests", "support")}
     ctx = Context(repeats=1, tiny=True, dtype="bfloat16", options={"peers": False})
     rows, machine = suite.run_steps("fake", ctx, "cpu", env, log=lambda *a, **k: None)
     failed = {r.name: r for r in rows if r.metric == "failed"}

@@ -7,9 +7,10 @@ import time
 import jax
 import pytest
 
+from conftest import ROOT
+
 import gpt_jax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEP = "---------------"
 
 

@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import ROOT
+
 lm_eval = pytest.importorskip("lm_eval", reason="needs lm-eval (pip install .[eval])")
 pytest.importorskip("accelerate", reason="lm-eval's hf backend needs accelerate (.[eval])")
 torch = pytest.importorskip("torch", reason="needs torch (pip install .[test])")
@@ -20,7 +22,6 @@ transformers = pytest.importorskip("transformers", reason="needs transformers (.
 from gpt_jax.errors import UserError
 from gpt_jax.model.tokenizer import bpe_files
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 48
 WORDS = ("the cat sat on a mat while dogs ran far away into deep green woods and never came "
          "back home again").split()

@@ -1,4 +1,4 @@
-"""Steps for tests/test_bench.py's suite tests, run by gpt_jax.lab.bench.suite in child processes
+"""Steps for tests/lab/test_bench.py's suite tests, run by gpt_jax.lab.bench.suite in child processes
 (named "suite_steps:NAME"; the tests put this directory on the children's PYTHONPATH)."""
 import time
 

@@ -1,5 +1,5 @@
 """gpt_jax.evaluation.tasks: hellaswag / lambada / text aggregates on small synthetic files against the
-same metrics computed from transformers' log-probs (tests/scoring_reference.py), and the
+same metrics computed from transformers' log-probs (tests/support/scoring_reference.py), and the
 one-line errors for bad data."""
 import json
 import math
