@@ -28,12 +28,16 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from gpt_jax.model.config import GPTConfig
-from gpt_jax.errors import CheckpointError, ConfigError
 from gpt_jax.checkpoint.integrity import (Damaged, check_savable, check_step, describe_steps,
-                               first_non_finite, leaf_shapes, storage_reason, unreadable_reason)
-from gpt_jax.checkpoint.quiet_io import collect_quietly, draining_loops, errors_held, join_new_threads
+                                          first_non_finite, leaf_shapes, storage_reason,
+                                          unreadable_reason)
+from gpt_jax.checkpoint.quiet_io import (collect_quietly, draining_loops, errors_held,
+                                         join_new_threads)
+from gpt_jax.checkpoint.run_lock import RunLock
+from gpt_jax.errors import CheckpointError, ConfigError
+from gpt_jax.model.config import GPTConfig
 from gpt_jax.model.gpt import param_shapes
+from gpt_jax.utils.paths import writable_dir
 
 CHECKPOINT_DIR = "checkpoints"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"   # orbax's name for a step being written
@@ -135,8 +139,6 @@ def save_checkpoint(out_dir: str, step: int, params, cfg: GPTConfig, *,
     CheckpointError, nothing written) a negative or existing step, params that do not fit
     cfg and NaN/inf values."""
     step = check_savable(step, params, cfg)   # before out_dir is created
-    from gpt_jax.utils.paths import writable_dir
-    from gpt_jax.checkpoint.run_lock import RunLock
     writable_dir(out_dir, "out_dir")
     with RunLock(out_dir), manager(out_dir, max_to_keep=max_to_keep) as mngr:  # not mid-run
         save(mngr, step, params, cfg, checked=True)
@@ -242,7 +244,7 @@ def abstract_tree(tree, sharding=None):
 
 
 def _stored_shapes(mngr, step: int, item: str) -> dict:
-    from etils import epath   # orbax's own path type (a dependency of orbax)
+    from etils import epath  # orbax's own path type (a dependency of orbax)
     path = epath.Path(os.path.join(str(mngr.directory), str(step), item))
     md = ocp.StandardCheckpointHandler().metadata(path)
     return leaf_shapes(getattr(md, "tree", md))

@@ -30,11 +30,11 @@ import os
 from typing import Optional
 
 import jax
-import numpy as np
 
 # lm-eval (0.4.13) loads its own models (hf, vllm, ...) into its registry only while the
 # registry is empty: load them before registering ours, or registering hides them.
 import lm_eval.models  # noqa: F401
+import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import (handle_stop_sequences, normalize_gen_kwargs,
@@ -42,9 +42,10 @@ from lm_eval.models.utils import (handle_stop_sequences, normalize_gen_kwargs,
 from tqdm.auto import tqdm
 
 import gpt_jax.evaluation.scoring as scoring
-from gpt_jax.model.config import DTYPES
 from gpt_jax.errors import UserError, is_network_error, offline_note
+from gpt_jax.evaluation.tasks import load_model
 from gpt_jax.generation.decoding import generate
+from gpt_jax.model.config import DTYPES
 from gpt_jax.model.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,6 @@ class GptJaxLM(TemplateLM):
                  batch_size=None, max_batch_size=None, device: Optional[str] = None,
                  **unknown):
         super().__init__()
-        from gpt_jax.evaluation.tasks import load_model
         # Every argument checked before the model loads: one UserError line each.
         if unknown:
             raise UserError(f"the gpt_jax model has no argument(s) {', '.join(sorted(unknown))}; "
@@ -291,6 +291,7 @@ def run_harness(init_from: str, task_names: list[str], *, include_path: Optional
     (task_names checked first; include_path: a directory of extra task YAML files). Returns
     lm-eval's results dict (results_table prints it)."""
     import multiprocessing
+
     import lm_eval
     from lm_eval.tasks import TaskManager
     # lm-eval computes bootstrap stderrs in a multiprocessing Pool; forking a process that runs

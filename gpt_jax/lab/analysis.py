@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import gpt_jax.lab.analysis_speed as speed
+from gpt_jax.checkpoint.hf import config_to_hf, tensor_table, to_transformers
 from gpt_jax.model.config import GPTConfig
-from gpt_jax.train.loss import cross_entropy, loss_fn
-from gpt_jax.model.gpt import GPT, Block, count_params, init_params, mask_padded_vocab
-from gpt_jax.train.optimizer import decay_mask
+from gpt_jax.model.gpt import GPT, Block, count_params, init_params, mask_padded_vocab, param_shapes
 from gpt_jax.model.stacking import stack_layers
+from gpt_jax.train.loss import cross_entropy, loss_fn
+from gpt_jax.train.optimizer import decay_mask
 
 GPT2 = GPTConfig.from_preset("gpt2")
 
@@ -52,7 +53,6 @@ def randomised(params, key, scale: float = 0.02):
 
 def hf_config(cfg: GPTConfig, **kw):
     import transformers
-    from gpt_jax.checkpoint.hf import config_to_hf
     return transformers.GPT2Config(**{**config_to_hf(cfg), **kw})
 
 
@@ -91,7 +91,6 @@ def layout_section(cfg: GPTConfig = GPT2, hf: bool = True, timed: bool = True,
     """How many tensors an import of Hugging Face's weights must transpose: ours (flax Dense
     kernels are (in, out), like Conv1D) and nanoGPT's (nn.Linear is (out, in)); then the
     batch-1 product with each layout, timed."""
-    from gpt_jax.checkpoint.hf import tensor_table
     ours = {name: shape for name, _, shape in tensor_table(cfg)}
     out = {}
     if hf:
@@ -193,7 +192,6 @@ def parity_section(cfg: GPTConfig = GPT2, batch: int = 2, seq: int = 64) -> dict
     targets tokens[:, 1:]), Hugging Face's (labels = input_ids, shifted inside the loss,
     the last position's logits computed and dropped) and nanoGPT's (get_batch's x and y)."""
     import torch
-    from gpt_jax.checkpoint.hf import to_transformers
     params = randomised(init_params(cfg, jax.random.key(0)), jax.random.key(1))
     tokens = np.asarray(jax.random.randint(jax.random.key(2), (batch, seq + 1), 0,
                                            cfg.n_real_vocab))
@@ -271,7 +269,6 @@ def dropout_section(cfg: GPTConfig, hf: bool = True, timed: bool = True,
     deterministic off, counted by intercepting them; Hugging Face's nn.Dropout modules with
     p > 0 (embd_pdrop, attn_pdrop, two resid_pdrop per block). Then its cost, timed."""
     c = cfg.replace(dropout=0.1)
-    from gpt_jax.model.gpt import param_shapes
     params = param_shapes(c)
     sites = []
 
@@ -302,7 +299,6 @@ def decay_section(cfg: GPTConfig = GPT2, hf: bool = True) -> dict:
     embeddings, by leaf name), nanoGPT's (every tensor with ndim >= 2) and the HF Trainer's
     (not in a LayerNorm, no "bias" in the name), as tensors and parameters; and what the
     ndim rule would decay in our scanned layout (stacked layers add an axis to every leaf)."""
-    from gpt_jax.model.gpt import param_shapes
     shapes = param_shapes(cfg)
     leaves = jax.tree_util.tree_leaves(shapes)
     mask = jax.tree_util.tree_leaves(decay_mask(shapes))

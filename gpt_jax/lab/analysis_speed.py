@@ -24,14 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.model.config import GPTConfig
-from gpt_jax.generation.step import init_cache
 from gpt_jax.generation.decoding import compile_generate, generate_uncached
 from gpt_jax.generation.prompts import left_pad
-from gpt_jax.train.loss import loss_fn
-from gpt_jax.model.gpt import (GPT, attention_with_dropout, causal_attention, causal_mask,
-                           layer_norm, mask_padded_vocab)
 from gpt_jax.generation.sampling import first_argmax
+from gpt_jax.generation.step import init_cache
+from gpt_jax.lab.bench.peers import params_to_hf
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import (GPT, attention_with_dropout, causal_attention, causal_mask,
+                               init_params, layer_norm, mask_padded_vocab)
+from gpt_jax.train.loss import loss_fn
 from gpt_jax.utils.timing import Timing, time_calls
 
 # Small widths for the timed comparisons: the 2-core machine is shared, and the ratios, not
@@ -136,7 +137,6 @@ def cache_speed(params, cfg: GPTConfig, *, prompt_len: int = 16, new_tokens: int
     outs = {name: np.asarray(fn()) for name, fn in fns.items()}
     if hf:
         import torch
-        from gpt_jax.lab.bench.peers import params_to_hf
         torch.set_num_threads(os.cpu_count() or 1)
         model = params_to_hf(params, cfg)
         x = torch.from_numpy(prompt.astype(np.int64))
@@ -261,7 +261,6 @@ def dropout_speed(cfg: GPTConfig, batch: int = 4, seq: int = 128, rate: float = 
     """A training forward + backward (loss and gradients) with dropout `rate` against none:
     dropout adds its masks and, as jax.nn.dot_product_attention has no dropout, sends
     attention down the explicit softmax path."""
-    from gpt_jax.model.gpt import init_params
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.n_real_vocab)
     fns = {}

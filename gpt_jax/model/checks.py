@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.model.config import GPTConfig
 from gpt_jax.errors import TokenError, UserError
+from gpt_jax.model.config import GPTConfig
 from gpt_jax.model.gpt import param_shapes
-
+from gpt_jax.model.stacking import stack_layers, unstack_layers
 
 # -- token ids and params --------------------------------------------------------------------
 
@@ -90,7 +90,6 @@ def check_causal(cfg: GPTConfig, what: str,
 @functools.lru_cache(maxsize=16)
 def _expected_stacked(cfg: GPTConfig) -> tuple:
     """(treedef, leaf shapes) of cfg's params in scan_layers' stacked layout."""
-    from gpt_jax.model.stacking import stack_layers
     shapes = jax.eval_shape(lambda p: stack_layers(p, cfg.n_layer), param_shapes(cfg))
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
     return treedef, [tuple(x.shape) for x in leaves]
@@ -118,7 +117,6 @@ def check_params(params, cfg: GPTConfig, *, stacked_ok: bool = False):
         if treedef == want_def and all(getattr(x, "shape", None) == s
                                        for x, s in zip(leaves, want_shapes)):
             return params
-        from gpt_jax.model.stacking import unstack_layers
         try:   # the GPT-2 layout's shapes, to say what differs
             unstacked = jax.eval_shape(unstack_layers, dict(params))
         except Exception:  # leaves without a common layer axis

@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from gpt_jax.checkpoint.hf import to_hf
 from gpt_jax.errors import UserError
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flax_worker.py")
@@ -51,7 +52,6 @@ class FlaxPeer:
     the worker; peer.loss0 is its first step's loss (on batches[0], before any update)."""
 
     def __init__(self, python: str, params, cfg, tc, batches: np.ndarray):
-        from gpt_jax.checkpoint.hf import to_hf
         self._dir = tempfile.TemporaryDirectory(prefix="gpt_jax-flax-peer-")
         hf_dir = to_hf(params, cfg, os.path.join(self._dir.name, "hf"))
         batches_path = os.path.join(self._dir.name, "batches.npy")

@@ -9,8 +9,10 @@ import sys
 import jax
 import numpy as np
 
+from gpt_jax.checkpoint.hf import to_transformers
 from gpt_jax.lab.bench.harness import Context
 from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.tokenizer import EOT_TOKEN, bpe_files
 
 
 def have_peers(ctx: Context, section: str) -> bool:
@@ -41,7 +43,6 @@ def torch_train_step(params, cfg: GPTConfig, tc):
     """A Hugging Face GPT2LMHeadModel + torch AdamW step with our recipe (same weights, decay
     groups, clipping): the peer. Returns step(tokens (B, T + 1) numpy) -> loss float."""
     import torch
-    from gpt_jax.checkpoint.hf import to_transformers
     model = to_transformers(params, cfg)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -67,7 +68,6 @@ def torch_train_step(params, cfg: GPTConfig, tc):
 def params_to_hf(params, cfg: GPTConfig):
     """The PyTorch peer for decoding: our weights in a GPT2LMHeadModel that generates exactly
     max_new_tokens (no EOS stop)."""
-    from gpt_jax.checkpoint.hf import to_transformers
     model = to_transformers(params, cfg)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
@@ -87,8 +87,6 @@ def lm_eval_hf(params, cfg: GPTConfig, batch_size: int, section: str):
         return None
     import transformers
     from tokenizers import ByteLevelBPETokenizer
-    from gpt_jax.checkpoint.hf import to_transformers
-    from gpt_jax.model.tokenizer import EOT_TOKEN, bpe_files
     vocab_bpe, encoder_json = bpe_files()
     # transformers 5 builds an empty GPT-2 tokenizer from vocab/merges files: wrap the
     # tokenizers library's byte-level BPE instead (docs/design.md, "Things known to bite").

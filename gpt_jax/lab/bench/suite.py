@@ -36,7 +36,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from gpt_jax.lab.bench.harness import Context, Result
+from gpt_jax.lab.bench import SECTIONS, attention, evaluation
+from gpt_jax.lab.bench.harness import Context, Result, device_memory, machine_info
 from gpt_jax.lab.bench.report import format_value
 
 # train.py --config gpt2-124m's model (the vocabulary padded to 50304, as nanoGPT's).
@@ -77,7 +78,6 @@ SUITES = {
 
 def sections() -> dict[str, Callable[[Context], list[Result]]]:
     """What a suite step may name: bench.py's sections and the suite-only ones."""
-    from gpt_jax.lab.bench import SECTIONS, attention, evaluation
     return {**SECTIONS, "attention": attention.run, "loglikelihood": evaluation.throughput}
 
 
@@ -256,7 +256,6 @@ def run_steps(name: str, ctx: Context, platform: Optional[str] = None,
 def child_main(spec_path: str, out_path: str) -> None:
     """One step, in this process: the section's rows, the machine, the measured peaks and the
     allocator's figures, as JSON at out_path (written only when the section returned)."""
-    from gpt_jax.lab.bench.harness import device_memory, machine_info
     with open(spec_path) as f:
         spec = json.load(f)
     ctx = Context(**spec["context"], options=spec["options"])

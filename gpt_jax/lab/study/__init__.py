@@ -8,7 +8,12 @@ import os
 import platform
 import time
 
+from gpt_jax.checkpoint.manager import load_checkpoint
+from gpt_jax.lab.study import experiments as ex
+from gpt_jax.lab.study import report
 from gpt_jax.lab.study.experiments import FULL, TINY, Scale
+from gpt_jax.lab.study.runs import load_data, train
+from gpt_jax.model.tokenizer import get_tokenizer
 
 __all__ = ["FULL", "TINY", "Scale", "machine", "run_study"]
 
@@ -29,9 +34,6 @@ def run_study(s: Scale, out_dir: str, *, model_dir: str | None = None, only=None
     """Every experiment at scale s (only: a subset of norm, heads, mask, strategies, kv);
     writes out_dir/report.md and its figures; returns the results."""
     from tqdm import tqdm
-    from gpt_jax.lab.study import experiments as ex, report
-    from gpt_jax.lab.study.runs import load_data, train
-    from gpt_jax.model.tokenizer import get_tokenizer
     only = set(only or ("norm", "heads", "mask", "strategies", "kv"))
     t0 = time.perf_counter()
     data = load_data(max(s.block_size, 1), 50257)
@@ -59,7 +61,6 @@ def run_study(s: Scale, out_dir: str, *, model_dir: str | None = None, only=None
             where = (f"The study's default model: {cfg.n_layer} layers x {cfg.n_embd}, block "
                      f"{cfg.block_size}, {s.steps} steps (val loss {default.val_loss:.3f}).")
             if model_dir:
-                from gpt_jax.checkpoint.manager import load_checkpoint
                 params, cfg = load_checkpoint(model_dir)
                 where = f"The model in {model_dir} (a train.py run, its latest checkpoint)."
             res["strategies"] = ex.strategies(s, params, cfg, data, enc)

@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.model.config import GPTConfig
+from gpt_jax.data.textstats import CorpusStats, sample_figures
+from gpt_jax.data.tokens import BatchSampler
+from gpt_jax.evaluation.scoring import log_probs
 from gpt_jax.generation.decoding import compile_generate, generate, generate_uncached
 from gpt_jax.generation.prompts import left_pad
-from gpt_jax.model.gpt import GPT, count_params
-from gpt_jax.evaluation.scoring import log_probs
 from gpt_jax.lab.study.runs import Run, train
-from gpt_jax.data.textstats import CorpusStats, sample_figures
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import GPT, count_params, init_params
 from gpt_jax.utils.timing import block
 
 
@@ -153,7 +154,6 @@ def mask_experiment(s: Scale, data, causal_run: Run, bar=None) -> dict:
 
 def data_val_batch(s: Scale, data) -> np.ndarray:
     """int32 (B, block_size + 1) windows of the val split, fixed (seed 0)."""
-    from gpt_jax.data.tokens import BatchSampler
     sampler = BatchSampler(data, block_size=s.block_size, batch_size=s.batch_size, seed=0)
     return sampler.eval_batches("val", 0, 1)[0]
 
@@ -213,7 +213,6 @@ def kv_cache_timing(s: Scale, seed: int = 0) -> dict:
     programs are timed interleaved, each after one warm-up call."""
     cfg = GPTConfig(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd,
                     block_size=s.kv_block)
-    from gpt_jax.model.gpt import init_params
     params = init_params(cfg, jax.random.key(seed))
     prompt = [[int(x) for x in np.random.default_rng(seed).integers(0, 50257, 8)]]
     tokens, pad = left_pad(prompt, cfg)
