@@ -178,9 +178,23 @@ def params_from_tensors(tensors: dict, cfg: GPTConfig, where: str) -> dict:
 
 # -- import ---------------------------------------------------------------------------------
 def from_hf(source, dtype: Optional[str] = None) -> tuple[dict, GPTConfig]:
-    """(params, cfg) from a Hugging Face GPT-2 directory or hub id.
+    """Load Hugging Face GPT-2 weights (GPT2LMHeadModel's names and Conv1D layout).
 
-    dtype is the compute dtype of the returned cfg (default float32); params are float32.
+    Args:
+      source: a local directory (config.json + model.safetensors, sharded safetensors or
+        pytorch_model.bin, read with weights_only=True) or a hub id such as "gpt2" (downloaded
+        into the Hugging Face cache; needs the network unless cached).
+      dtype: the compute dtype of the returned cfg ("float32", the default, or "bfloat16");
+        params are float32 either way.
+
+    Returns:
+      (params, cfg): params in gpt_jax's layout (kernels (in, out), wte (V, C)), cfg the
+      GPTConfig read from config.json.
+
+    Raises:
+      CheckpointError: missing or damaged files, tensors of the wrong names or shapes, NaN/inf
+        values, a train.py out_dir passed by mistake.
+      UserError: a hub id while offline (one line that says so).
     """
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -261,11 +275,24 @@ def _umask() -> int:
 
 
 def to_hf(params, cfg: GPTConfig, out_dir: str, *, overwrite: bool = False) -> str:
-    """Write config.json + model.safetensors (float32) that GPT2LMHeadModel.from_pretrained
-    loads with nothing missing or unexpected. Padded vocab rows (ids >= 50257) are dropped.
-    out_dir must be new or empty unless overwrite; each file is written to a temporary name
-    and renamed, so a failed export (a full disk) never leaves half a file under the real
-    name, and gets the usual permissions (0666 less the umask)."""
+    """Write a Hugging Face GPT-2 directory that GPT2LMHeadModel.from_pretrained loads with
+    nothing missing or unexpected.
+
+    Args:
+      params: the model's params (GPT-2 layout); padded vocab rows (ids >= 50257) are dropped.
+      cfg: their GPTConfig (written as config.json).
+      out_dir: a new or empty directory.
+      overwrite: replace config.json and model.safetensors in a non-empty out_dir.
+
+    Returns:
+      out_dir. Each file is written to a temporary name and renamed, so a failed export (a
+      full disk) never leaves half a file under the real name; files get the usual
+      permissions (0666 less the umask).
+
+    Raises:
+      CheckpointError: out_dir not empty (without overwrite), not writable, or params that do
+        not fit cfg / hold NaN or inf.
+    """
     from safetensors.numpy import save_file
     tensors = hf_tensors(params, cfg)
     bad = first_non_finite(tensors)

@@ -135,9 +135,20 @@ def _listed_steps(root: str) -> list[int]:
 
 def save_checkpoint(out_dir: str, step: int, params, cfg: GPTConfig, *,
                     max_to_keep: Optional[int] = 3) -> None:
-    """A params-only checkpoint that sample.py and load_checkpoint can read. Refuses (one
-    CheckpointError, nothing written) a negative or existing step, params that do not fit
-    cfg and NaN/inf values."""
+    """Write a params-only checkpoint that sample.py, eval.py and load_checkpoint can read.
+
+    Args:
+      out_dir: the run directory; the checkpoint goes to out_dir/checkpoints/<step>.
+      step: a new, non-negative step number.
+      params: the model's params (GPT-2 layout, as init_params returns them).
+      cfg: their GPTConfig, stored beside them.
+      max_to_keep: how many steps out_dir keeps (older ones are deleted; None keeps all).
+
+    Raises:
+      CheckpointError: a negative or existing step, params that do not fit cfg, NaN/inf
+        values, or an out_dir that cannot be written (nothing is written then).
+      UserError: another run holds out_dir (its run lock).
+    """
     step = check_savable(step, params, cfg)   # before out_dir is created
     writable_dir(out_dir, "out_dir")
     with RunLock(out_dir), manager(out_dir, max_to_keep=max_to_keep) as mngr:  # not mid-run
@@ -370,7 +381,20 @@ def latest_step(out_dir: str) -> Optional[int]:
 
 def load_checkpoint(out_dir: str, step: Optional[int] = None, *,
                     expected_config: Optional[GPTConfig] = None) -> tuple[dict, GPTConfig]:
-    """(params, cfg) of the latest (or the given) step of a train.py out_dir."""
+    """Load a checkpoint of a train.py out_dir (gpt_jax.load_model also takes HF sources).
+
+    Args:
+      out_dir: a train.py out_dir (it holds checkpoints/).
+      step: the step to load (default: the latest).
+      expected_config: when given, the stored config must equal it.
+
+    Returns:
+      (params, cfg): params in GPT-2's layout, cfg the GPTConfig they were saved with.
+
+    Raises:
+      CheckpointError: no checkpoint, an unknown step, a damaged step (the message names the
+        intact ones), or a config other than expected_config.
+    """
     r = restore(out_dir, step, expected_config=expected_config,
                 step_hint=f"load the latest with load_checkpoint({out_dir!r}, step={{step}})")
     return r["params"], r["config"]

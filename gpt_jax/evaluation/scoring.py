@@ -252,12 +252,19 @@ def _log_probs(params, cfg: GPTConfig, tokens, mask):
 def log_probs(params, cfg: GPTConfig, tokens, mask=None):
     """Per-token log p(x_t | x_<t) of a batch of equal-length rows, every position scored.
 
-    tokens: int (B, T), ids in [0, vocab_size), 2 <= T <= block_size + 1. Returns float32
-    (B, T-1): out[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]).
-    mask: optional bool (B, T-1), the shape of the result; masked-out positions give 0.
-    Bad tokens, a mask of the wrong shape or params that do not match cfg raise a UserError
-    (TokenError is also a ValueError). Token values are checked on the host (a device array is
-    read back once for that), except inside a jax transformation, where they cannot be.
+    Args:
+      params, cfg: the model.
+      tokens: int (B, T), ids in [0, vocab_size), 2 <= T <= block_size + 1. Checked on the
+        host (a device array is read back once for that), except inside a jax
+        transformation, where they cannot be.
+      mask: optional bool (B, T-1), the shape of the result; masked-out positions give 0.
+
+    Returns:
+      float32 (B, T-1): out[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]).
+
+    Raises:
+      TokenError (a UserError and ValueError): bad ids or shapes, a mask of the wrong shape.
+      UserError: params that do not match cfg, a bidirectional cfg.
     """
     check_causal(cfg, "log_probs (log p(x_t | x_<t))")
     check_params(params, cfg)
@@ -277,12 +284,22 @@ def log_probs(params, cfg: GPTConfig, tokens, mask=None):
 
 def loglikelihood(params, cfg: GPTConfig, requests, *, batch_size: Optional[int] = None,
                   progress: Optional[Callable[[int], None]] = None) -> list[tuple[float, bool]]:
-    """[(summed log p(continuation | context), whether every continuation token is the argmax)]
-    for requests [(context_ids, continuation_ids), ...], with lm-eval's rules (module docstring).
+    """Score continuations given contexts with lm-eval's rules (module docstring): an empty
+    context is [<|endoftext|>], the model reads the last block_size tokens.
 
-    A continuation longer than block_size, an empty one, or ids outside the vocabulary are
-    UserErrors. batch_size: rows per compiled call (default: sized by length, see score_rows).
-    progress(k): called as each batch of k requests finishes.
+    Args:
+      params, cfg: the model.
+      requests: [(context_ids, continuation_ids), ...], lists of token ids.
+      batch_size: rows per compiled call (default: sized by length and free memory).
+      progress: progress(k) is called as each batch of k requests finishes.
+
+    Returns:
+      [(sum of log p(continuation | context), whether every continuation token is the
+      argmax), ...], one pair per request, in order.
+
+    Raises:
+      UserError: a continuation longer than block_size or empty, ids outside the vocabulary,
+        malformed requests; ScoreMemoryError for a given batch_size that does not fit.
     """
     if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence):
         raise UserError("requests must be a list of (context_ids, continuation_ids) pairs")
@@ -328,9 +345,22 @@ def token_logprobs_batch(params, cfg: GPTConfig, texts, *, stride: Optional[int]
 def token_logprobs(params, cfg: GPTConfig, tokens, *, stride: Optional[int] = None,
                    batch_size: Optional[int] = None,
                    progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
-    """float32 (N,): log p of each of the N tokens of a text, token 0 conditioned on
-    <|endoftext|>, over windows of block_size inputs every `stride` tokens (default block_size,
-    lm-eval's rolling loglikelihood; stride must be in [1, block_size]). Module docstring has
-    the rules. progress(k): called as each batch of k windows finishes."""
+    """Log p of every token of a text of any length, over sliding windows.
+
+    Args:
+      params, cfg: the model.
+      tokens: the text's N token ids (1-D).
+      stride: windows of block_size inputs start every stride tokens (default block_size:
+        lm-eval's rolling loglikelihood; in [1, block_size]). Each token is scored by the
+        first window that predicts it; token 0 is conditioned on <|endoftext|>.
+      batch_size: windows per compiled call (default: sized by free memory).
+      progress: progress(k) is called as each batch of k windows finishes.
+
+    Returns:
+      float32 (N,): log p of each token; the sum is the text's log-likelihood.
+
+    Raises:
+      UserError: ids outside the vocabulary, an empty text, a stride out of range.
+    """
     return token_logprobs_batch(params, cfg, [tokens], stride=stride, batch_size=batch_size,
                                 progress=progress)[0]

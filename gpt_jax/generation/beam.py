@@ -257,18 +257,30 @@ def beam_search(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, *,
                 num_beams: int = 4, length_penalty: float = 1.0, early_stopping=False,
                 num_return_sequences: int = 1, eos_id: Optional[int] = None,
                 weights: Optional[str] = None):
-    """Beam search as transformers' generate(num_beams=..., do_sample=False): (tokens int32
-    (B * num_return_sequences, max_new_tokens), scores float32 (B * num_return_sequences,)),
-    the num_return_sequences best hypotheses of each prompt, best first (prompt b's are rows
-    b * num_return_sequences ...). A hypothesis that ended in eos_id is padded with eos_id
-    (transformers pads with pad_token_id, which GPT-2 sets to its eos). scores are
-    transformers' sequences_scores: sum of the new tokens' log p / new_length ** length_penalty.
+    """Beam search as transformers' generate(num_beams=..., do_sample=False), in one compiled
+    while_loop per (batch, bucketed prompt length, max_new_tokens, num_beams,
+    num_return_sequences, weights).
 
-    prompts, max_new_tokens, eos_id and weights as generate(). length_penalty: finite;
-    early_stopping: True (stop once num_beams hypotheses finished), False (stop when the best
-    running beam, at its current length, cannot beat the worst finished one), "never" (the
-    same test at the longest length when length_penalty > 0). Compiled once per (batch,
-    bucketed prompt length, max_new_tokens, num_beams, num_return_sequences, weights)."""
+    Args:
+      params, cfg, prompts, max_new_tokens, eos_id, weights: as generate().
+      num_beams: beams per prompt (>= 1).
+      length_penalty: finite; a hypothesis scores sum log p / new_length ** length_penalty.
+      early_stopping: True (stop once num_beams hypotheses finished), False (stop when the
+        best running beam, at its current length, cannot beat the worst finished one),
+        "never" (the same test at the longest length when length_penalty > 0).
+      num_return_sequences: how many of each prompt's best hypotheses to return
+        (<= num_beams).
+
+    Returns:
+      (tokens int32 (B * num_return_sequences, max_new_tokens), scores float32
+      (B * num_return_sequences,)): prompt b's hypotheses are rows b * num_return_sequences
+      ..., best first; one that ended in eos_id is padded with eos_id (transformers pads with
+      pad_token_id, which GPT-2 sets to its eos); scores are transformers' sequences_scores.
+
+    Raises:
+      UserError: as generate(), before anything is compiled; DecodeMemoryError when the
+        beams' cache would not fit.
+    """
     args, static = beam_args(params, cfg, prompts, max_new_tokens, num_beams=num_beams,
                              length_penalty=length_penalty, early_stopping=early_stopping,
                              num_return_sequences=num_return_sequences, eos_id=eos_id,

@@ -62,41 +62,45 @@ class DecodeArgs(NamedTuple):
 
 def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
              config: Optional[GenerationConfig] = None, **settings):
-    """Continue each prompt by max_new_tokens tokens: int32 (B, max_new_tokens).
+    """Continue each prompt by max_new_tokens tokens, through one compiled program per
+    static shape (batch, bucketed prompt length, max_new_tokens, which settings are on); the
+    settings' values are runtime arguments.
 
-    prompts: a list of prompts, each a list (or 1-D array) of int token ids, lengths may differ;
-    or an int array (B, T). Ids are ints in [0, cfg.vocab_size): floats are refused, never
-    rounded, and a flat list of ints is refused too (pass [[1, 2, 3]] for one prompt).
-    key: a jax PRNG key (default key(0)) or an int seed in [0, 2**32), the same as
-    jax.random.key(seed); the same key gives the same sample.
-    config: a GenerationConfig; settings: any of its fields as keywords, on top of it:
-    temperature >= 0: 0 (or top_k=1) is greedy; a tiny temperature tends to greedy without
-    overflow; inf samples uniformly among the tokens top_k keeps (all of them without top_k),
-    and top_p then keeps them all (they are equally likely). top_k: int >= 1; top_p in (0, 1];
-    min_p, repetition_penalty, no_repeat_ngram_size, min_new_tokens: as transformers' (see
-    GenerationConfig, gpt_jax.generation.processors). eos_id: an id in [0, cfg.n_real_vocab); stop: stop
-    strings (gpt_jax.generation.stopping); a row that emits eos_id or ends a stop string keeps that token
-    and holds pad_id (default eos_id, or -1) after it. With eos_id or stop the loop ends as
-    soon as every row is done. Compiled once per (batch, bucketed prompt length,
-    max_new_tokens, and which settings are on); their values are runtime arguments.
-    return_logits: also return the float32 (B, max_new_tokens, V) logits each token was drawn
-    from (before temperature and processors); logprobs: also return float32 (B, N) log p of
-    each token under the model (0 after a row stops); both come after the tokens, as a tuple.
-    weights: how the decode loop stores the Dense kernels and the embedding (the tied head),
-    the bytes each new token reads: None (the compute dtype, cfg.dtype), "float32",
-    "bfloat16", or "int8" (one float32 scale per output channel); see decode.decode_weights.
-    Narrow weights make batch-1 decoding faster where it is bound by memory bandwidth (on
-    CPU), and the logits differ from the model's by their rounding; the prefill reads the
-    same rounded weights, so one call runs one model. A format is compiled once, like a shape.
-    num_beams > 1: beam search as transformers' (gpt_jax.generation.beam.beam_search, which also returns
-    the scores), with length_penalty, early_stopping (True, False, "never") and
-    num_return_sequences (rows b * num_return_sequences ... are prompt b's, best first); it
-    does not sample: pass temperature=0.
+    Args:
+      params, cfg: the model (params in GPT-2's layout, checked against cfg once per params).
+      prompts: a list of prompts, each a list (or 1-D array) of int token ids, lengths may
+        differ; or an int array (B, T). Ids are ints in [0, cfg.vocab_size): floats are
+        refused, never rounded, and a flat list of ints is refused too ([[1, 2, 3]] is one
+        prompt).
+      max_new_tokens: N, new tokens per prompt (prompt + N must fit block_size).
+      key: a jax PRNG key (default key(0)) or an int seed in [0, 2**32), the same as
+        jax.random.key(seed); the same key gives the same sample.
+      config: a GenerationConfig; **settings: any of its fields as keywords, on top of it:
+        temperature >= 0 (0, or top_k=1, is greedy; inf samples uniformly among the tokens
+        top_k keeps); top_k int >= 1; top_p in (0, 1]; min_p, repetition_penalty,
+        no_repeat_ngram_size, min_new_tokens as transformers' (gpt_jax/generation/config.py);
+        eos_id in [0, cfg.n_real_vocab) and stop strings: a row that emits eos_id or ends a
+        stop string keeps that token and holds pad_id (default eos_id, or -1) after it, and
+        the loop ends once every row is done; return_logits / logprobs: also return the
+        logits each token was drawn from / its log p under the model; weights: how the
+        decode loop stores the kernels and the tied head (None: cfg.dtype, "float32",
+        "bfloat16", or "int8" with one float32 scale per output channel: fewer bytes per
+        token, logits that differ by their rounding; the prefill reads the same weights);
+        num_beams > 1 with length_penalty, early_stopping (True, False, "never") and
+        num_return_sequences: beam search as transformers' (beam.beam_search; greedy only,
+        temperature=0).
 
-    Bad input raises a UserError before anything is compiled or allocated: PromptTooLongError
-    when prompt + max_new_tokens exceeds block_size, DecodeMemoryError when the KV cache and
-    logits would not fit in the memory available (split the prompts into smaller calls),
-    TokenError for ids that are not ints in range.
+    Returns:
+      int32 (B, N) new tokens (B * num_return_sequences rows with beams, each prompt's best
+      first); with return_logits and/or logprobs a tuple: (tokens, float32 (B, N, V)
+      logits, float32 (B, N) log-probs, 0 after a row stops), in that order.
+
+    Raises:
+      UserError, before anything is compiled or allocated: PromptTooLongError when prompt +
+        max_new_tokens exceeds block_size; DecodeMemoryError when the KV cache and logits
+        would not fit in the memory available (split the prompts into smaller calls);
+        TokenError for ids that are not ints in range; a UserError naming any other bad
+        setting, params that do not fit cfg or hold NaN/inf.
     """
     g = settings_of(config, settings)
     if beam.requested(g.num_beams, g.length_penalty, g.early_stopping, g.num_return_sequences):
@@ -108,10 +112,21 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
 def compile_generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
                      config: Optional[GenerationConfig] = None,
                      **settings) -> tuple[Callable, DecodeArgs]:
-    """generate() compiled ahead of time: (fn, args), and fn(*args) is what generate() with the
-    same arguments returns. For callers that time compilation apart from decoding, or decode
-    several batches of one shape with one program: fn also takes the args that generate_args
-    gives for other prompts, keys or sampling values of the same static shape."""
+    """generate() compiled ahead of time, for callers that time compilation apart from
+    decoding, or decode several batches of one shape with one program.
+
+    Args:
+      As generate() (beam settings excepted).
+
+    Returns:
+      (fn, args): fn(*args) is what generate() with the same arguments returns; fn also takes
+      the args that generate_args gives for other prompts, keys or sampling values of the
+      same static shape.
+
+    Raises:
+      UserError: as generate(), and for beam settings (beam search runs through generate()
+        or beam_search()).
+    """
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
                                  **settings)
     return DECODER.lower(*args, **static).compile(), args

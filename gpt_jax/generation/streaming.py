@@ -38,11 +38,20 @@ class Piece:
 
 def generate_stream(params, cfg, prompts, max_new_tokens: int = 64, key=None, *,
                     text: bool = False, config=None, **settings) -> Iterator[Piece]:
-    """generate() as a generator of Pieces, one per step, as the loop makes them (the tokens
-    are generate()'s with the same arguments). text=True adds each row's text piece (GPT-2
-    BPE; the pieces of a row joined are its text cut before the first stop string).
-    Stopping the iteration (break, close) ends the decode at its next step. Every check runs
-    before the first Piece, as in generate()."""
+    """generate()'s tokens as the compiled loop makes them, one Piece per step.
+
+    Args:
+      As generate() (beam settings excepted), and text: also decode each row's new text
+        (GPT-2 BPE; a row's pieces joined are its text cut before the first stop string).
+
+    Returns:
+      An iterator of Piece(step, tokens int32 (B,), done bool (B,), logprobs float32 (B,) or
+      None, text [str] * B or None); the tokens are generate()'s with the same arguments.
+      Stopping the iteration (break, close) ends the decode at its next step.
+
+    Raises:
+      UserError: as generate(), before the first Piece.
+    """
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
                                  _stream=True, **settings)
     enc = None

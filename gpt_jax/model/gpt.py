@@ -306,9 +306,20 @@ def _init(cfg: GPTConfig, key):
 
 
 def init_params(cfg: GPTConfig, key) -> dict:
-    """GPT-2-initialised parameters as a plain nested dict of arrays. Keep them with this cfg:
-    another cfg of the same shapes (n_head changed) runs without error and computes another
-    model (see GPTConfig)."""
+    """GPT-2-initialised parameters: N(0, 0.02) weights, the residual projections at
+    0.02 / sqrt(2 n_layer), zero biases, unit LayerNorm scales.
+
+    Args:
+      cfg: the model's GPTConfig.
+      key: a jax PRNG key (jax.random.key(seed)); the same key gives the same params.
+
+    Returns:
+      A nested dict of float32 arrays in GPT-2's layout: wte (V, C), wpe (T, C), h_0 ...
+      h_{L-1} (ln_1, attn.c_attn (C, 3C), attn.c_proj (C, C), ln_2, mlp.c_fc (C, 4C),
+      mlp.c_proj (4C, C)), ln_f, and lm_head (C, V) when the head is untied. Keep them with
+      this cfg: another cfg of the same shapes (n_head changed) runs without error and
+      computes another model (see GPTConfig).
+    """
     return _init(cfg, key)
 
 
@@ -318,8 +329,16 @@ def param_shapes(cfg: GPTConfig) -> dict:
 
 
 def count_params(cfg: GPTConfig, *, non_embedding: bool = False) -> int:
-    """Number of parameters (a tied head adds none; an untied one vocab_size x n_embd).
-    non_embedding drops wpe, as in the usual 6N FLOPs-per-token estimate."""
+    """How many parameters a model of this config has, from the shapes alone.
+
+    Args:
+      cfg: the model's GPTConfig (a tied head adds no parameters; an untied one
+        vocab_size x n_embd).
+      non_embedding: leave out wpe, as in the usual 6N FLOPs-per-token estimate.
+
+    Returns:
+      The count, an int (124,439,808 for the gpt2 preset).
+    """
     shapes = param_shapes(cfg)
     n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
     return n - math.prod(shapes["wpe"]["embedding"].shape) if non_embedding else n

