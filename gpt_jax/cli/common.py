@@ -21,6 +21,21 @@ def str2bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def utf8_text(s: str) -> str:
+    """A text flag's value (argparse type): refused in one line when the command line held
+    bytes that are not UTF-8, which Python keeps as lone surrogates (surrogateescape) and
+    which would turn into U+FFFD or fail deep inside (a prompt file in another encoding is
+    refused the same way)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = s[e.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(
+            f"not UTF-8 text (byte 0x{byte[0]:02x} at character {e.start}): pass UTF-8 "
+            f"text") from None
+    return s
+
+
 MAX_SEED = 2**32 - 1   # jax.random.key keeps 32 bits: a larger seed would repeat a smaller one
 
 

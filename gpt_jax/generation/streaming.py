@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 import gpt_jax.generation.channel as channel
+from gpt_jax.errors import UserError
 from gpt_jax.generation.config import settings_of
 from gpt_jax.generation.decoding import generate_args
 from gpt_jax.generation.loop import DECODER
@@ -43,6 +44,8 @@ def generate_stream(params, cfg, prompts, max_new_tokens: int = 64, key=None, *,
     BPE; the pieces of a row joined are its text cut before the first stop string).
     Stopping the iteration (break, close) ends the decode at its next step. Every check runs
     before the first Piece, as in generate()."""
+    if not isinstance(text, (bool, np.bool_)):   # 'false' is truthy: booleans only
+        raise UserError(f"text must be True or False, got {text!r}")
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
                                  _stream=True, **settings)
     enc = None
