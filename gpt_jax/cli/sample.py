@@ -183,7 +183,7 @@ def main():
     batch, n_batches = plan_batches(cfg, args.num_samples, P, args.max_new_tokens,
                                     1 if args.stream else args.batch_size, tables)
     key = jax.random.key(args.seed)
-    prompts = [ids] * batch
+    prompts = np.broadcast_to(np.asarray(ids), (batch, len(ids)))   # a view: no 10**9-row list
 
     def sampling(i):  # batch i draws with its own key; batch 0 with the seed's own key
         return dict(key=key if i == 0 else jax.random.fold_in(key, i),
@@ -205,7 +205,7 @@ def main():
             if args.batch_size is None and again:   # free memory shrank since the plan
                 batch, n_batches = plan_batches(cfg, args.num_samples, P, args.max_new_tokens,
                                                 fit, tables)
-                prompts = [ids] * batch
+                prompts = np.broadcast_to(np.asarray(ids), (batch, len(ids)))
                 continue
             given = f"--batch_size {batch}" if args.batch_size else f"{batch} samples at once"
             raise UserError(f"{given} is more than fits in memory: at most {fit} samples of "
