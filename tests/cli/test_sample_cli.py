@@ -259,3 +259,15 @@ def test_beam_search_refuses_the_sampling_flags(out_dir, monkeypatch, capsys):
     assert line.startswith("error: --num_beams 100000000 is more beams than fit in memory for 1 "
                            "prompt") and "prompts" not in line
     assert line.endswith(" or fewer") and "pass --num_beams " in line
+
+
+def test_step_on_a_hugging_face_directory_says_what_step_is_for(out_dir, tmp_path,
+                                                                monkeypatch, capsys):
+    """It said the directory "holds no checkpoints/": --step picks a train.py checkpoint, and
+    a Hugging Face directory loads without it."""
+    params, cfg = gpt_jax.load_checkpoint(out_dir)
+    hf = str(tmp_path / "hf")
+    gpt_jax.to_hf(params, cfg, hf)
+    assert one_line_here(monkeypatch, capsys, "--init_from", hf, "--step", "3") == (
+        f"error: --step 3 applies to a train.py out_dir (it picks one of its checkpoints), and "
+        f"{hf} is a Hugging Face directory, which loads without it: drop --step 3")
