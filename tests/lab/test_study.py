@@ -136,6 +136,14 @@ def test_study_flags_and_model_errors_name_study_flags(tmp_path):
         f"--model {hf}: --step 3 applies to a train.py out_dir (it picks one of its "
         f"checkpoints), and {hf} is a Hugging Face directory, which loads without it: drop "
         f"--step 3")
+    seen = {}   # a Hugging Face --model loads (it was "pass the right --out_dir"), up front
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(cli, "run_study", lambda *a, **k: seen.update(k))
+    try:
+        assert cli.main(["--tiny", "--model", hf, "--only", "strategies,kv"]) == 0
+    finally:
+        monkey.undo()
+    assert seen["model"][1] == cfg and seen["only"] == ["strategies", "kv"]
     run = str(tmp_path / "run")
     for step in (5, 10):
         gpt_jax.save_checkpoint(run, step, params, cfg)
