@@ -45,7 +45,24 @@ def load_model(source: str = "out", step: Optional[int] = None, *, dtype: Option
     if is_run_dir(source):
         r = restore(source, step, step_hint=step_hint)
         return r["params"], r["config"]
-    if step is not None:
-        raise UserError(f"{step_flag}{step} picks a checkpoint of a train.py out_dir, and "
-                        f"{source} is not one (it holds no checkpoints/): drop {step_flag.strip()}")
+    check_step_source(source, step, step_flag)
     return from_hf(source, dtype)
+
+
+def check_step_source(source: str, step: Optional[int], step_flag: str = "step=") -> None:
+    """A one-line UserError where `step` is given for a Hugging Face source, which has no
+    steps, in the caller's words: step_flag is its step argument ("--step " for a CLI,
+    "step=" for the library and lm-eval's model_args). A source that is no model at all gets
+    from_hf's error, which says what to pass instead."""
+    if step is None or is_run_dir(source):
+        return
+    if os.path.isfile(os.path.join(source, "config.json")):
+        what = "a Hugging Face directory"
+    elif not os.path.exists(source) and os.sep not in source and not source.startswith("."):
+        what = "a Hugging Face hub name"
+    else:
+        from_hf(source)   # no such directory, or not a model: that error first
+        what = "a Hugging Face directory"
+    given = f"{step_flag}{step}"
+    raise UserError(f"{given} applies to a train.py out_dir (it picks one of its checkpoints), "
+                    f"and {source} is {what}, which loads without it: drop {given}")

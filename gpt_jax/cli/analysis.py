@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
-from gpt_jax.cli.common import ArgumentParser, run, str2bool
+from gpt_jax.cli.common import ArgumentParser, exit_on_signals, run, str2bool
 from gpt_jax.errors import UserError
 from gpt_jax.lab.analysis import SECTIONS, machine
 
@@ -40,17 +41,29 @@ def main(argv=None) -> int:
         except OSError as e:
             raise UserError(f"--json {a.json}: cannot write ({e.strerror}): pass another "
                             f"path") from None
-    report = {"machine": machine(), "sections": {}}
-    for name in names:
+    if argv is None:   # the command line: Ctrl-C / SIGTERM end it at once, in one line
+        exit_on_signals("analysis", lambda: f"{a.json} holds the sections that ended, "
+                                            f"marked \"complete\": false" if a.json else None)
+    report = {"machine": machine(), "complete": False, "sections": {}}
+    for i, name in enumerate(names):
         t0 = time.perf_counter()
         report["sections"][name] = SECTIONS[name](a.hf)
         print(f"== {name} ({time.perf_counter() - t0:.0f} s)")
         print(json.dumps(report["sections"][name], indent=1, default=float))
         sys.stdout.flush()
-        if a.json:                                   # written after each section: a long
-            with open(a.json, "w") as f:             # run leaves what it has measured
-                json.dump(report, f, indent=1, default=float)
+        report["complete"] = i == len(names) - 1
+        if a.json:   # after each section: a long run leaves what it has measured, and only
+            write_json(a.json, report)   # the last write says "complete": true
     return 0
+
+
+def write_json(path: str, report: dict) -> None:
+    """The report as a whole file or not at all (a temporary file renamed over it): an exit
+    at any moment leaves the previous section's file, never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    os.replace(tmp, path)
 
 
 def entry() -> None:

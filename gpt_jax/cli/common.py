@@ -21,6 +21,21 @@ def str2bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def utf8_text(s: str) -> str:
+    """A text flag's value (argparse type): refused in one line when the command line held
+    bytes that are not UTF-8, which Python keeps as lone surrogates (surrogateescape) and
+    which would turn into U+FFFD or fail deep inside (a prompt file in another encoding is
+    refused the same way)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = s[e.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(
+            f"not UTF-8 text (byte 0x{byte[0]:02x} at character {e.start}): pass UTF-8 "
+            f"text") from None
+    return s
+
+
 MAX_SEED = 2**32 - 1   # jax.random.key keeps 32 bits: a larger seed would repeat a smaller one
 
 
@@ -63,10 +78,14 @@ def run(main: Callable[[], int | None]) -> None:
         sys.exit(130)
 
 
-def exit_on_signals(what: str) -> None:
+def exit_on_signals(what: str, before_exit: Callable[[], str | None] | None = None) -> None:
     """Ctrl-C (SIGINT) and SIGTERM end this process at once with one line `{what} stopped by
     SIGINT` (or SIGTERM) and exit status 128 + the signal, for a CLI that writes nothing a sudden exit
     could leave half-done (eval.py). Call it from the main thread.
+
+    before_exit: run first, on the watching thread while the main thread goes on (study.py
+    writes the report of the runs that ended); what it returns ends the line after a colon.
+    Nothing the process writes to stderr after that comes out: the line is the last.
 
     A Python signal handler only runs when the main thread is between bytecodes: inside an
     XLA compile or a device call it waits, and a KeyboardInterrupt raised within JAX's
@@ -83,12 +102,21 @@ def exit_on_signals(what: str) -> None:
 
     def watch():
         signum = os.read(r, 1)[0]
+        note = None
+        if before_exit is not None:
+            try:
+                note = before_exit()
+            except Exception as e:  # noqa: BLE001 -- leaving regardless, saying so
+                note = f"could not save what ran ({type(e).__name__}: {e})".replace("\n", " ")
         try:
             sys.stdout.flush()
         except Exception:  # noqa: BLE001 -- leaving regardless
             pass
+        err = os.dup(2)                      # the line goes here; the rest to /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         # "\n" first: a progress bar's line ends in "\r", not "\n"
-        os.write(2, f"\n{what} stopped by {signal.Signals(signum).name}\n".encode())
+        os.write(err, f"\n{what} stopped by {signal.Signals(signum).name}"
+                      f"{f': {note}' if note else ''}\n".encode())
         os._exit(128 + signum)
 
     threading.Thread(target=watch, name="exit-on-signal", daemon=True).start()

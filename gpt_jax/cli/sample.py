@@ -11,10 +11,12 @@ import sys
 import time
 
 SEPARATOR = "---------------"
+# the sampling flags' defaults (parse_args: None until then, so that a given one is known)
+SAMPLING = {"num_samples": 3, "temperature": 0.8, "top_k": 200, "top_p": 1.0, "seed": 1337}
 
 
 def parse_args(argv=None):
-    from gpt_jax.cli.common import MAX_SEED, ArgumentParser, seed, str2bool
+    from gpt_jax.cli.common import MAX_SEED, ArgumentParser, seed, str2bool, utf8_text
     from gpt_jax.generation.memory import MAX_SAMPLE_BATCH
     from gpt_jax.generation.step import WEIGHT_FORMATS
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,13 +24,15 @@ def parse_args(argv=None):
                    help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
     p.add_argument("--step", type=int, default=None,
                    help="a train.py out_dir's checkpoint step (default: the latest)")
-    p.add_argument("--start", default="\n", help='prompt text, or FILE:path (default: "\\n")')
-    p.add_argument("--num_samples", type=int, default=3)
+    p.add_argument("--start", default="\n", type=start_text,
+                   help='prompt text, or FILE:path (default: "\\n")')
+    p.add_argument("--num_samples", type=int, default=None, help="default: 3")
     p.add_argument("--max_new_tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=200, help="0 = off")
-    p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass; 1 = off")
-    p.add_argument("--seed", type=seed, default=1337, help=f"0..{MAX_SEED}")
+    # None: not given (beam search refuses them given); SAMPLING holds the defaults
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: 0.8)")
+    p.add_argument("--top_k", type=int, default=None, help="0 = off (default: 200)")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus mass; 1 = off (default)")
+    p.add_argument("--seed", type=seed, default=None, help=f"0..{MAX_SEED} (default: 1337)")
     p.add_argument("--eos", type=str2bool, default=False,
                    help="true: a sample ends at <|endoftext|>")
     p.add_argument("--batch_size", type=int, default=None,
@@ -46,14 +50,14 @@ def parse_args(argv=None):
                    help="keep tokens at least this fraction as likely as the top one; 0 = off")
     p.add_argument("--min_new_tokens", type=int, default=0,
                    help="with --eos true: no <|endoftext|> before this many new tokens")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT", type=utf8_text,
                    help="a sample ends where its text ends in TEXT (repeatable; \\n, \\t "
                         "and \\\\ are read as escapes); the text is cut before it")
     p.add_argument("--stream", type=str2bool, default=False,
                    help="true: print each sample as its tokens are made (one at a time)")
     p.add_argument("--num_beams", type=int, default=1,
                    help="> 1: beam search (deterministic, as transformers'; the sampling flags "
-                        "and --num_samples do not apply): prints the --num_return_sequences "
+                        "and --num_samples are refused): prints the --num_return_sequences "
                         "best continuations of the prompt, best first, scores on stderr")
     p.add_argument("--length_penalty", type=float, default=1.0,
                    help="beam search: score = sum log p / length ** this (> 0 favours longer)")
@@ -63,6 +67,11 @@ def parse_args(argv=None):
     if args.stop is not None:
         args.stop = [unescape(s) for s in args.stop]
     if args.num_beams > 1:
+        sampling = [f"--{k}" for k in SAMPLING if getattr(args, k) is not None]
+        if sampling:   # what the library refuses too (beams with sampling); num_samples: one
+            p.error(f"--num_beams {args.num_beams} is beam search: it does not sample, and "
+                    f"prints the --num_return_sequences best beams, not --num_samples "
+                    f"samples: leave out {', '.join(sampling)} (or use --num_beams 1)")
         other = [f for f, on in (("--repetition_penalty", args.repetition_penalty != 1.0),
                                  ("--no_repeat_ngram_size", args.no_repeat_ngram_size != 0),
                                  ("--min_p", args.min_p != 0.0),
@@ -71,6 +80,9 @@ def parse_args(argv=None):
         if other:
             p.error(f"--num_beams {args.num_beams} is beam search, which takes none of "
                     f"{', '.join(other)}: leave them out (or use --num_beams 1)")
+    for name, value in SAMPLING.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("num_samples", "max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -91,6 +103,12 @@ def parse_args(argv=None):
             p.error("--length_penalty and --num_return_sequences apply to beam search: "
                     "pass --num_beams > 1")
     return args
+
+
+def start_text(value: str) -> str:
+    """--start: UTF-8 text (as a prompt file must be), or FILE:path (any file name)."""
+    from gpt_jax.cli.common import utf8_text
+    return value if value.startswith("FILE:") else utf8_text(value)
 
 
 def unescape(text: str) -> str:
@@ -137,8 +155,8 @@ def main():
     from gpt_jax.errors import DecodeMemoryError, UserError
     from gpt_jax.generation.decoding import compile_generate, generate_args
     from gpt_jax.generation.prompts import bucket_length
-    from gpt_jax.generation.memory import plan_batches
-    from gpt_jax.generation.stopping import cut_text
+    from gpt_jax.generation.memory import max_batch, plan_batches
+    from gpt_jax.generation.stopping import check_stop, cut_text, stop_tables
     from gpt_jax.model.tokenizer import EOT_ID, EOT_TOKEN
 
     text = read_prompt(args.start)
@@ -159,10 +177,13 @@ def main():
     if args.num_beams > 1:
         return beam_main(args, params, cfg, ids, eos_id, enc)
     P = bucket_length(len(ids), cfg.block_size)
+    tables = None   # a long stop's matching takes memory per row: batches count it
+    if args.stop:
+        tables = stop_tables(check_stop(args.stop), enc, cfg.vocab_size)
     batch, n_batches = plan_batches(cfg, args.num_samples, P, args.max_new_tokens,
-                                    1 if args.stream else args.batch_size)
+                                    1 if args.stream else args.batch_size, tables)
     key = jax.random.key(args.seed)
-    prompts = [ids] * batch
+    prompts = np.broadcast_to(np.asarray(ids), (batch, len(ids)))   # a view: no 10**9-row list
 
     def sampling(i):  # batch i draws with its own key; batch 0 with the seed's own key
         return dict(key=key if i == 0 else jax.random.fold_in(key, i),
@@ -173,13 +194,23 @@ def main():
                     min_new_tokens=args.min_new_tokens,
                     stop=args.stop)
 
-    try:  # every check (memory too) before the config line and the compile
-        generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(0))
-    except DecodeMemoryError as e:
-        if args.batch_size is None:
-            raise
-        raise UserError(f"--batch_size {args.batch_size} does not fit in memory ({e}): pass a "
-                        f"smaller --batch_size, or omit it") from None
+    for again in (True, False):  # every check (memory too) before the config line and compile
+        try:
+            generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(0))
+            break
+        except DecodeMemoryError:
+            fit = max_batch(cfg, P, args.max_new_tokens, stop=tables) or 0
+            if fit < 1:   # not even one row: the library's advice
+                raise
+            if args.batch_size is None and again:   # free memory shrank since the plan
+                batch, n_batches = plan_batches(cfg, args.num_samples, P, args.max_new_tokens,
+                                                fit, tables)
+                prompts = np.broadcast_to(np.asarray(ids), (batch, len(ids)))
+                continue
+            given = f"--batch_size {batch}" if args.batch_size else f"{batch} samples at once"
+            raise UserError(f"{given} is more than fits in memory: at most {fit} samples of "
+                            f"this prompt and --max_new_tokens fit at once here: pass "
+                            f"--batch_size {fit} or less") from None
     print(f"[sample] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, "
           f"{cfg.n_embd} wide, vocab {cfg.vocab_size}, block {cfg.block_size}, {cfg.dtype}; "
           f"prompt {len(ids)} tokens, {args.num_samples} samples x {args.max_new_tokens} tokens "
@@ -194,8 +225,9 @@ def main():
     compile_s = time.perf_counter() - t0
     left, n_tokens, run_s = args.num_samples, 0, 0.0
     for i in range(n_batches):
-        if i:  # the same static shape: the compiled program takes these too
-            dargs, _ = generate_args(params, cfg, prompts, args.max_new_tokens, **sampling(i))
+        if i:  # the same arguments but the key (checked once: a check of free memory now
+            # would count what this process's allocator keeps from the batches before)
+            dargs = dargs._replace(key=sampling(i)["key"])
         t0 = time.perf_counter()
         new = np.asarray(decode(*dargs))  # (batch, max_new_tokens)
         run_s += time.perf_counter() - t0
@@ -247,11 +279,15 @@ def stream_samples(params, cfg, ids, text, args, sampling):
 def beam_main(args, params, cfg, ids, eos_id, enc):
     """--num_beams > 1: the --num_return_sequences best beams of the one prompt, as samples."""
     import numpy as np
+    from gpt_jax.errors import DecodeMemoryError, UserError
     from gpt_jax.generation.beam import beam_args, beam_search
     settings = dict(num_beams=args.num_beams, length_penalty=args.length_penalty,
                     num_return_sequences=args.num_return_sequences, eos_id=eos_id,
                     weights=args.weights)
-    beam_args(params, cfg, [ids], args.max_new_tokens, **settings)   # every check first
+    try:   # every check first
+        beam_args(params, cfg, [ids], args.max_new_tokens, **settings)
+    except DecodeMemoryError as e:   # in this command's words
+        raise UserError(str(e).replace("num_beams=", "--num_beams ")) from None
     print(f"[sample] model {args.init_from}: {cfg.n_layer} layers, {cfg.n_embd} wide; prompt "
           f"{len(ids)} tokens, beam search: {args.num_beams} beams, length_penalty "
           f"{args.length_penalty}, {args.num_return_sequences} returned, up to "

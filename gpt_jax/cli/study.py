@@ -2,10 +2,13 @@
 to docs/study/report.md and its figures."""
 from __future__ import annotations
 
-import signal
+from gpt_jax.checkpoint.load import load_model
+from gpt_jax.cli.common import ArgumentParser, exit_on_signals, run
+from gpt_jax.errors import UserError
+from gpt_jax.lab.study import FULL, TINY, Progress, run_study
 
-from gpt_jax.cli.common import ArgumentParser, run
-from gpt_jax.lab.study import FULL, TINY, run_study
+
+SECTIONS = ("norm", "heads", "mask", "strategies", "kv")
 
 
 def main(argv=None) -> int:
@@ -15,23 +18,41 @@ def main(argv=None) -> int:
                         "--tiny: out-study-tiny)")
     p.add_argument("--tiny", action="store_true", help="every experiment at a tiny size")
     p.add_argument("--model", default=None,
-                   help="a train.py out_dir whose model the generation strategies use "
-                        "(default: the model the study trains)")
+                   help="the model the generation strategies use: a train.py out_dir (its "
+                        "latest checkpoint, or --step), a Hugging Face directory or a gpt2* "
+                        "name (default: the model the study trains)")
+    p.add_argument("--step", type=int, default=None,
+                   help="with --model OUT_DIR: its checkpoint step (default: the latest)")
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of norm,heads,mask,strategies,kv")
+                   help=f"comma-separated subset of {','.join(SECTIONS)}")
     a = p.parse_args(argv)
-    only = a.only.split(",") if a.only else None
-    bad = set(only or ()) - {"norm", "heads", "mask", "strategies", "kv"}
-    if bad:
-        p.error(f"--only takes norm, heads, mask, strategies, kv; got {', '.join(sorted(bad))}")
+    only = None
+    if a.only is not None:
+        only = [x.strip() for x in a.only.split(",") if x.strip()]
+        bad = sorted(set(only) - set(SECTIONS))
+        if bad or not only:
+            p.error(f"--only takes a comma-separated subset of {', '.join(SECTIONS)}; got "
+                    f"{', '.join(bad) if bad else 'no section'}")
+    if a.step is not None and a.model is None:
+        p.error("--step picks a checkpoint of --model OUT_DIR: pass --model too")
+    if a.step is not None and a.step < 0:
+        p.error(f"--step must be a checkpoint step (0 or more), got {a.step}")
+    if a.model is not None and only is not None and "strategies" not in only:
+        p.error(f"--model is the model of the strategies section, which --only {a.only} "
+                f"leaves out: add strategies to --only, or drop --model")
+    model = None
+    if a.model is not None and (only is None or "strategies" in only):
+        try:   # before anything trains: a bad --model fails at once
+            model = load_model(a.model, a.step, step_hint="pass --step {step}",
+                               step_flag="--step ")
+        except UserError as e:
+            raise UserError(f"--model {a.model}: {e}") from None
     s = TINY if a.tiny else FULL
-
-    def stop(signum, frame):   # `timeout` sends SIGTERM: end like Ctrl-C, saving what ran
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    progress = Progress()
+    if argv is None:   # the command line: Ctrl-C / SIGTERM save what ended, then exit at once
+        exit_on_signals("study.py", progress.save)
     run_study(s, a.out_dir or ("out-study-tiny" if a.tiny else "docs/study"),
-              model_dir=a.model, only=only)
+              model_dir=a.model, step=a.step, model=model, only=only, progress=progress)
     return 0
 
 

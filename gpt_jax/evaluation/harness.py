@@ -42,6 +42,7 @@ from lm_eval.models.utils import (handle_stop_sequences, normalize_gen_kwargs,
 from tqdm.auto import tqdm
 
 import gpt_jax.evaluation.scoring as scoring
+from gpt_jax.checkpoint.load import check_step_source
 from gpt_jax.errors import UserError, is_network_error, offline_note
 from gpt_jax.evaluation.tasks import load_model
 from gpt_jax.generation.decoding import generate
@@ -124,7 +125,7 @@ class GptJaxLM(TemplateLM):
                 raise UserError("the gpt_jax model needs model_args init_from=... (a train.py "
                                 "out_dir, a gpt2* name or a Hugging Face directory)")
             params, cfg = load_model(str(init_from), None if step is None else int(step),
-                                     step_hint=STEP_HINT)
+                                     step_hint=STEP_HINT, step_flag="step=")
         elif cfg is None:
             raise UserError("pass cfg with params")
         if dtype is not None:
@@ -294,6 +295,7 @@ def run_harness(init_from: str, task_names: list[str], *, include_path: Optional
 
     import lm_eval
     from lm_eval.tasks import TaskManager
+    check_step_source(init_from, step, "--step ")   # eval.py's flag, before lm-eval starts
     # lm-eval computes bootstrap stderrs in a multiprocessing Pool; forking a process that runs
     # JAX's threads can deadlock, so the workers come from a fork server instead.
     multiprocessing.set_start_method("forkserver", force=True)

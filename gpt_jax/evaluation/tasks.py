@@ -65,10 +65,11 @@ REFERENCES = {
 
 
 def load_model(init_from: str, step: Optional[int] = None, *,
-               step_hint: str = "evaluate the latest with --step {step}"):
+               step_hint: str = "evaluate the latest with --step {step}",
+               step_flag: str = "--step "):
     """(params, cfg) as eval.py and sample.py load them: checkpoint.load.load_model with the
-    CLI's --step in its messages."""
-    return checkpoint_load.load_model(init_from, step, step_hint=step_hint, step_flag="--step ")
+    CLI's --step in its messages (step_flag: the caller's own step argument)."""
+    return checkpoint_load.load_model(init_from, step, step_hint=step_hint, step_flag=step_flag)
 
 
 def cache_dir() -> str:

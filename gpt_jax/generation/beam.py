@@ -242,10 +242,10 @@ def beam_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, num_beams
     fmt = check_decode_weights(weights)
     finish, bound = length_tables(lp, early, N)
     n = batch_size(prompts)
-    memory.check_memory(cfg, n and n * nb, bucket_length(1, cfg.block_size), N)
+    memory.check_memory(cfg, n and n * nb, bucket_length(1, cfg.block_size), N, num_beams=nb)
     rows = check_prompts(prompts, cfg, N)
     P = bucket_length(max(len(r) for r in rows), cfg.block_size)
-    memory.check_memory(cfg, len(rows) * nb, P, N)
+    memory.check_memory(cfg, len(rows) * nb, P, N, num_beams=nb)
     tokens, pad = pad_rows(rows, cfg)
     laid = DECODER.weights(params, cfg, fmt)   # shared with generate()'s cache
     args = (params, laid, tokens, pad, np.int32(-1 if eos is None else eos), finish, bound,

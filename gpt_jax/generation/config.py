@@ -17,7 +17,8 @@ class GenerationConfig:
     tokens at least min_p times as likely as the most likely; sampling only);
     repetition_penalty > 0 (1: off; > 1 makes every id the row holds, prompt included, less
     likely: positive logits divided by it, negative ones multiplied); no_repeat_ngram_size
-    n >= 0 (0: off; a row never repeats an n-gram it holds); min_new_tokens >= 0 (eos_id is
+    n >= 0 (0: off; a row never repeats an n-gram it holds; any n longer than a row can get,
+    prompt + max_new_tokens, bans nothing, as in transformers); min_new_tokens >= 0 (eos_id is
     impossible before that many new tokens); eos_id: a row that emits it stops; stop: strings
     that stop a row when its decoded text ends in one (gpt_jax.generation.stopping; the prompt counts
     unless stop_in_prompt is False); pad_id: what a stopped row holds afterwards (default

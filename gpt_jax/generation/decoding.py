@@ -164,16 +164,21 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
     check_memory(cfg, batch_size(prompts), bucket_length(1, cfg.block_size), max_new_tokens,
                  return_logits, split=split)
     rows = check_prompts(prompts, cfg, max_new_tokens)
-    P = bucket_length(max(len(r) for r in rows), cfg.block_size)
-    check_memory(cfg, len(rows), P, max_new_tokens, return_logits, split=split)
+    longest = max(len(r) for r in rows)
+    if proc["no_repeat_ngram_size"] > longest + max_new_tokens:
+        # No row can ever hold an n-gram that long, so it bans nothing (transformers' too):
+        # off, rather than an n-gram window longer than the token buffer it slides over.
+        proc["no_repeat_ngram_size"] = 0
+    P = bucket_length(longest, cfg.block_size)
+    tables = None
+    if stop:   # refused here when the tables alone would not fit (stopping.stop_tables)
+        tables = stopping.stop_tables(stop, get_tokenizer(), cfg.vocab_size)
+    check_memory(cfg, len(rows), P, max_new_tokens, return_logits, split=split, stop=tables)
     tokens, pad = pad_rows(rows, cfg)
     greedy = temperature == 0 or top_k == 1
     use_top_k = not greedy and top_k is not None and top_k < cfg.n_real_vocab
     use_top_p = not greedy and top_p is not None and top_p < 1
     check_finite(params)                      # NaN/inf weights decode to one token repeated
-    tables = None
-    if stop:
-        tables = stopping.stop_tables(stop, get_tokenizer(), cfg.vocab_size)
     laid = DECODER.weights(params, cfg, fmt)  # checks that params match cfg when it makes one
     if mesh is not None and len(rows) % split == 0:
         # Rows split over the mesh the params live on, so each device decodes its own rows;

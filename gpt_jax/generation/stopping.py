@@ -27,7 +27,8 @@ from typing import NamedTuple, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.errors import UserError
+import gpt_jax.generation.memory as memory
+from gpt_jax.errors import DecodeMemoryError, UserError
 
 
 def check_stop(stop) -> tuple[str, ...]:
@@ -41,6 +42,13 @@ def check_stop(stop) -> tuple[str, ...]:
     if any(s == "" for s in stop):
         raise UserError("stop strings must not be empty (an empty stop would end every row at "
                         "once): drop the empty string")
+    for s in stop:
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:   # a lone surrogate: a non-UTF-8 byte kept by Python
+            raise UserError(f"stop string {s[:40]!r} is not valid text: it holds {s[e.start]!r} "
+                            f"at character {e.start}, a lone surrogate (a byte that was not "
+                            f"UTF-8, as from a command line): pass UTF-8 text") from None
     return tuple(dict.fromkeys(stop))  # order kept, duplicates dropped
 
 
@@ -75,51 +83,112 @@ def token_bytes(enc, vocab_size: int) -> list[bytes]:
 @functools.lru_cache(maxsize=8)
 def stop_tables(stops: tuple[str, ...], enc, vocab_size: int) -> StopTables:
     """StopTables for `stops` (non-empty, as check_stop returns them) over ids [0, vocab_size)
-    of the tokenizer enc (cached: the scan over the vocabulary takes a fraction of a second)."""
+    of the tokenizer enc (cached: the scan over the vocabulary takes a fraction of a second).
+
+    A long stop is a large table: a token has one entry per place it fits in the stop (the
+    space token in English text: every word), and a 100,000-character stop asked for 18.7 GiB.
+    Tables that, with one row's matching in the loop (memory.stop_match_bytes), would not fit
+    in the memory available are refused (DecodeMemoryError, naming the longest stop that fits
+    whatever its text) before they are allocated; the scan stops as soon as one token's places
+    pass what would fit. generate() checks the batch's matching with the KV cache."""
     toks = _vocab_bytes(enc, vocab_size)
     targets = [s.encode("utf-8") for s in stops]
+    M, S = max(map(len, targets)), len(stops)
+    widest = min(M, max(map(len, toks)))      # no token holds more ends than this
+    limit, budget, free = None, None, None    # most places per token that fit; bytes free
+    if _need(vocab_size, S, M, M - 1, widest) >= memory.MEMORY_CHECK_ABOVE:
+        free = memory.available_memory_bytes()
+        budget = None if free is None else int(memory.MEMORY_FRACTION * free)
+        if budget is not None and _need(vocab_size, S, M, M - 1, widest) > budget:
+            fixed = _need(vocab_size, S, M, 0, widest)
+            limit = max((budget - fixed) // (_need(vocab_size, S, M, 1, widest) - fixed), 0)
     pos: list[dict] = []
     ends: list[dict] = []
-    for stop in targets:
-        rstop = stop[::-1]
-        p, e = {}, {}
-        last, chars = stop[-1:], set(stop)
-        for t, tok in enumerate(toks):
-            if not tok or (tok[-1] not in chars and last not in tok):
-                continue              # shares no byte that could place it: no match possible
-            rtok = tok[::-1]
-            found = []                # internal: the token ends i bytes before the stop's end
-            i = rstop.find(rtok[:1], 1)
-            while 0 <= i < len(stop):
-                if rtok.startswith(rstop[i:i + len(tok)]):
-                    found.append(i)
-                i = rstop.find(rtok[:1], i + 1)
-            if found:
-                p[t] = found
-            found = []                # newest token: the stop's end at byte i of the token
-            i = tok.find(last)
-            while i >= 0:
-                overlap = min(i + 1, len(stop))
-                if tok[i + 1 - overlap:i + 1] == stop[-overlap:]:
-                    found.append(overlap)
-                i = tok.find(last, i + 1)
-            if found:
-                e[t] = found
+    for k, stop in enumerate(targets):
+        p, e = _placements(stop, toks, limit)
+        if p is None:
+            _refuse(stops[k], M, limit + 1, widest, vocab_size, S, free, budget, more=True)
         if not e:
-            raise UserError(f"no token of the vocabulary can end the stop string {stops[len(pos)]!r}")
+            raise UserError(f"no token of the vocabulary can end the stop string {stops[k]!r}")
         pos.append(p)
         ends.append(e)
     P = max([len(v) for p in pos for v in p.values()] or [1])
     E = max(len(v) for e in ends for v in e.values())
-    positions = np.full((vocab_size + 1, len(stops), P), -1, np.int32)
-    end_lens = np.full((vocab_size + 1, len(stops), E), -1, np.int32)
-    for s in range(len(stops)):
+    if budget is not None and _need(vocab_size, S, M, P, E) > budget:
+        k = max(range(S), key=lambda k: max(map(len, pos[k].values()), default=0))
+        _refuse(stops[k], M, P, E, vocab_size, S, free, budget)
+    positions = np.full((vocab_size + 1, S, P), -1, np.int32)
+    end_lens = np.full((vocab_size + 1, S, E), -1, np.int32)
+    for s in range(S):
         for t, v in pos[s].items():
             positions[t, s, :len(v)] = v
         for t, v in ends[s].items():
             end_lens[t, s, :len(v)] = v
     lengths = np.array([len(t) for t in toks] + [0], np.int32)
     return StopTables(positions, end_lens, lengths, np.array([len(t) for t in targets], np.int32))
+
+
+def _need(vocab_size: int, n_stops: int, window: int, places: int, ends: int) -> int:
+    """Bytes of the tables and of one row's matching (see memory.stop_*_bytes)."""
+    return memory.stop_table_bytes(vocab_size, n_stops, places, ends) + \
+        memory.stop_match_bytes(window, n_stops, places, ends)
+
+
+def _placements(stop: bytes, toks: list[bytes], limit: Optional[int]):
+    """({token: places inside stop}, {token: end lengths}) for one stop (see StopTables), or
+    (None, None) once a token has more than `limit` places. A place i counts the bytes from
+    the token's end to the stop's end: the token's bytes equal the stop's there, or, where the
+    token runs past the stop's start, its end equals the stop's start."""
+    rstop, n = stop[::-1], len(stop)
+    p, e = {}, {}
+    last, chars = stop[-1:], set(stop)
+    for t, tok in enumerate(toks):
+        if not tok or (tok[-1] not in chars and last not in tok):
+            continue              # shares no byte that could place it: no match possible
+        rtok, L = tok[::-1], len(tok)
+        found = []                # internal: the token ends i bytes before the stop's end
+        i = rstop.find(rtok, 1)   # wholly inside the stop: a search in C
+        while i >= 0:
+            found.append(i)
+            if limit is not None and len(found) > limit:
+                return None, None
+            i = rstop.find(rtok, i + 1)
+        found += [i for i in range(max(1, n - L + 1), n) if rtok.startswith(rstop[i:])]
+        if found:
+            p[t] = found
+        found = []                # newest token: the stop's end at byte i of the token
+        i = tok.find(last)
+        while i >= 0:
+            overlap = min(i + 1, n)
+            if tok[i + 1 - overlap:i + 1] == stop[-overlap:]:
+                found.append(overlap)
+            i = tok.find(last, i + 1)
+        if found:
+            e[t] = found
+    return p, e
+
+
+def _refuse(stop: str, window: int, places: int, ends: int, vocab_size: int, n_stops: int,
+            free: int, budget: int, more: bool = False) -> None:
+    """The DecodeMemoryError of tables that do not fit: what the stop needs, and the longest
+    stop that fits whatever its text (a place per byte, the widest ends). more: the scan
+    stopped at `places`, which the stop has more of."""
+    def fits(n):   # a stop of n bytes, any text
+        return _need(vocab_size, n_stops, n, n - 1, min(n, ends)) <= budget
+    lo, hi = 0, window         # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    shown = repr(stop[:20]) + ("..." if len(stop) > 20 else "")
+    todo = (f"use stop strings of at most {lo:,} bytes (any text that long fits)" if lo >= 1
+            else "free some memory")
+    raise DecodeMemoryError(
+        f"the stop string {shown} ({len(stop.encode('utf-8')):,} bytes) needs at least "
+        f"{memory.format_gib(_need(vocab_size, n_stops, window, places, ends))} for its tables "
+        f"and matching (a token fits at {places:,}{' or more' if more else ''} places in it) "
+        f"but "
+        f"{memory.format_gib(free)} is available (at most {memory.MEMORY_FRACTION:.0%} of it is "
+        f"used): {todo}")
 
 
 _VOCAB: dict = {}

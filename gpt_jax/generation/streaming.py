@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 import gpt_jax.generation.channel as channel
+from gpt_jax.errors import UserError
 from gpt_jax.generation.config import settings_of
 from gpt_jax.generation.decoding import generate_args
 from gpt_jax.generation.loop import DECODER
@@ -50,8 +51,10 @@ def generate_stream(params, cfg, prompts, max_new_tokens: int = 64, key=None, *,
       Stopping the iteration (break, close) ends the decode at its next step.
 
     Raises:
-      UserError: as generate(), before the first Piece.
+      UserError: as generate(), and a text that is not a bool, before the first Piece.
     """
+    if not isinstance(text, (bool, np.bool_)):   # 'false' is truthy: booleans only
+        raise UserError(f"text must be True or False, got {text!r}")
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
                                  _stream=True, **settings)
     enc = None

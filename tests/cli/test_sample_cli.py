@@ -194,3 +194,80 @@ def test_beam_search_flags(out_dir):
                           "--num_beams > 1")
     assert_one_line_error(sample("--init_from", out_dir, "--num_beams", "2", "--stop", "x"),
                           "--num_beams 2 is beam search, which takes none of --stop")
+
+
+def sample_here(monkeypatch, capsys, *args):
+    """sample.py's entry point in this process: (exit status, stdout, stderr)."""
+    import gpt_jax.cli.sample as cli
+    monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        cli.entry()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def one_line_here(monkeypatch, capsys, *args) -> str:
+    code, out, err = sample_here(monkeypatch, capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "" and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_settings_at_the_edges(out_dir, monkeypatch, capsys):
+    """Issue 30 item 4, 31 items 2 and 4: an n-gram size past any row (a JAX TypeError), a
+    stop or prompt that is not UTF-8 (argv's bytes as Python keeps them: U+DCxx; a
+    UnicodeEncodeError, and a prompt silently turned into U+FFFD), a 100,000-character stop
+    (18.7 GiB of tables), an absurd --batch_size."""
+    base = ("--init_from", out_dir, "--start", "a b", "--max_new_tokens", "4",
+            "--num_samples", "1", "--temperature", "0")
+    code, want, _ = sample_here(monkeypatch, capsys, *base)
+    assert code == 0
+    code, out, err = sample_here(monkeypatch, capsys, *base, "--no_repeat_ngram_size",
+                                 10 ** 9)
+    assert (code, out) == (0, want), err
+    assert one_line_here(monkeypatch, capsys, *base, "--stop", "x\udcff") == (
+        "error: argument --stop: not UTF-8 text (byte 0xff at character 1): pass UTF-8 text "
+        "(see python sample.py --help)")
+    assert "argument --start: not UTF-8 text (byte 0xfe at character 0)" in one_line_here(
+        monkeypatch, capsys, *base[:2], "--start", "\udcfe")
+    import gpt_jax.generation.memory as memory
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 4 << 30)
+    line = one_line_here(monkeypatch, capsys, *base, "--stop", "a" * 100_000)
+    assert line.startswith("error: the stop string 'aaaaaaaaaaaaaaaaaaaa'... (100,000 bytes) "
+                           "needs at least ") and "use stop strings of at most " in line
+    line = one_line_here(monkeypatch, capsys, *base[:-4], "--num_samples", 10 ** 9,
+                         "--batch_size", 10 ** 9)
+    fit = memory.max_batch(gpt_jax.load_checkpoint(out_dir)[1], gpt_jax.generation.bucket_length(2, 32), 4)
+    assert line == (f"error: --batch_size 1000000000 is more than fits in memory: at most "
+                    f"{fit} samples of this prompt and --max_new_tokens fit at once here: "
+                    f"pass --batch_size {fit} or less")
+
+
+def test_beam_search_refuses_the_sampling_flags(out_dir, monkeypatch, capsys):
+    """--num_beams 2 with --temperature / --top_k (which the library refuses) or --num_samples
+    (it printed one beam) ran without a word; too many beams for memory spoke of prompts."""
+    base = ("--init_from", out_dir, "--max_new_tokens", "4", "--num_beams", "2")
+    for flags in (("--temperature", "0.5"), ("--top_k", "5"), ("--num_samples", "5"),
+                  ("--top_p", "0.9", "--seed", "3")):
+        line = one_line_here(monkeypatch, capsys, *base, *flags)
+        assert line.startswith("error: --num_beams 2 is beam search: it does not sample"), line
+        assert f"leave out {', '.join(f for f in flags if f.startswith('--'))} (or use " \
+               f"--num_beams 1)" in line
+    import gpt_jax.generation.memory as memory
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1 << 30)
+    line = one_line_here(monkeypatch, capsys, *base[:-1], 10 ** 8)
+    assert line.startswith("error: --num_beams 100000000 is more beams than fit in memory for 1 "
+                           "prompt") and "prompts" not in line
+    assert line.endswith(" or fewer") and "pass --num_beams " in line
+
+
+def test_step_on_a_hugging_face_directory_says_what_step_is_for(out_dir, tmp_path,
+                                                                monkeypatch, capsys):
+    """It said the directory "holds no checkpoints/": --step picks a train.py checkpoint, and
+    a Hugging Face directory loads without it."""
+    params, cfg = gpt_jax.load_checkpoint(out_dir)
+    hf = str(tmp_path / "hf")
+    gpt_jax.to_hf(params, cfg, hf)
+    assert one_line_here(monkeypatch, capsys, "--init_from", hf, "--step", "3") == (
+        f"error: --step 3 applies to a train.py out_dir (it picks one of its checkpoints), and "
+        f"{hf} is a Hugging Face directory, which loads without it: drop --step 3")

@@ -233,3 +233,17 @@ def test_a_hub_task_without_the_network_is_one_line(hf_dir, tmp_path, monkeypatc
                                         "Hugging Face Hub, which cannot be reached") as e:
         evals.run_harness(hf_dir, ["t_hub"], include_path=str(tmp_path), limit=1)
     assert "\n" not in str(e.value) and str(datasets.config.HF_DATASETS_CACHE) in str(e.value)
+
+
+def test_a_step_on_a_hugging_face_directory_names_the_callers_argument(hf_dir):
+    """The lm-eval model given step=10 on a Hugging Face directory was told to "drop --step"
+    (its argument is step=); eval.py --harness --step 10 is told about --step."""
+    from gpt_jax.evaluation.harness import GptJaxLM, run_harness
+    with pytest.raises(UserError) as e:
+        GptJaxLM(init_from=hf_dir, step=10)
+    assert str(e.value) == (f"step=10 applies to a train.py out_dir (it picks one of its "
+                            f"checkpoints), and {hf_dir} is a Hugging Face directory, which "
+                            f"loads without it: drop step=10")
+    with pytest.raises(UserError, match=r"^--step 10 applies to a train.py out_dir .* drop "
+                                        r"--step 10$"):
+        run_harness(hf_dir, ["t_ll"], step=10)

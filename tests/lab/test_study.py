@@ -105,3 +105,99 @@ def test_study_tiny_on_the_corpus_writes_the_report_and_figures(tmp_path, builti
     assert "at most **0**" in text       # the causal model: future tokens changed nothing
     bad = run_cli("study.py", "--only", "nope")
     assert bad.returncode == 1 and bad.stderr.startswith("error:")
+
+
+def test_study_flags_and_model_errors_name_study_flags(tmp_path):
+    """--only '' ran everything; --model with sections that do not use it was dropped; a
+    Hugging Face --model was told to "pass the right --out_dir" and a damaged one to call
+    load_checkpoint(..., step=10): each is one line in study.py's own flags, before
+    anything trains."""
+    import gpt_jax
+    from conftest import damage_params_file
+    from gpt_jax.cli import study as cli
+    from gpt_jax.errors import UserError
+
+    def error(*argv):
+        with pytest.raises(UserError) as e:
+            cli.main(["--tiny", "--out_dir", str(tmp_path / "o"), *argv])
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert error("--only", "").startswith("--only takes a comma-separated subset of norm, "
+                                          "heads, mask, strategies, kv; got no section")
+    assert error("--only", "heads,kv", "--model", "out").startswith(
+        "--model is the model of the strategies section, which --only heads,kv leaves out")
+    assert error("--step", "3").startswith("--step picks a checkpoint of --model OUT_DIR")
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=512)
+    params = init_params(cfg, jax.random.key(0))
+    hf = str(tmp_path / "hf")
+    gpt_jax.to_hf(params, cfg, hf)
+    assert error("--model", hf, "--step", "3") == (
+        f"--model {hf}: --step 3 applies to a train.py out_dir (it picks one of its "
+        f"checkpoints), and {hf} is a Hugging Face directory, which loads without it: drop "
+        f"--step 3")
+    seen = {}   # a Hugging Face --model loads (it was "pass the right --out_dir"), up front
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(cli, "run_study", lambda *a, **k: seen.update(k))
+    try:
+        assert cli.main(["--tiny", "--model", hf, "--only", "strategies,kv"]) == 0
+    finally:
+        monkey.undo()
+    assert seen["model"][1] == cfg and seen["only"] == ["strategies", "kv"]
+    run = str(tmp_path / "run")
+    for step in (5, 10):
+        gpt_jax.save_checkpoint(run, step, params, cfg)
+    damage_params_file(run, 10)
+    msg = error("--model", run, "--only", "strategies")
+    assert msg.startswith(f"--model {run}: checkpoint step 10 in ") and \
+        msg.endswith("intact steps: 5 (pass --step 5)"), msg
+    assert error("--model", str(tmp_path / "nothing")).startswith(
+        f"--model {tmp_path / 'nothing'}: no directory")
+
+
+def test_ctrl_c_in_the_norm_sweep_keeps_the_runs_that_ended_and_exits_130(tmp_path,
+                                                                          builtin_data):
+    """Ctrl-C during study.py's norm sweep printed "interrupted" and then segfaulted in 2 of 3
+    runs (the interpreter's teardown under XLA's threads). A real SIGINT once a norm run has
+    ended: exit 130, one last line naming what was kept, the report of the runs that ended."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from conftest import ROOT
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # not inherited ignored
+    try:
+        proc = subprocess.Popen([sys.executable, "study.py", "--tiny", "--only", "norm",
+                                 "--out_dir", str(tmp_path)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = bytearray()
+    reader = threading.Thread(target=lambda: [err.extend(c) for c in
+                                              iter(lambda: proc.stderr.read1(4096), b"")])
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while b"post-LN" not in err:      # the second norm run: the first has ended
+            assert proc.poll() is None and time.monotonic() < deadline, err.decode()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        proc.wait(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+        reader.join()
+    text = err.decode()
+    assert proc.returncode == 130, text[-2000:]
+    assert took < 20, f"{took:.1f} s"
+    lines = [l for l in re.split(r"[\r\n]", text) if l.strip()]
+    assert re.fullmatch(rf"study.py stopped by SIGINT: kept \d+ norm runs? in "
+                        rf"{re.escape(str(tmp_path / 'report.md'))}", lines[-1]), lines[-1]
+    assert "Traceback" not in text and "interrupted" not in text
+    report_md = (tmp_path / "report.md").read_text()
+    assert "unfinished" in report_md and "| 2 | 0 | pre | " in report_md
