@@ -36,7 +36,8 @@ def parse_profile_steps(spec: str, max_iters: Optional[int] = None) -> Optional[
         raise ConfigError(f"profile_steps must be START:END (steps, e.g. 10:15 traces the "
                           f"updates from step 10 to step 15), got {spec!r}") from None
     if not 0 <= start < end:
-        raise ConfigError(f"profile_steps {spec}: need 0 <= START < END")
+        raise ConfigError(f"profile_steps {spec}: the window must be non-negative steps "
+                          f"START:END with 0 <= START < END, e.g. 10:15")
     if max_iters is not None and end > max_iters:
         raise ConfigError(f"profile_steps {spec} ends after max_iters ({max_iters}): pass an "
                           f"END of at most {max_iters}")
