@@ -38,7 +38,7 @@ from gpt_jax.model.gpt import count_params
 from gpt_jax.train.optimizer import make_optimizer
 from gpt_jax.train.profiling import StepProfiler
 from gpt_jax.train.end import (TrainingDiverged, diverged, rerun_advice,  # noqa: F401
-                             shut, stop_text)
+                             shut, stop_text, write_failed)
 from gpt_jax.checkpoint.run_lock import hold_out_dir
 from gpt_jax.model.stacking import unstack_tree
 from gpt_jax.train.steps import make_eval_step, make_train_step
@@ -181,12 +181,12 @@ class Trainer:
             self._write("metrics.jsonl", self.trackers.log, row)
 
     def _write(self, what: str, fn, *args) -> None:
-        """metrics.jsonl / loss.png: a failed write (a full disk) is one line with advice."""
+        """metrics.jsonl / loss.png / a tracker's files (TrackerWriteError.what): a failed
+        write is one line saying what is wrong (a full disk, a file in the way, ...)."""
         try:
             return fn(*args)
         except OSError as e:
-            raise UserError(f"could not write {e.filename or what} in {self.out_dir}: "
-                            f"{e.strerror or e}. {rerun_advice(self.out_dir)}") from None
+            raise UserError(write_failed(e, getattr(e, "what", what), self.out_dir)) from None
 
     def save(self, mngr, step: int) -> None:
         """Every process calls this: orbax writes each process's shards and process 0 the
@@ -210,12 +210,20 @@ class Trainer:
                 "sampler": self.sampler.state(step), "elapsed": self.elapsed,
                 "tokens": step * self.tc.tokens_per_step, "train_config": self.tc.to_dict(),
                 "data": self.data.dir, "guard": guard_to_meta(self.state.guard)}
+        tracker_error = None
+        try:   # the trackers' rows up to `step` written first; their failure loses no step
+            if self.trackers is not None:
+                self._write("metrics.jsonl", self.trackers.flush)
+        except UserError as e:
+            tracker_error = e
         try:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
                       checked=True)
         except ckpt.SaveFailed as e:
             raise CheckpointError(f"{e}. {rerun_advice(self.out_dir)}") from None
         self.saved_step = step
+        if tracker_error is not None:
+            raise UserError(f"{tracker_error} (step {step} is saved)") from None
 
     def _stop_requested(self) -> bool:
         """Whether a SIGINT/SIGTERM arrived, agreed by all processes (a signal may reach only
@@ -348,7 +356,7 @@ class Trainer:
         trackers, self.trackers = self.trackers, None
         if trackers is not None:
             try:
-                trackers.close(failed)
+                self._write("metrics.jsonl", trackers.close, failed)
             except Exception:  # noqa: BLE001 - after an error, that error is the one to see
                 if not failed:
                     raise
@@ -393,8 +401,6 @@ class Trainer:
             self._say(eval_tasks.format_row(row))
         if self.main:
             self._write("loss.png", plot_loss, self.out_dir)
-        if self.trackers is not None:   # the rows up to the checkpoint saved next
-            self.trackers.flush()
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
     def _say(self, msg: str) -> None:

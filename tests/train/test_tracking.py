@@ -88,6 +88,26 @@ def wandb_history(run_file) -> dict[int, dict[str, float]]:
     return hist
 
 
+def wandb_runs(out_dir) -> dict[int, dict[str, float]]:
+    """{step: {key: value}} over every W&B run directory of out_dir (a run continues in a new
+    directory after each checkpoint's flush), each step in one of them only, all of them one
+    W&B run (one id)."""
+    files = sorted(glob.glob(os.path.join(str(out_dir), "wandb", "offline-run-*",
+                                          "run-*.wandb")))
+    assert files and len({os.path.basename(f) for f in files}) == 1, files
+    out: dict[int, dict[str, float]] = {}
+    for f in files:
+        for step, values in wandb_history(f).items():
+            assert step not in out, f"step {step} in two W&B run files"
+            out[step] = values
+    return out
+
+
+def series(hist, tags):
+    """metrics.jsonl-like series {tag: [(step, value)]} of a W&B history, for these tags."""
+    return {t: [(s, hist[s][t]) for s in sorted(hist) if t in hist[s]] for t in tags}
+
+
 def wandb_config(run_file) -> dict:
     out = {}
     for r in finished_records(run_file):
@@ -186,11 +206,10 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
     first = jsonl_scalars(out)
     assert {"train/loss", "train/grad_norm", "eval/val_loss"} <= set(first)
     assert_same_series(tensorboard_scalars(str(out / "tensorboard")), first, "tensorboard")
-    (run1,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
-    hist1 = wandb_history(run1)
-    assert_same_series({t: [(s, hist1[s][t]) for s in sorted(hist1) if t in hist1[s]]
-                        for t in first}, first, "wandb")
-    assert wandb_config(run1)["log_to"] == "tensorboard,wandb"
+    hist1 = wandb_runs(out)
+    assert_same_series(series(hist1, first), first, "wandb")
+    run1 = sorted(glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb")))
+    assert wandb_config(run1[0])["log_to"] == "tensorboard,wandb"
 
     Trainer(tc.replace(init_from="resume", resume_step=2, max_iters=6), **QUIET).fit()
     final = jsonl_scalars(out)
@@ -201,13 +220,13 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
                        "tensorboard after resume")
     assert len(glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))) == 2
     # W&B: the same run continued; its history only grows, so steps 3-4 were not sent again
-    runs = sorted(glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb")))
-    assert len(runs) == 2 and {os.path.basename(r) for r in runs} == {os.path.basename(run1)}
-    hist2 = wandb_history(next(r for r in runs if r != run1))
-    assert sorted(hist2) == [5, 6]
+    # (W&B keeps the first run's), and every step is in one run file only
+    hist = wandb_runs(out)
+    assert sorted(hist) == sorted(hist1) + [5, 6]
+    assert all(hist[s] == hist1[s] for s in hist1)
     later = {t: [(s, v) for s, v in final[t] if s > 4] for t in final}
-    assert_same_series({t: [(s, hist2[s][t]) for s in sorted(hist2) if t in hist2[s]]
-                        for t in later if later[t]}, {t: v for t, v in later.items() if v},
+    later = {t: v for t, v in later.items() if v}
+    assert_same_series(series({s: v for s, v in hist.items() if s > 4}, later), later,
                        "wandb after resume")
 
 
