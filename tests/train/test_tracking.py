@@ -270,3 +270,54 @@ def test_every_row_kind_reaches_the_trackers_and_flush_writes_it(tmp_path, offli
     assert_same_series({k: [(s, hist[s][k]) for s in sorted(hist) if k in hist[s]]
                         for k in want}, want, "wandb")
     assert wandb_config(run)["seed"] == 1
+
+
+def test_a_killed_run_loses_no_step_in_wandb_or_tensorboard(builtin_data, tmp_path,
+                                                            offline_wandb):
+    """train.py --log_to tensorboard,wandb (offline), SIGKILL a few steps after a
+    checkpoint, then --init_from resume to the end: every step of metrics.jsonl is in W&B's
+    run files once, with metrics.jsonl's values, and TensorBoard's reader sees the same.
+    (Before: W&B's file of the killed run held only the rows of the 32 KiB blocks its service
+    had filled, and the resumed run skipped every step handed to W&B before the kill.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+    pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
+    pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
+    from conftest import ROOT, run_cli
+    from gpt_jax.checkpoint.manager import all_steps
+    from gpt_jax.train.metrics import read_metrics
+    out = tmp_path / "out"
+    args = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
+            "--batch_size", "4", "--eval_iters", "1", "--warmup_iters", "2", "--lr_decay_iters",
+            "1000", "--log_interval", "1", "--eval_interval", "5", "--log_to",
+            "tensorboard,wandb", "--out_dir", str(out)]
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args,
+                              "--max_iters", "1000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        t0 = time.monotonic()
+        while True:   # a checkpoint, then two more train rows
+            assert first.poll() is None and time.monotonic() - t0 < 240, "no checkpoint"
+            steps = all_steps(str(out)) if (out / "checkpoints").is_dir() else []
+            rows = [r["step"] for r in read_metrics(str(out)) if r.get("kind") == "train"]
+            if steps and rows and rows[-1] >= steps[-1] + 2:
+                break
+            time.sleep(0.02)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    ckpt = all_steps(str(out))[-1]
+    killed_at = max(r["step"] for r in read_metrics(str(out)))
+    assert killed_at > ckpt
+    r = run_cli("train.py", *args, "--init_from", "resume", "--max_iters", ckpt + 7,
+                env={k: os.environ[k] for k in os.environ if k.startswith("WANDB_")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    want = jsonl_scalars(out)
+    assert [s for s, _ in want["train/loss"]] == list(range(1, ckpt + 8))
+    hist = wandb_runs(out)
+    assert sorted(hist) == sorted({s for v in want.values() for s, _ in v})
+    assert_same_series(series(hist, want), want, "wandb after a kill")
+    assert_same_series(tensorboard_scalars(str(out / "tensorboard")), want,
+                       "tensorboard after a kill")
