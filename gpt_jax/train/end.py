@@ -52,7 +52,8 @@ def write_failed(e: OSError, what: str, out_dir: str) -> str:
         return f"{head}. {rerun_advice(out_dir)}"
     then = ("continue with --init_from resume" if ckpt.all_steps(out_dir)
             else "run the same command again")
-    return f"{head}. {write_problem(e, path)}, then {then}"
+    fix = write_problem(e, path)
+    return f"{head}. {fix[0].upper()}{fix[1:]}, then {then}"
 
 
 def stop_text(signum: int, out_dir: str, step: int, *, saved: bool, just_saved: bool) -> str:

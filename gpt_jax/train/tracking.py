@@ -53,18 +53,20 @@ class TrackerWriteError(OSError):
     """A tracker could not write its files: the OSError, with `what` naming the tracker's
     files for the one-line message the trainer makes of it (train/end.py: write_failed)."""
 
-    def __init__(self, name: str, e: OSError):
-        super().__init__(e.errno, e.strerror, e.filename)
+    def __init__(self, name: str, e: OSError, where: str):
+        super().__init__(e.errno, e.strerror, e.filename or where)
         self.what = WHAT[name]
 
 
-def _write(name: str, fn, *args):
+def _write(name: str, where: str, fn, *args):
+    """fn(*args), its OSError a TrackerWriteError of tracker `name` (writing under `where`,
+    the tracker's directory, when the error names no file: a buffered write's)."""
     try:
         return fn(*args)
     except TrackerWriteError:
         raise
     except OSError as e:
-        raise TrackerWriteError(name, e) from None
+        raise TrackerWriteError(name, e, where) from None
 NOT_SCALARS = ("kind", "step", "task")   # row keys that name a row rather than measure
 
 
@@ -239,6 +241,8 @@ class WandB:
                 resume="allow", dir=self.out_dir, config=self.config,
                 name=os.path.basename(os.path.abspath(self.out_dir)),
                 settings=self.wandb.Settings(console="off", save_code=False))
+        except OSError:   # its run directory: said as any tracker's failed write
+            raise
         except Exception as e:  # noqa: BLE001 - no login, no network: say it in one line
             msg = " ".join(str(e).split())
             raise UserError(f"W&B could not start a run ({type(e).__name__}: {msg}); run "
@@ -292,29 +296,34 @@ class Trackers:
         names = parse_log_to(log_to)
         check_installed(names)
         self.out_dir = out_dir
-        restart_metrics(out_dir, start)
         kinds = {"tensorboard": TensorBoard, "wandb": WandB}
         self.trackers: list[tuple[str, object]] = []
         try:
             for n in names[1:]:
-                self.trackers.append((n, _write(n, kinds[n], out_dir, config, start)))
+                self.trackers.append((n, _write(n, self._dir(n), kinds[n], out_dir, config,
+                                                start)))
+            # after the trackers: one that cannot start leaves metrics.jsonl as it was
+            restart_metrics(out_dir, start)
         except BaseException:
             self.close(failed=True)
             raise
+
+    def _dir(self, name: str) -> str:
+        return os.path.join(self.out_dir, TB_DIR if name == "tensorboard" else WANDB_DIR)
 
     def log(self, row: dict) -> None:
         """metrics.jsonl first: a tracker that fails (TrackerWriteError) loses no row there."""
         append_metrics(self.out_dir, row)
         values = scalars(row)
         for n, t in self.trackers:
-            _write(n, t.log, int(row["step"]), values)
+            _write(n, self._dir(n), t.log, int(row["step"]), values)
 
     def flush(self) -> None:
         """Everything logged so far written by each tracker (before a checkpoint: a run
         killed after it resumes there, and the trackers must already hold the steps up to
         it); waits for W&B's service."""
         for n, t in self.trackers:
-            _write(n, t.flush)
+            _write(n, self._dir(n), t.flush)
 
     def close(self, failed: bool = False) -> None:
         """Flush and close each tracker (all of them, even when one fails)."""
@@ -322,7 +331,7 @@ class Trackers:
         errors = []
         for n, t in trackers:
             try:
-                _write(n, t.close, failed)
+                _write(n, self._dir(n), t.close, failed)
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
         if errors and not failed:

@@ -213,8 +213,8 @@ class Trainer:
         tracker_error = None
         try:   # the trackers' rows up to `step` written first; their failure loses no step
             if self.trackers is not None:
-                self._write("metrics.jsonl", self.trackers.flush)
-        except UserError as e:
+                self.trackers.flush()
+        except OSError as e:
             tracker_error = e
         try:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
@@ -222,8 +222,10 @@ class Trainer:
         except ckpt.SaveFailed as e:
             raise CheckpointError(f"{e}. {rerun_advice(self.out_dir)}") from None
         self.saved_step = step
-        if tracker_error is not None:
-            raise UserError(f"{tracker_error} (step {step} is saved)") from None
+        if tracker_error is not None:   # said now that the disk holds `step`
+            raise UserError(write_failed(tracker_error, getattr(tracker_error, "what", "--log_to"),
+                                         self.out_dir)
+                            + f" (step {step} is saved)") from None
 
     def _stop_requested(self) -> bool:
         """Whether a SIGINT/SIGTERM arrived, agreed by all processes (a signal may reach only
@@ -271,7 +273,8 @@ class Trainer:
         if self.main:   # jsonl rows past `start` dropped; the other trackers alike
             self.trackers = self._write("metrics.jsonl", Trackers, tc.log_to, self.out_dir,
                                         tc.to_dict(), start)
-        profiler = StepProfiler(tc.profile_steps, self.out_dir)
+        profiler = self._write("the profile (--profile_steps)", StepProfiler,
+                               tc.profile_steps, self.out_dir, start)
         n_params = count_params(self.cfg)
         fpt = flops_per_token(self.cfg, tc.model.block_size,
                               count_params(self.cfg, non_embedding=True))

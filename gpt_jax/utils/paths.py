@@ -44,17 +44,19 @@ def _blocker(path: str) -> str:
 
 
 def write_problem(e: OSError, path: str) -> str:
-    """What a failed write of `path` means and what to do, by the error's kind (an EEXIST /
+    """What a failed write of `path` means and what to do, by the error's kind (EEXIST /
     ENOTDIR / EISDIR / EROFS / EACCES / EPERM; a full disk or quota is the caller's, which
-    knows what to run next); a sentence without its full stop."""
+    knows what to run next): a clause about `path` ("it is ..."), without its full stop."""
     if e.errno in (errno.EEXIST, errno.ENOTDIR):
-        return f"{_blocker(path)} is a file where a directory belongs: move it away"
+        blocker = _blocker(path)
+        return (f"{'it' if blocker == path else blocker} is a file where a directory belongs: "
+                f"move it away")
     if e.errno == errno.EISDIR:
-        return f"{path} is a directory where a file belongs: move it away"
+        return "it is a directory where a file belongs: move it away"
     if e.errno == errno.EROFS:
-        return (f"{path} is on a read-only file system: make it writable, or copy the run to "
-                f"a writable disk and pass that --out_dir")
+        return ("its file system is read-only: make it writable, or copy the run to a "
+                "writable disk and pass that --out_dir")
     if e.errno in (errno.EACCES, errno.EPERM):
-        return (f"this user may not write {path}: give it write permission there, or pass "
-                f"another --out_dir")
-    return "Fix that"
+        return ("this user may not write there: give it write permission, or pass another "
+                "--out_dir")
+    return "fix that"

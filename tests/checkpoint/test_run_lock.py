@@ -121,23 +121,6 @@ def test_a_lock_path_that_is_not_a_plain_file_is_refused(tmp_path):
         assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
 
 
-def drop_file_override():
-    """A preexec_fn: as root, drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding
-    set, so that the child (still root) obeys file modes as any other user does; None when
-    not root (file modes already apply)."""
-    if os.geteuid() != 0:
-        return None
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
-
-    def drop():
-        for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-    return drop
-
-
 def test_an_unreadable_lock_file_is_one_line(tmp_path):
     """A lock file this user may not open (another user's, mode 000), as a run without
     CAP_DAC_OVERRIDE meets it: one line naming it; the file is left as it was."""
@@ -146,11 +129,12 @@ def test_an_unreadable_lock_file_is_one_line(tmp_path):
     lock = out / "run.lock"
     lock.write_text("")
     os.chmod(lock, 0)
+    from file_modes import without_file_override
     try:
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *TINY,
-                            "--max_iters", "2", "--out_dir", str(out)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120,
-                           preexec_fn=drop_file_override(), env=os.environ.copy())
+        r = subprocess.run([*without_file_override(), sys.executable,
+                            os.path.join(ROOT, "train.py"), *TINY, "--max_iters", "2",
+                            "--out_dir", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
     finally:
         os.chmod(lock, 0o644)
     one_line_error(r, f"cannot open {lock}, the run lock of --out_dir {out} (Permission denied)",
