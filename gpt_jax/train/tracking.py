@@ -20,7 +20,8 @@ W&B and a kill: W&B's service writes a run's file (`run-ID.wandb`, which `wandb 
 uploads) in 32 KiB blocks and completes it only when the run finishes; a killed process
 leaves it without its last rows. So flush() finishes the W&B run and waits for W&B's service
 to write (online: upload) everything (`wandb.teardown()`), and the next row continues the
-same run in a new run directory (`resume="allow"`: one more directory per checkpoint). What
+same run in a new run directory (`resume="allow"`: one more directory per checkpoint; about
+0.5 s offline; `wandb.teardown()` ends W&B's service for the whole process). What
 W&B holds for sure is the step of the last flush (`last_step` in gpt_jax_run.json), not what
 was handed to it. A resumed run sets aside the offline directory a killed run left open (to
 out_dir/wandb/interrupted/, out of `wandb sync`'s way): every row of it past that step is
