@@ -13,9 +13,11 @@ Platforms without fcntl (Windows) run without the lock.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import socket
+import stat
 import sys
 from typing import Callable, Optional
 
@@ -31,6 +33,73 @@ LOCK_FILE = "run.lock"
 
 class LockedError(UserError):
     """out_dir is held by another run."""
+
+
+class LockFileError(UserError):
+    """out_dir/run.lock is not a file this process can lock: a directory, a symbolic link,
+    another kind of file, or one it may not open."""
+
+
+# O_NOFOLLOW: a lock path that is a symbolic link fails to open (ELOOP) instead of writing the
+# holder's line into whatever the link points at; O_NONBLOCK: a FIFO put there does not hang
+# the open (it is then refused as not a regular file).
+OPEN_FLAGS = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+              | getattr(os, "O_NONBLOCK", 0))
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _not_a_lock(path: str, out_dir: str, what: str) -> LockFileError:
+    if what.startswith("a symbolic link"):
+        todo = f"remove the link (rm {path}; what it points to is left as it is)"
+    elif what == "a directory":
+        todo = "move it away"
+    else:
+        todo = f"remove it (rm {path})"
+    return LockFileError(f"{path} is {what}, where --out_dir {out_dir} keeps its run lock, "
+                         f"which must be a plain file (train.py never writes through a link): "
+                         f"{todo} or pass another --out_dir")
+
+
+def open_lock_file(path: str, out_dir: str) -> int:
+    """The lock file's descriptor, opened read-write without following a link; a
+    LockFileError naming the file and what to do when it is a directory, a link, a FIFO, a
+    socket, a device, or a file this user may not open."""
+    try:
+        fd = os.open(path, OPEN_FLAGS, 0o644)
+    except OSError as e:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = None
+        if e.errno == errno.ELOOP or (mode is not None and stat.S_ISLNK(mode)):
+            try:
+                what = f"a symbolic link to {os.readlink(path)}"
+            except OSError:
+                what = "a symbolic link"
+            raise _not_a_lock(path, out_dir, what) from None
+        if e.errno == errno.EISDIR or (mode is not None and stat.S_ISDIR(mode)):
+            raise _not_a_lock(path, out_dir, "a directory") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise LockFileError(
+                f"cannot open {path}, the run lock of --out_dir {out_dir} ({e.strerror}): if "
+                f"another user's run holds it, pass another --out_dir; otherwise make it "
+                f"readable and writable for this user (chmod u+rw {path}) or remove it") from None
+        raise LockFileError(f"cannot open {path}, the run lock of --out_dir {out_dir} "
+                            f"({e.strerror or e}): fix it or pass another --out_dir") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_a_lock(path, out_dir, _kind(mode))
+    os.set_blocking(fd, True)
+    return fd
 
 
 def lock_path(out_dir: str) -> str:
@@ -69,7 +138,7 @@ class RunLock:
         if fcntl is None or self.fd is not None:
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(self.path, self.out_dir)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -83,9 +152,10 @@ class RunLock:
                 os.close(fd)
                 raise
             # A holder that released between our open and flock removed the file we locked:
-            # lock the file now at the path instead.
+            # lock the file now at the path instead (lstat: a link put there since is not it).
             try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                st, mine = os.lstat(self.path), os.fstat(fd)
+                same = (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
             except FileNotFoundError:
                 same = False
             if same:
@@ -135,17 +205,17 @@ def hold_out_dir(out_dir: str, *, writes: bool = True, log: Callable = print) ->
     the restore says so)."""
     import jax
     import numpy as np
-    lock, error = RunLock(out_dir, log=log), None
+    lock, error, kind = RunLock(out_dir, log=log), None, LockedError
     if jax.process_index() == 0 and writes and os.path.isdir(out_dir):
         try:
             lock.acquire()
-        except LockedError as e:
-            error = str(e)
+        except (LockedError, LockFileError) as e:
+            error, kind = str(e), type(e)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         held = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
         if int(held) and error is None:
             error = f"{out_dir} is in use by another run (process 0 could not lock it)"
     if error is not None:
-        raise LockedError(error)
+        raise kind(error)
     return lock

@@ -13,6 +13,7 @@ that JAX detects by itself; GPT_JAX_DISTRIBUTED_TIMEOUT=seconds bounds start-up)
 spans the devices of all processes; only process 0 prints and writes metrics.
 """
 import argparse
+import sys
 
 # Launch settings, not training hyperparameters: kept out of TrainConfig, config files and
 # checkpoints (a resumed run may use another cluster).
@@ -24,9 +25,20 @@ LAUNCH_FLAGS = {
 }
 
 
+def check_dash_values(argv) -> None:
+    """argparse reads a value that starts with '-' (--profile_steps -1:3) as an option and
+    says only "expected one argument": say what the flag takes instead."""
+    from gpt_jax.errors import UserError
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--profile_steps" and value.startswith("-") and value[1:2].isdigit():
+            raise UserError(f"--profile_steps {value}: the window must be non-negative steps "
+                            f"START:END with 0 <= START < END, e.g. 10:15")
+
+
 def parse_args(argv=None):
     """-> (config, TrainConfig overrides, launch settings)."""
     import functools
+    check_dash_values(sys.argv[1:] if argv is None else list(argv))
     from gpt_jax.cli.common import ArgumentParser, seed, str2bool
     from gpt_jax.train.config import MAX_SEED, TRAIN_PRESETS, TrainConfig
     p = ArgumentParser(prog="train.py", description=__doc__,
@@ -63,6 +75,28 @@ def check_launch(coordinator_address=None, num_processes=None, process_id=None):
                         "(or JAX_COORDINATOR_ADDRESS) too: without it they would be ignored")
 
 
+def unused_flags(tc, given: set, start: int) -> list[str]:
+    """Flags the run would drop without a word (tc: the run's resolved config, given: the keys
+    the user set, start: the step it starts from): one warning line each."""
+    out = []
+    if "skip_warmup" in given and not (tc.skip_loss_z or tc.skip_grad_z):
+        out.append(f"--skip_warmup {tc.skip_warmup} does nothing while the spike guard is off: "
+                   f"pass --skip_loss_z or --skip_grad_z (e.g. 5) to turn it on")
+    if "decay_frac" in given and tc.lr_schedule != "wsd":
+        out.append(f"--decay_frac {tc.decay_frac} does nothing with --lr_schedule "
+                   f"{tc.lr_schedule}: it sets wsd's decay (pass --lr_schedule wsd)")
+    if "log_to" in given and tc.eval_only:
+        out.append(f"--log_to {tc.log_to} does nothing with --eval_only, which writes no "
+                   f"metrics: the losses are printed only")
+    if tc.profile_steps.strip() and not tc.eval_only:
+        from gpt_jax.train.profiling import parse_profile_steps
+        first, last = parse_profile_steps(tc.profile_steps)
+        if last <= start:
+            out.append(f"--profile_steps {tc.profile_steps} traces nothing: this run resumes at "
+                       f"step {start}, after the window (pass a window from step {start} on)")
+    return out
+
+
 def main(argv=None):
     config, overrides, launch = parse_args(argv)
     check_launch(**launch)
@@ -77,7 +111,12 @@ def main(argv=None):
         from gpt_jax.errors import UserError
         raise UserError("--eval_only needs weights: --init_from resume (a checkpoint in "
                         "--out_dir), gpt2* or a Hugging Face directory")
-    trainer = Trainer(tc, explicit=given_fields(config, overrides))
+    given = given_fields(config, overrides)
+    trainer = Trainer(tc, explicit=given)
+    step = getattr(trainer.state, "step", None)   # None: eval-only weights
+    for line in unused_flags(trainer.tc, given, 0 if step is None else int(step)):
+        if is_main_process():
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     # printed once the weights are known: resume and fine-tunes take their architecture
     # from the weights, so the flags alone would not say what runs
     say(f"config ({config} + flags):\n{format_config(trainer.tc)}", flush=True)

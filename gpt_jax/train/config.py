@@ -113,61 +113,23 @@ class TrainConfig:
         False, "one compiled block scanned over stacked layers (faster compiles)")
 
     def __post_init__(self):
-        for name in ("out_dir", "data", "init_from"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v.strip():
-                raise ConfigError(f"{name} must be a non-empty string (a path or a name), "
-                                  f"got {v!r}")
-        pos = ("batch_size", "gradient_accumulation_steps", "lr_decay_iters", "eval_interval",
-               "eval_iters", "log_interval")
-        for name in pos:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("max_iters", "warmup_iters", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
-        if self.seed > MAX_SEED:   # JAX keys keep 32 bits: larger seeds would alias smaller ones
-            raise ConfigError(f"seed must be at most {MAX_SEED}, got {self.seed}")
-        if isinstance(self.resume_step, bool) or not isinstance(self.resume_step, int) or \
-                self.resume_step < -1:
-            raise ConfigError(f"resume_step must be a checkpoint step (or -1 for the latest), "
-                              f"got {self.resume_step!r}")
+        for name in self.fields():   # each key by its own rules, then how they fit together
+            if name not in MODEL_FIELDS:
+                check_key(name, getattr(self, name))
         if self.resume_step != -1 and self.init_from != "resume":
             raise ConfigError(f"resume_step {self.resume_step} needs init_from resume (it picks "
                               f"the checkpoint in out_dir to continue from)")
-        for name in ("learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v < 0:
-                raise ConfigError(f"{name} must be a finite non-negative number, got {v!r}")
         if self.learning_rate <= 0 or self.min_lr > self.learning_rate:
             raise ConfigError(f"need 0 < min_lr <= learning_rate, got learning_rate="
                               f"{self.learning_rate}, min_lr={self.min_lr}")
-        if not (self.beta1 < 1 and self.beta2 < 1):
-            raise ConfigError("beta1 and beta2 must be below 1")
         check_schedule_and_guard(self)
-        parse_spec(self.eval_tasks)
-        if isinstance(self.eval_task_limit, bool) or not isinstance(self.eval_task_limit, int) \
-                or self.eval_task_limit < 0:
-            raise ConfigError(f"eval_task_limit must be a non-negative integer (0: all rows), "
-                              f"got {self.eval_task_limit!r}")
         if self.eval_task_limit and not self.eval_tasks.strip():
             raise ConfigError(f"eval_task_limit {self.eval_task_limit} needs eval_tasks (the "
                               f"tasks it limits), e.g. --eval_tasks hellaswag=PATH")
-        parse_log_to(self.log_to)
         parse_profile_steps(self.profile_steps, self.max_iters)
         if self.lr_decay_iters <= self.warmup_iters:
             raise ConfigError(f"lr_decay_iters ({self.lr_decay_iters}) must exceed "
                               f"warmup_iters ({self.warmup_iters})")
-        for name in ("eval_only", "remat", "scan_layers"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.mesh, str):
-            raise ConfigError(f"mesh must be a string such as data=-1 or data=2,fsdp=4, "
-                              f"got {self.mesh!r}")
-        check_mesh_grammar(self.mesh)
         check_model(self.model)
 
     @classmethod
@@ -214,27 +176,88 @@ def wsd_decay_start(tc: "TrainConfig") -> int:
 
 
 def check_schedule_and_guard(tc: "TrainConfig") -> None:
-    """--lr_schedule, --decay_frac and the spike guard's flags."""
-    if tc.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
-                          f"{tc.lr_schedule!r}")
-    for name in ("decay_frac", "skip_loss_z", "skip_grad_z"):
-        v = getattr(tc, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or v < 0:
-            raise ConfigError(f"{name} must be a finite non-negative number, got {v!r}")
-    if not 0 < tc.decay_frac <= 1:
-        raise ConfigError(f"decay_frac must be in (0, 1], got {tc.decay_frac}")
+    """wsd's decay window against the warm-up (each key's own range: check_key)."""
     if tc.lr_schedule == "wsd" and (wsd_decay_start(tc) < tc.warmup_iters
                                     or wsd_decay_start(tc) >= tc.lr_decay_iters):
         raise ConfigError(f"wsd's decay would start at step {wsd_decay_start(tc)} (the last "
                           f"decay_frac {tc.decay_frac} of lr_decay_iters {tc.lr_decay_iters}), "
                           f"which must be after warmup_iters ({tc.warmup_iters}) and before "
                           f"lr_decay_iters: change --decay_frac")
-    v = tc.skip_warmup
-    if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= WINDOW:
-        raise ConfigError(f"skip_warmup must be an integer from 2 to {WINDOW} (steps of "
-                          f"statistics before the spike guard may skip), got {v!r}")
+
+
+POSITIVE_INTS = ("batch_size", "gradient_accumulation_steps", "lr_decay_iters", "eval_interval",
+                 "eval_iters", "log_interval")
+NON_NEGATIVE_INTS = ("max_iters", "warmup_iters", "seed")
+RATES = ("learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "decay_frac",
+         "skip_loss_z", "skip_grad_z")   # finite, non-negative
+BOOLS = ("eval_only", "remat", "scan_layers")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_key(name: str, v) -> None:
+    """One flat key's value by its own rules (type and range), whatever the other keys hold:
+    what a config file's value must pass even where a flag overrides it. How keys fit
+    together (min_lr <= learning_rate, wsd's window, ...) is TrainConfig's check."""
+    if name in MODEL_FIELDS:
+        if name == "dtype" and v not in TRAIN_DTYPES:
+            raise ConfigError(f"dtype must be {' or '.join(TRAIN_DTYPES)} (float16 would need "
+                              f"loss scaling), got {v!r}")
+        # GPTConfig's own rules; n_head and n_embd with a partner that divides evenly
+        partner = {"n_head": {"n_embd": v}, "n_embd": {"n_head": 1}}.get(name, {})
+        if name in ("n_head", "n_embd") and not _is_int(v):
+            partner = {}
+        GPTConfig(**{name: v, **partner})
+    elif name in ("out_dir", "data", "init_from"):
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{name} must be a non-empty string (a path or a name), got {v!r}")
+    elif name in POSITIVE_INTS:
+        if not _is_int(v) or v <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    elif name in NON_NEGATIVE_INTS:
+        if not _is_int(v) or v < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+        if name == "seed" and v > MAX_SEED:   # JAX keys keep 32 bits: larger seeds would alias
+            raise ConfigError(f"seed must be at most {MAX_SEED}, got {v}")
+    elif name == "resume_step":
+        if not _is_int(v) or v < -1:
+            raise ConfigError(f"resume_step must be a checkpoint step (or -1 for the latest), "
+                              f"got {v!r}")
+    elif name in RATES:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < 0:
+            raise ConfigError(f"{name} must be a finite non-negative number, got {v!r}")
+        if name in ("beta1", "beta2") and not v < 1:
+            raise ConfigError("beta1 and beta2 must be below 1")
+        if name == "decay_frac" and not 0 < v <= 1:
+            raise ConfigError(f"decay_frac must be in (0, 1], got {v}")
+    elif name == "lr_schedule":
+        if v not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {v!r}")
+    elif name == "skip_warmup":
+        if not _is_int(v) or not 2 <= v <= WINDOW:
+            raise ConfigError(f"skip_warmup must be an integer from 2 to {WINDOW} (steps of "
+                              f"statistics before the spike guard may skip), got {v!r}")
+    elif name == "eval_tasks":
+        parse_spec(v)
+    elif name == "eval_task_limit":
+        if not _is_int(v) or v < 0:
+            raise ConfigError(f"eval_task_limit must be a non-negative integer (0: all rows), "
+                              f"got {v!r}")
+    elif name == "log_to":
+        parse_log_to(v)
+    elif name == "profile_steps":
+        parse_profile_steps(v)
+    elif name in BOOLS:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name} must be true or false, got {v!r}")
+    elif name == "mesh":
+        if not isinstance(v, str):
+            raise ConfigError(f"mesh must be a string such as data=-1 or data=2,fsdp=4, "
+                              f"got {v!r}")
+        check_mesh_grammar(v)
 
 
 def check_mesh_grammar(spec: str) -> None:
@@ -295,27 +318,43 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 
 def _base_config(config: str) -> dict[str, Any]:
-    base = dict(TRAIN_PRESETS[config]) if config in TRAIN_PRESETS else load_config_file(config)
+    """A built-in config's keys, or a file's, each value checked as read: a flag that
+    overrides a key does not hide a bad value of it in the file."""
+    if config in TRAIN_PRESETS:
+        return dict(TRAIN_PRESETS[config])
+    base = load_config_file(config)
     fields = TrainConfig.fields()
     unknown = sorted(set(base) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in config {config}; allowed: "
                           f"{', '.join(fields)}")
+    base = _floats(base)
+    for k, v in base.items():
+        try:
+            check_key(k, v)
+        except ConfigError as e:
+            what = str(e).replace("GPTConfig.", "")
+            raise ConfigError(f"config file {config}: {what}") from None
     return base
+
+
+def _floats(d: dict[str, Any]) -> dict[str, Any]:
+    """TOML/JSON give ints for floats like 1: accept them for float keys."""
+    fields, out = TrainConfig.fields(), dict(d)
+    for k, v in d.items():
+        if fields[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
+            try:
+                out[k] = float(v)
+            except OverflowError:
+                raise ConfigError(f"{k} must be a finite number, got {v}") from None
+    return out
 
 
 def resolve_config(config: str = "cpu-small", overrides: Optional[dict] = None) -> TrainConfig:
     """defaults < --config (a built-in name or a .json/.toml file) < flags (overrides)."""
-    fields = TrainConfig.fields()
     merged = {**_base_config(config),
               **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    for k, v in merged.items():  # TOML/JSON give ints for floats like 1: accept them
-        if fields[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
-            try:
-                merged[k] = float(v)
-            except OverflowError:
-                raise ConfigError(f"{k} must be a finite number, got {v}") from None
-    return TrainConfig.from_dict(merged)
+    return TrainConfig.from_dict(_floats(merged))
 
 
 def given_fields(config: str = "cpu-small", overrides: Optional[dict] = None) -> set[str]:

@@ -3,11 +3,13 @@ run next (advice that works when followed), and closing the checkpoint manager a
 handlers (gpt_jax/train/trainer.py's loop)."""
 from __future__ import annotations
 
+import os
 import signal
 
 import gpt_jax.checkpoint.manager as ckpt
 from gpt_jax.errors import UserError
 from gpt_jax.checkpoint.integrity import describe_steps
+from gpt_jax.utils.paths import DISK_FULL, write_problem
 
 
 class TrainingDiverged(UserError):
@@ -38,6 +40,20 @@ def rerun_advice(out_dir: str) -> str:
                 f"continue with --init_from resume")
     return ("Free space on that disk (or pass an --out_dir on a larger one), then run the "
             "same command again")
+
+
+def write_failed(e: OSError, what: str, out_dir: str) -> str:
+    """The one line for a failed write of `what` (metrics.jsonl, loss.png, a tracker's
+    files) in out_dir: what went wrong, and what to do by its kind: only a full disk or quota
+    gets the disk advice; then what to run once it is fixed."""
+    path = e.filename or os.path.join(out_dir, what)
+    head = f"could not write {what} ({path}): {e.strerror or e}"
+    if e.errno in DISK_FULL:
+        return f"{head}. {rerun_advice(out_dir)}"
+    then = ("continue with --init_from resume" if ckpt.all_steps(out_dir)
+            else "run the same command again")
+    fix = write_problem(e, path)
+    return f"{head}. {fix[0].upper()}{fix[1:]}, then {then}"
 
 
 def stop_text(signum: int, out_dir: str, step: int, *, saved: bool, just_saved: bool) -> str:

@@ -12,11 +12,12 @@ perfetto_trace.json.gz beside it.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Optional
 
 import jax
 
-from gpt_jax.errors import ConfigError
+from gpt_jax.errors import ConfigError, UserError
 
 PROFILE_DIR = "profile"
 
@@ -36,7 +37,8 @@ def parse_profile_steps(spec: str, max_iters: Optional[int] = None) -> Optional[
         raise ConfigError(f"profile_steps must be START:END (steps, e.g. 10:15 traces the "
                           f"updates from step 10 to step 15), got {spec!r}") from None
     if not 0 <= start < end:
-        raise ConfigError(f"profile_steps {spec}: need 0 <= START < END")
+        raise ConfigError(f"profile_steps {spec}: the window must be non-negative steps "
+                          f"START:END with 0 <= START < END, e.g. 10:15")
     if max_iters is not None and end > max_iters:
         raise ConfigError(f"profile_steps {spec} ends after max_iters ({max_iters}): pass an "
                           f"END of at most {max_iters}")
@@ -48,15 +50,32 @@ def profile_dir(out_dir: str) -> str:
     return d if jax.process_count() == 1 else os.path.join(d, f"process_{jax.process_index()}")
 
 
+def trace_error(where: str, e: Exception) -> UserError:
+    msg = " ".join(str(e).split())
+    return UserError(f"--profile_steps: jax.profiler could not write its trace in {where} "
+                     f"({type(e).__name__}: {msg[:300]}); check that directory, or drop "
+                     f"--profile_steps")
+
+
 class StepProfiler:
     """Starts and stops one jax.profiler trace around the updates START+1..END; a run that
-    resumes inside the window traces the rest of it, one past it traces nothing."""
+    resumes inside the window traces the rest of it, one past it traces nothing. The trace's
+    directory is made and tried with a file when the run starts (start: its first step), so a
+    file in its way or a directory this user may not write is an OSError before any
+    training, not a failed trace at END."""
 
-    def __init__(self, spec: str, out_dir: str):
+    def __init__(self, spec: str, out_dir: str, start: int = 0):
         self.window = parse_profile_steps(spec)
         self.dir = profile_dir(out_dir)
         self.active = False
         self._step_ann = None
+        if self.window is not None and self.window[1] > start:
+            os.makedirs(self.dir, exist_ok=True)
+            try:
+                with tempfile.TemporaryFile(dir=self.dir):
+                    pass
+            except OSError as e:   # named by the directory, not the probe's random name
+                raise OSError(e.errno, e.strerror, self.dir) from None
 
     def before(self, step: int) -> None:
         """Before the update from `step` to step + 1."""
@@ -64,8 +83,10 @@ class StepProfiler:
             return
         start, end = self.window
         if not self.active and start <= step < end:
-            os.makedirs(self.dir, exist_ok=True)
-            jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
+            try:
+                jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
+            except Exception as e:  # noqa: BLE001 - XLA's errors: one line
+                raise trace_error(self.dir, e) from None
             self.active = True
         if self.active:   # TensorBoard's profile plugin groups the trace by these steps
             self._step_ann = jax.profiler.StepTraceAnnotation("train", step_num=step)
@@ -88,6 +109,6 @@ class StepProfiler:
             if self.active:
                 self.active = False
                 jax.profiler.stop_trace()
-        except Exception:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001
             if not quiet:
-                raise
+                raise trace_error(self.dir, e) from None

@@ -38,7 +38,7 @@ from gpt_jax.model.gpt import count_params
 from gpt_jax.train.optimizer import make_optimizer
 from gpt_jax.train.profiling import StepProfiler
 from gpt_jax.train.end import (TrainingDiverged, diverged, rerun_advice,  # noqa: F401
-                             shut, stop_text)
+                             shut, stop_text, write_failed)
 from gpt_jax.checkpoint.run_lock import hold_out_dir
 from gpt_jax.model.stacking import unstack_tree
 from gpt_jax.train.steps import make_eval_step, make_train_step
@@ -181,12 +181,12 @@ class Trainer:
             self._write("metrics.jsonl", self.trackers.log, row)
 
     def _write(self, what: str, fn, *args) -> None:
-        """metrics.jsonl / loss.png: a failed write (a full disk) is one line with advice."""
+        """metrics.jsonl / loss.png / a tracker's files (TrackerWriteError.what): a failed
+        write is one line saying what is wrong (a full disk, a file in the way, ...)."""
         try:
             return fn(*args)
         except OSError as e:
-            raise UserError(f"could not write {e.filename or what} in {self.out_dir}: "
-                            f"{e.strerror or e}. {rerun_advice(self.out_dir)}") from None
+            raise UserError(write_failed(e, getattr(e, "what", what), self.out_dir)) from None
 
     def save(self, mngr, step: int) -> None:
         """Every process calls this: orbax writes each process's shards and process 0 the
@@ -210,12 +210,22 @@ class Trainer:
                 "sampler": self.sampler.state(step), "elapsed": self.elapsed,
                 "tokens": step * self.tc.tokens_per_step, "train_config": self.tc.to_dict(),
                 "data": self.data.dir, "guard": guard_to_meta(self.state.guard)}
+        tracker_error = None
+        try:   # the trackers' rows up to `step` written first; their failure loses no step
+            if self.trackers is not None:
+                self.trackers.flush()
+        except OSError as e:
+            tracker_error = e
         try:
             ckpt.save(mngr, step, params, self.cfg, opt_state=opt_state, meta=meta,
                       checked=True)
         except ckpt.SaveFailed as e:
             raise CheckpointError(f"{e}. {rerun_advice(self.out_dir)}") from None
         self.saved_step = step
+        if tracker_error is not None:   # said now that the disk holds `step`
+            raise UserError(write_failed(tracker_error, getattr(tracker_error, "what", "--log_to"),
+                                         self.out_dir)
+                            + f" (step {step} is saved)") from None
 
     def _stop_requested(self) -> bool:
         """Whether a SIGINT/SIGTERM arrived, agreed by all processes (a signal may reach only
@@ -263,7 +273,8 @@ class Trainer:
         if self.main:   # jsonl rows past `start` dropped; the other trackers alike
             self.trackers = self._write("metrics.jsonl", Trackers, tc.log_to, self.out_dir,
                                         tc.to_dict(), start)
-        profiler = StepProfiler(tc.profile_steps, self.out_dir)
+        profiler = self._write("the profile (--profile_steps)", StepProfiler,
+                               tc.profile_steps, self.out_dir, start)
         n_params = count_params(self.cfg)
         fpt = flops_per_token(self.cfg, tc.model.block_size,
                               count_params(self.cfg, non_embedding=True))
@@ -348,7 +359,7 @@ class Trainer:
         trackers, self.trackers = self.trackers, None
         if trackers is not None:
             try:
-                trackers.close(failed)
+                self._write("metrics.jsonl", trackers.close, failed)
             except Exception:  # noqa: BLE001 - after an error, that error is the one to see
                 if not failed:
                     raise
@@ -393,8 +404,6 @@ class Trainer:
             self._say(eval_tasks.format_row(row))
         if self.main:
             self._write("loss.png", plot_loss, self.out_dir)
-        if self.trackers is not None:   # the rows up to the checkpoint saved next
-            self.trackers.flush()
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
     def _say(self, msg: str) -> None:

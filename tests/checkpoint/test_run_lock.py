@@ -84,3 +84,59 @@ def test_lock_is_released_on_errors_and_respected_by_save_checkpoint(builtin_dat
     assert not os.path.exists(os.path.join(out, "run.lock"))   # released on the error
     save_checkpoint(out, 1, init_params(tiny_cfg, jax.random.key(0)), tiny_cfg)
     assert not os.path.exists(os.path.join(out, "run.lock"))
+
+
+# -- out_dir/run.lock in odd states: one line naming the file and what to do; nothing written
+#    through a link. train.py stops at the lock, before any data or compile (about 2 s each).
+
+def test_a_lock_path_that_is_not_a_plain_file_is_refused(tmp_path):
+    """A directory, a symbolic link (to a user's file, or dangling) and a named pipe at
+    out_dir/run.lock: one line each, for a fresh run and a resume; the file a link points to
+    is left as it was (the old code wrote the holder's JSON line into it)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious user notes\n")
+    cases = {"dir": ("a directory", "move it away"),
+             "link": (f"a symbolic link to {notes}", "remove the link"),
+             "dangling": (f"a symbolic link to {tmp_path / 'nothing'}", "remove the link"),
+             "fifo": ("a named pipe", "remove it")}
+    for name, (what, todo) in cases.items():
+        out = tmp_path / name
+        out.mkdir()
+        lock = out / "run.lock"
+        if name == "dir":
+            lock.mkdir()
+        elif name == "link":
+            lock.symlink_to(notes)
+        elif name == "dangling":
+            lock.symlink_to(tmp_path / "nothing")
+        else:
+            os.mkfifo(lock)
+        for extra in ([], ["--init_from", "resume"]):
+            r = run_cli("train.py", *TINY, "--max_iters", "2", "--out_dir", out, *extra,
+                        timeout=120)
+            one_line_error(r, f"{lock} is {what}, where --out_dir {out} keeps its run lock",
+                           todo, "pass another --out_dir")
+        assert notes.read_text() == "precious user notes\n"
+        assert not (tmp_path / "nothing").exists()
+        assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_an_unreadable_lock_file_is_one_line(tmp_path):
+    """A lock file this user may not open (another user's, mode 000), as a run without
+    CAP_DAC_OVERRIDE meets it: one line naming it; the file is left as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / "run.lock"
+    lock.write_text("")
+    os.chmod(lock, 0)
+    from file_modes import without_file_override
+    try:
+        r = subprocess.run([*without_file_override(), sys.executable,
+                            os.path.join(ROOT, "train.py"), *TINY, "--max_iters", "2",
+                            "--out_dir", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        os.chmod(lock, 0o644)
+    one_line_error(r, f"cannot open {lock}, the run lock of --out_dir {out} (Permission denied)",
+                   "pass another --out_dir", f"chmod u+rw {lock}")
+    assert os.path.isfile(lock) and os.path.getsize(lock) == 0

@@ -88,6 +88,26 @@ def wandb_history(run_file) -> dict[int, dict[str, float]]:
     return hist
 
 
+def wandb_runs(out_dir) -> dict[int, dict[str, float]]:
+    """{step: {key: value}} over every W&B run directory of out_dir (a run continues in a new
+    directory after each checkpoint's flush), each step in one of them only, all of them one
+    W&B run (one id)."""
+    files = sorted(glob.glob(os.path.join(str(out_dir), "wandb", "offline-run-*",
+                                          "run-*.wandb")))
+    assert files and len({os.path.basename(f) for f in files}) == 1, files
+    out: dict[int, dict[str, float]] = {}
+    for f in files:
+        for step, values in wandb_history(f).items():
+            assert step not in out, f"step {step} in two W&B run files"
+            out[step] = values
+    return out
+
+
+def series(hist, tags):
+    """metrics.jsonl-like series {tag: [(step, value)]} of a W&B history, for these tags."""
+    return {t: [(s, hist[s][t]) for s in sorted(hist) if t in hist[s]] for t in tags}
+
+
 def wandb_config(run_file) -> dict:
     out = {}
     for r in finished_records(run_file):
@@ -186,11 +206,10 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
     first = jsonl_scalars(out)
     assert {"train/loss", "train/grad_norm", "eval/val_loss"} <= set(first)
     assert_same_series(tensorboard_scalars(str(out / "tensorboard")), first, "tensorboard")
-    (run1,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
-    hist1 = wandb_history(run1)
-    assert_same_series({t: [(s, hist1[s][t]) for s in sorted(hist1) if t in hist1[s]]
-                        for t in first}, first, "wandb")
-    assert wandb_config(run1)["log_to"] == "tensorboard,wandb"
+    hist1 = wandb_runs(out)
+    assert_same_series(series(hist1, first), first, "wandb")
+    run1 = sorted(glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb")))
+    assert wandb_config(run1[0])["log_to"] == "tensorboard,wandb"
 
     Trainer(tc.replace(init_from="resume", resume_step=2, max_iters=6), **QUIET).fit()
     final = jsonl_scalars(out)
@@ -201,13 +220,13 @@ def test_tensorboard_and_wandb_hold_what_metrics_jsonl_holds(builtin_data, tmp_p
                        "tensorboard after resume")
     assert len(glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))) == 2
     # W&B: the same run continued; its history only grows, so steps 3-4 were not sent again
-    runs = sorted(glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb")))
-    assert len(runs) == 2 and {os.path.basename(r) for r in runs} == {os.path.basename(run1)}
-    hist2 = wandb_history(next(r for r in runs if r != run1))
-    assert sorted(hist2) == [5, 6]
+    # (W&B keeps the first run's), and every step is in one run file only
+    hist = wandb_runs(out)
+    assert sorted(hist) == sorted(hist1) + [5, 6]
+    assert all(hist[s] == hist1[s] for s in hist1)
     later = {t: [(s, v) for s, v in final[t] if s > 4] for t in final}
-    assert_same_series({t: [(s, hist2[s][t]) for s in sorted(hist2) if t in hist2[s]]
-                        for t in later if later[t]}, {t: v for t, v in later.items() if v},
+    later = {t: v for t, v in later.items() if v}
+    assert_same_series(series({s: v for s, v in hist.items() if s > 4}, later), later,
                        "wandb after resume")
 
 
@@ -251,3 +270,54 @@ def test_every_row_kind_reaches_the_trackers_and_flush_writes_it(tmp_path, offli
     assert_same_series({k: [(s, hist[s][k]) for s in sorted(hist) if k in hist[s]]
                         for k in want}, want, "wandb")
     assert wandb_config(run)["seed"] == 1
+
+
+def test_a_killed_run_loses_no_step_in_wandb_or_tensorboard(builtin_data, tmp_path,
+                                                            offline_wandb):
+    """train.py --log_to tensorboard,wandb (offline), SIGKILL a few steps after a
+    checkpoint, then --init_from resume to the end: every step of metrics.jsonl is in W&B's
+    run files once, with metrics.jsonl's values, and TensorBoard's reader sees the same.
+    (Before: W&B's file of the killed run held only the rows of the 32 KiB blocks its service
+    had filled, and the resumed run skipped every step handed to W&B before the kill.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+    pytest.importorskip("tensorboard", reason="tensorboard's event reader (test extra)")
+    pytest.importorskip("tensorboardX", reason="the `track` extra (tensorboardX) is not installed")
+    from conftest import ROOT, run_cli
+    from gpt_jax.checkpoint.manager import all_steps
+    from gpt_jax.train.metrics import read_metrics
+    out = tmp_path / "out"
+    args = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
+            "--batch_size", "4", "--eval_iters", "1", "--warmup_iters", "2", "--lr_decay_iters",
+            "1000", "--log_interval", "1", "--eval_interval", "5", "--log_to",
+            "tensorboard,wandb", "--out_dir", str(out)]
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args,
+                              "--max_iters", "1000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        t0 = time.monotonic()
+        while True:   # a checkpoint, then two more train rows
+            assert first.poll() is None and time.monotonic() - t0 < 240, "no checkpoint"
+            steps = all_steps(str(out)) if (out / "checkpoints").is_dir() else []
+            rows = [r["step"] for r in read_metrics(str(out)) if r.get("kind") == "train"]
+            if steps and rows and rows[-1] >= steps[-1] + 2:
+                break
+            time.sleep(0.02)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    ckpt = all_steps(str(out))[-1]
+    killed_at = max(r["step"] for r in read_metrics(str(out)))
+    assert killed_at > ckpt
+    r = run_cli("train.py", *args, "--init_from", "resume", "--max_iters", ckpt + 7,
+                env={k: os.environ[k] for k in os.environ if k.startswith("WANDB_")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    want = jsonl_scalars(out)
+    assert [s for s, _ in want["train/loss"]] == list(range(1, ckpt + 8))
+    hist = wandb_runs(out)
+    assert sorted(hist) == sorted({s for v in want.values() for s, _ in v})
+    assert_same_series(series(hist, want), want, "wandb after a kill")
+    assert_same_series(tensorboard_scalars(str(out / "tensorboard")), want,
+                       "tensorboard after a kill")
