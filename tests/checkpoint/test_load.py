@@ -33,8 +33,8 @@ def test_hugging_face_directory(tmp_path):
     params, cfg = gpt_jax.load_model(str(tmp_path / "hf"))
     want, want_cfg = gpt_jax.from_hf(str(tmp_path / "hf"))
     assert cfg == want_cfg and same(params, want) and same(params, p)
-    with pytest.raises(gpt_jax.UserError, match=r"^step=4 picks a checkpoint of a train.py "
-                                                r"out_dir.*drop step="):
+    with pytest.raises(gpt_jax.UserError, match=r"^step=4 applies to a train.py out_dir .* is "
+                                                r"a Hugging Face directory.*drop step=4$"):
         gpt_jax.load_model(str(tmp_path / "hf"), step=4)
 
 

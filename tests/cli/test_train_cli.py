@@ -135,7 +135,7 @@ def test_eval_tasks_during_training(builtin_data, tmp_path):
     eval_task rows at step 0 and every eval_interval, printed, and a loss.png panel; the last
     rows equal run_task on the saved weights (GPT-2 layout, one device); a resume drops the rows
     after its step and writes them again, the same."""
-    from test_eval_tasks import task_files
+    from task_files import task_files
     from gpt_jax import load_checkpoint
     import gpt_jax.evaluation.tasks as tasks
     files = task_files(tmp_path, rows=8)

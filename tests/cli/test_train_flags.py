@@ -3,7 +3,6 @@ value is checked even where a flag overrides it; flags that do nothing in the ru
 warn once; a negative --profile_steps window says what the flag takes. In process through
 cli/train.py's main and cli.common.run, as `python train.py` runs it."""
 import json
-import os
 
 import pytest
 

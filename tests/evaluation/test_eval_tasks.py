@@ -5,35 +5,16 @@ in tests/cli/test_train_cli.py."""
 import json
 
 import jax
-import numpy as np
 import pytest
 
 import gpt_jax
 import gpt_jax.evaluation.task_evals as eval_tasks
+from task_files import task_files
 import gpt_jax.evaluation.tasks as tasks
 from gpt_jax.errors import ConfigError, DataError, UserError
 from gpt_jax.model.stacking import stack_layers
 
 CFG = gpt_jax.GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)
-WORDS = "the cat sat on a mat while dogs ran far away into deep green woods".split()
-
-
-def task_files(d, rows=6):
-    """Small synthetic hellaswag, lambada and text files in d: {task: path}."""
-    rng = np.random.default_rng(0)
-    words = lambda n: " ".join(rng.choice(WORDS, n))
-    hs, lb, tx = d / "hs.jsonl", d / "lambada.jsonl", d / "text.txt"
-    hs.write_text("".join(json.dumps({"ctx": words(int(rng.integers(3, 10))),
-                                      "endings": [words(int(rng.integers(1, 6)))
-                                                  for _ in range(4)],
-                                      "label": int(rng.integers(0, 4))}) + "\n"
-                          for _ in range(rows)))
-    lb.write_text("".join(json.dumps({"text": words(int(rng.integers(4, 20)))}) + "\n"
-                          for _ in range(rows)))
-    tx.write_text("\n\n".join(words(12) for _ in range(rows)))
-    return {"hellaswag": str(hs), "lambada": str(lb), "text": str(tx)}
-
-
 def test_parse_spec():
     assert eval_tasks.parse_spec("") == [] and eval_tasks.parse_spec("  ") == []
     assert eval_tasks.parse_spec("hellaswag=a/b.jsonl, lambada=c=d.jsonl,text") == [
