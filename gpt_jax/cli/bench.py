@@ -54,7 +54,7 @@ def parse_args(argv=None):
                    help="threads for the PyTorch peers (default: the CPU count)")
     p.add_argument("--flax_python", default=None,
                    help="train section: the python of a side environment with transformers<5 "
-                        "and flax (README, Benchmarks), to time HF Flax GPT-2's train step as "
+                        "and flax (docs/benchmarks.md), to time HF Flax GPT-2's train step as "
                         "a peer in a separate process (default: skipped, with a note)")
     p.add_argument("--device", default=None, choices=list(DEVICES),
                    help="JAX platform (default: JAX's choice)")

@@ -1,5 +1,5 @@
 """bench.py's HF Flax peer (gpt_jax/lab/bench/flax_peer.py, flax_worker.py). It needs a side
-environment with transformers<5 and flax (README, Benchmarks): set GPT_JAX_FLAX_PYTHON to its
+environment with transformers<5 and flax (docs/benchmarks.md): set GPT_JAX_FLAX_PYTHON to its
 python to run the test against it; without it that test is skipped. What needs no side
 environment (the note without --flax_python, the one-line errors) is in test_bench.py."""
 import os

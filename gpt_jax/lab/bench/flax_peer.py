@@ -18,7 +18,7 @@ from gpt_jax.errors import UserError
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flax_worker.py")
 NOTE = ("[bench] train: HF Flax peer skipped: pass --flax_python PATH, the python of an "
-        "environment with transformers<5 and flax (README, Benchmarks)")
+        "environment with transformers<5 and flax (docs/benchmarks.md)")
 _MARK = "gpt_jax-flax-probe"
 _PROBE = (f"print({_MARK!r}, flush=True); "
           "import transformers, flax, optax, safetensors; "
@@ -30,20 +30,20 @@ def check_flax_python(path: str) -> None:
     """One-line error, before anything is timed, when `path` cannot run the worker."""
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise UserError(f"--flax_python {path}: not an executable file; give the python of an "
-                        f"environment with transformers<5 and flax (README, Benchmarks)")
+                        f"environment with transformers<5 and flax (docs/benchmarks.md)")
     try:   # a Python prints its marker before any import can fail
         proc = subprocess.run([path, "-c", _PROBE], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise UserError(f"--flax_python {path} could not be run ({e}): give the python of an "
-                        f"environment with transformers<5 and flax (README, Benchmarks)") from None
+                        f"environment with transformers<5 and flax (docs/benchmarks.md)") from None
     if not proc.stdout.startswith(_MARK):
         raise UserError(f"--flax_python {path} is not a Python interpreter: give the python of "
                         f"an environment with transformers<5 and flax, e.g. "
-                        f"/path/to/venv/bin/python (README, Benchmarks)")
+                        f"/path/to/venv/bin/python (docs/benchmarks.md)")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"--flax_python {path} cannot import HF Flax GPT-2 ({last}): install "
-                        f"transformers<5, flax, optax and safetensors there (README, Benchmarks)")
+                        f"transformers<5, flax, optax and safetensors there (docs/benchmarks.md)")
 
 
 class FlaxPeer:
