@@ -2,8 +2,8 @@
 
 A short training on the built-in corpus, sampled with sample.py's defaults, is judged by
 gpt_jax.data.textstats: how many words, how many of them are the corpus's words, and how much of
-the text is whitespace. The default run's own figures are in docs/training.md ("The default run"); a run of
-seconds meets looser thresholds, which an untrained model fails.
+the text is whitespace. The default run's own figures are in docs/training.md ("The default
+run"); a run of seconds meets looser thresholds, which an untrained model fails.
 """
 import jax
 import numpy as np
