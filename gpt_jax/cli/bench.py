@@ -31,6 +31,9 @@ def parse_args(argv=None):
     p.add_argument("--tests", type=str2bool, default=True,
                    help="with --suite: run its pytest selection first")
     p.add_argument("--json", default=None, help="write results as JSON to this path")
+    p.add_argument("--compare", default=None, metavar="OLD.json",
+                   help="also print each row's ratio against a run saved with --json (above 1 "
+                        "is better) and flag the rows that lost more than the runs' own spread")
     p.add_argument("--plot", default=None, help="draw the results as a PNG chart at this path")
     p.add_argument("--peers", type=str2bool, default=True,
                    help="time Hugging Face PyTorch peers where torch/transformers are installed")
@@ -69,6 +72,9 @@ def parse_args(argv=None):
         given = [f"--{k}" for k in fixed if getattr(args, k) is not None]
         if given:
             p.error(f"--suite {args.suite} runs fixed sizes: leave out {', '.join(given)}")
+        if args.compare:
+            p.error(f"--compare goes with a plain run (its rows against a saved one), not "
+                    f"--suite {args.suite}")
     elif args.table:
         p.error("--table writes a suite's table: give --suite too")
     defaults = {"preset": "gpt2", "dtype": "float32", "batch_size": 8, "train_gpt2": True}
@@ -116,6 +122,10 @@ def main():
     for flag in ("json", "plot", "table"):
         if getattr(args, flag):
             check_output_path(getattr(args, flag), f"--{flag}")
+    old = None
+    if args.compare:   # read before minutes of benchmarks, not after
+        from gpt_jax.lab.bench.compare import load_results
+        old = load_results(args.compare)
     if args.suite:
         return main_suite(args)
     if args.device:
@@ -148,6 +158,9 @@ def main():
         check_forward_memory(ctx)
     results = run_sections(ctx, names)
     print(format_table(results))
+    if old is not None:
+        from gpt_jax.lab.bench.compare import compare, format_changes
+        print(format_changes(*compare(results, old), args.compare))
     write_outputs(args, results)
 
 
