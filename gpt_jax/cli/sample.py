@@ -146,8 +146,42 @@ def load_model(init_from: str, step=None):
     return load_model(init_from, step, step_hint="sample from the latest with --step {step}")
 
 
+class ReaderLeft(Exception):
+    """stdout's reader has gone (`| head`): the samples stop quietly."""
+
+
+def emit(text: str) -> None:
+    """Write text to stdout at once. A reader that left (`| head -c 100`) ends the samples
+    quietly (ReaderLeft); any other failed write (a full disk, /dev/full) is one line. Either
+    way stdout then points at /dev/null, so the interpreter's last flush has nothing to fail on."""
+    from gpt_jax.errors import UserError
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise ReaderLeft from None
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise UserError(f"could not write the samples to stdout ({e.strerror or e}): "
+                        f"redirect it to a file on a disk with room, or to a pipe") from None
+
+
 def main():
     args = parse_args()
+    from gpt_jax.errors import UserError
+    if sys.stdout is None:   # started with stdout closed (`>&-`)
+        raise UserError("stdout is closed, and sample.py writes the samples there: redirect "
+                        "it to a file or a pipe")
+    try:
+        return run_samples(args)
+    except ReaderLeft:
+        print("[sample] stdout's reader has gone: stopped", file=sys.stderr)
+        return 0
+
+
+def run_samples(args):
+    """Load the model, decode, and write the samples (main, after the flags)."""
     import jax
     import numpy as np
     import gpt_jax
@@ -234,20 +268,15 @@ def main():
         rows = new.tolist()[:left]
         left -= len(rows)
         n_tokens += len(rows) * new.shape[1]
-        try:
-            for row in rows:
-                for end in (eos_id, -1):   # -1: padding after a stop string
-                    if end is not None and end in row:
-                        row = row[:row.index(end)]
-                sample_text = enc.decode(ids + row) if not args.stop else \
-                    enc.decode(ids) + cut_text(enc.decode(row), args.stop)
-                sys.stdout.write(sample_text + "\n" + SEPARATOR + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            print(f"[sample] stdout closed after {args.num_samples - left} samples",
-                  file=sys.stderr)
-            return 0
+        texts = []
+        for row in rows:
+            for end in (eos_id, -1):   # -1: padding after a stop string
+                if end is not None and end in row:
+                    row = row[:row.index(end)]
+            sample_text = enc.decode(ids + row) if not args.stop else \
+                enc.decode(ids) + cut_text(enc.decode(row), args.stop)
+            texts.append(sample_text + "\n" + SEPARATOR + "\n")
+        emit("".join(texts))
     print(f"[sample] compile {compile_s:.1f}s, {n_tokens} tokens in {run_s:.2f}s = "
           f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
 
@@ -257,20 +286,13 @@ def stream_samples(params, cfg, ids, text, args, sampling):
     import time
     import gpt_jax
     n_tokens, t0 = 0, time.perf_counter()
-    try:
-        for i in range(args.num_samples):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            for piece in gpt_jax.generate_stream(params, cfg, [ids], args.max_new_tokens,
-                                                 text=True, **sampling(i)):
-                n_tokens += 1
-                sys.stdout.write(piece.text[0])
-                sys.stdout.flush()
-            sys.stdout.write("\n" + SEPARATOR + "\n")
-            sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    for i in range(args.num_samples):
+        emit(text)
+        for piece in gpt_jax.generate_stream(params, cfg, [ids], args.max_new_tokens,
+                                             text=True, **sampling(i)):
+            n_tokens += 1
+            emit(piece.text[0])
+        emit("\n" + SEPARATOR + "\n")
     run_s = time.perf_counter() - t0
     print(f"[sample] streamed {n_tokens} tokens in {run_s:.2f}s (compile included) = "
           f"{n_tokens / run_s:,.1f} tokens/s", file=sys.stderr)
@@ -298,14 +320,18 @@ def beam_main(args, params, cfg, ids, eos_id, enc):
     for row, score in zip(tokens.tolist(), scores):
         if eos_id is not None and eos_id in row:
             row = row[:row.index(eos_id)]
-        sys.stdout.write(enc.decode(ids + row) + "\n" + SEPARATOR + "\n")
+        emit(enc.decode(ids + row) + "\n" + SEPARATOR + "\n")
         print(f"[sample] beam score {score:.4f} ({len(row)} tokens)", file=sys.stderr)
     print(f"[sample] beam search with compile {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
 
 def entry() -> None:
-    """The console script (gpt-jax-sample) and `python -m gpt_jax.cli.sample`."""
-    from gpt_jax.cli.common import run
+    """The console script (gpt-jax-sample), `python sample.py` and `python -m
+    gpt_jax.cli.sample`. Ctrl-C / SIGTERM end the process at once, mid-decode too (a compiled
+    loop runs to its end before Python would see a KeyboardInterrupt: 90 s for a long beam
+    search); samples are written and flushed as they are made, so a sudden exit loses none."""
+    from gpt_jax.cli.common import exit_on_signals, run
+    exit_on_signals("sample.py")
     run(main)
 
 

@@ -6,6 +6,7 @@ from gpt_jax.checkpoint.load import load_model
 from gpt_jax.cli.common import ArgumentParser, exit_on_signals, run
 from gpt_jax.errors import UserError
 from gpt_jax.lab.study import FULL, TINY, Progress, run_study
+from gpt_jax.utils.paths import writable_dir
 
 
 SECTIONS = ("norm", "heads", "mask", "strategies", "kv")
@@ -48,11 +49,13 @@ def main(argv=None) -> int:
         except UserError as e:
             raise UserError(f"--model {a.model}: {e}") from None
     s = TINY if a.tiny else FULL
+    out_dir = writable_dir(a.out_dir or ("out-study-tiny" if a.tiny else "docs/study"),
+                           "--out_dir")   # before anything trains: a file there, read-only
     progress = Progress()
     if argv is None:   # the command line: Ctrl-C / SIGTERM save what ended, then exit at once
         exit_on_signals("study.py", progress.save)
-    run_study(s, a.out_dir or ("out-study-tiny" if a.tiny else "docs/study"),
-              model_dir=a.model, step=a.step, model=model, only=only, progress=progress)
+    run_study(s, out_dir, model_dir=a.model, step=a.step, model=model, only=only,
+              progress=progress)
     return 0
 
 

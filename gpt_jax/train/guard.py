@@ -1,4 +1,5 @@
-"""The spike guard: skip an update whose loss or gradient norm is an outlier (llm.c's -sl/-sg).
+"""The spike guard: skip an update whose loss or gradient norm is an outlier (the flags are
+llm.c's -sl/-sg; the rule below is ours, after llm.c's outlier detector).
 
 The statistics are a ring buffer of the last WINDOW accepted losses and gradient norms
 (float32), carried in TrainState.guard and saved exactly in the checkpoint's meta, so a resumed
@@ -9,7 +10,11 @@ run takes the same decisions. Every step (guard on or off):
     an outlier's update is skipped: params and opt_state stay bit-identical (its batch is
     consumed; the schedule follows the updates applied, which opt_state counts)
     the value enters the buffer unless it is an outlier: a spike must not make the guard less
-    picky; the third outlier in a row does enter it (a new level, not a spike: llm.c's rule)
+    picky; the third outlier in a row does enter it (a new level, not a spike)
+
+llm.c's detector (llmc/outlier_detector.h at 7a0d864) differs: a window of 128 values (line
+16), every value entering it, the new one included, before its z-score is taken (lines 53-56),
+and no z-score at all until the window is full (line 44); it has no streak rule.
 
 Non-finite losses are never buffered nor skipped: the trainer stops on them as before.
 
@@ -24,7 +29,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-WINDOW = 64          # values the running mean and deviation are over (llm.c's window)
+WINDOW = 64          # values the running mean and deviation are over (llm.c's holds 128)
 STREAK_ACCEPT = 3    # the 3rd outlier in a row enters the statistics
 
 

@@ -197,11 +197,13 @@ def test_beam_search_flags(out_dir):
 
 
 def sample_here(monkeypatch, capsys, *args):
-    """sample.py's entry point in this process: (exit status, stdout, stderr)."""
+    """sample.py's main in this process, as its entry point runs it (without the signal watch,
+    which belongs to a process of its own): (exit status, stdout, stderr)."""
     import gpt_jax.cli.sample as cli
+    from gpt_jax.cli.common import run
     monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, args)])
     with pytest.raises(SystemExit) as e:
-        cli.entry()
+        run(cli.main)
     out, err = capsys.readouterr()
     return e.value.code, out, err
 
@@ -271,3 +273,59 @@ def test_step_on_a_hugging_face_directory_says_what_step_is_for(out_dir, tmp_pat
     assert one_line_here(monkeypatch, capsys, "--init_from", hf, "--step", "3") == (
         f"error: --step 3 applies to a train.py out_dir (it picks one of its checkpoints), and "
         f"{hf} is a Hugging Face directory, which loads without it: drop --step 3")
+
+
+def shell_sample(out_dir, redirect, *args):
+    """sample.py run by bash with a redirection of its stdout (a closed stdout, /dev/full, a
+    pipe into head): (exit status of sample.py, its stderr)."""
+    cmd = " ".join([sys.executable, "sample.py", "--init_from", out_dir, *args])
+    script = f"{cmd} {redirect} 2>{out_dir}/err.txt; echo ${{PIPESTATUS[0]}}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    with open(f"{out_dir}/err.txt") as f:
+        return int(r.stdout.strip().splitlines()[-1]), f.read()
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_output_streams_that_fail(out_dir, stream):
+    """stdout closed, full (/dev/full) or a reader that leaves (head -c 100): one line, or a
+    quiet end, never a traceback (issue 30 item 5)."""
+    args = ("--num_samples", "3", "--max_new_tokens", "20", "--stream", stream)
+    code, err = shell_sample(out_dir, ">&-", *args)
+    assert code == 1 and err.strip().splitlines() == [
+        "error: stdout is closed, and sample.py writes the samples there: redirect it to a "
+        "file or a pipe"], err
+    code, err = shell_sample(out_dir, "> /dev/full", *args)
+    assert code == 1 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "error: could not write the samples to stdout (No space left on device): redirect it "
+        "to a file on a disk with room, or to a pipe"), err
+    code, err = shell_sample(out_dir, "| head -c 100 > /dev/null",
+                             "--num_samples", "200", "--max_new_tokens", "20", "--stream", stream)
+    assert code in (0, 141) and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_ctrl_c_mid_decode_ends_at_once(out_dir):
+    """SIGINT once the decode is under way (its compile or its loop, where Python's own
+    handler would wait): exit 130 within about a second, the last line says so (issue 30
+    item 8)."""
+    import signal
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "sample.py", "--init_from", out_dir, "--num_beams",
+                          "16", "--max_new_tokens", "24", "--num_return_sequences", "16"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        line = p.stderr.readline()          # the config line: the checks are done
+        assert line.startswith("[sample] model"), line
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        p.send_signal(signal.SIGINT)
+        code = p.wait(timeout=30)
+        took = time.perf_counter() - t0
+    finally:
+        p.kill()
+    rest = p.stderr.read()
+    assert code == 130 and took < 5, (code, took, rest)
+    assert rest.strip().splitlines()[-1] == "sample.py stopped by SIGINT", rest

@@ -201,3 +201,28 @@ def test_ctrl_c_in_the_norm_sweep_keeps_the_runs_that_ended_and_exits_130(tmp_pa
     assert "Traceback" not in text and "interrupted" not in text
     report_md = (tmp_path / "report.md").read_text()
     assert "unfinished" in report_md and "| 2 | 0 | pre | " in report_md
+
+
+def test_an_out_dir_study_py_cannot_write_is_one_line_before_anything_trains(tmp_path):
+    """--out_dir that is a file, under a file, or read-only (issue 30 item 6): one line naming
+    --out_dir, exit 1, before the first training step."""
+    import subprocess
+    import sys
+    from conftest import ROOT, run_cli
+    from file_modes import without_file_override
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        r = run_cli("study.py", "--tiny", "--only", "kv", "--out_dir", out, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert lines[0].startswith(f"error: --out_dir {out} is ") and "training" not in r.stdout
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    r = subprocess.run([*without_file_override(), sys.executable, "study.py", "--tiny", "--only",
+                        "kv", "--out_dir", str(ro / "report")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "is not a writable directory (Permission denied)" in lines[0]
