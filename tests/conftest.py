@@ -27,6 +27,17 @@ def builtin_data(tmp_path_factory):
     return d
 
 
+@pytest.fixture
+def offline_wandb(monkeypatch, tmp_path):
+    """W&B in offline mode with its files under tmp_path: no network, no login, no home dir."""
+    pytest.importorskip("wandb", reason="the `track` extra (wandb) is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+
+
 def run_cli(script, *args, env=None, timeout=300, cwd=ROOT):
     """Run a CLI of the repo as a subprocess with this interpreter; returns CompletedProcess."""
     import subprocess

@@ -53,6 +53,14 @@ def seed(s: str, maximum: int = MAX_SEED) -> int:
     return v
 
 
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """--init_from and --step, as sample.py and eval.py take them (checkpoint.load_model)."""
+    p.add_argument("--init_from", default="out",
+                   help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="a train.py out_dir's checkpoint step (default: the latest)")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one `error: ...` line and exit 1 like every other user
     error (argparse itself prints the usage block and exits 2)."""

@@ -14,13 +14,10 @@ import argparse
 
 
 def parse_args(argv=None):
-    from gpt_jax.cli.common import ArgumentParser
+    from gpt_jax.cli.common import ArgumentParser, add_model_flags
     from gpt_jax.evaluation.tasks import TASKS
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init_from", default="out",
-                   help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
-    p.add_argument("--step", type=int, default=None,
-                   help="a train.py out_dir's checkpoint step (default: the latest)")
+    add_model_flags(p)
     p.add_argument("--task", choices=TASKS, help="a built-in task")
     p.add_argument("--harness", metavar="TASKS",
                    help="comma-separated lm-evaluation-harness task names")

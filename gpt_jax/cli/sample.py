@@ -16,14 +16,12 @@ SAMPLING = {"num_samples": 3, "temperature": 0.8, "top_k": 200, "top_p": 1.0, "s
 
 
 def parse_args(argv=None):
-    from gpt_jax.cli.common import MAX_SEED, ArgumentParser, seed, str2bool, utf8_text
+    from gpt_jax.cli.common import (MAX_SEED, ArgumentParser, add_model_flags, seed, str2bool,
+                                    utf8_text)
     from gpt_jax.generation.memory import MAX_SAMPLE_BATCH
     from gpt_jax.generation.step import WEIGHT_FORMATS
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init_from", default="out",
-                   help="a train.py out_dir (default: out), or a gpt2* name / Hugging Face dir")
-    p.add_argument("--step", type=int, default=None,
-                   help="a train.py out_dir's checkpoint step (default: the latest)")
+    add_model_flags(p)
     p.add_argument("--start", default="\n", type=start_text,
                    help='prompt text, or FILE:path (default: "\\n")')
     p.add_argument("--num_samples", type=int, default=None, help="default: 3")

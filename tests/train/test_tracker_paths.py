@@ -37,16 +37,6 @@ def one_line_error(code, line, *parts, disk=False):
     assert (DISK in line) == disk, line
 
 
-@pytest.fixture
-def offline_wandb(monkeypatch, tmp_path):
-    pytest.importorskip("wandb", reason="the `track` extra (wandb) is not installed")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-
-
 def test_only_a_full_disk_gets_the_disk_advice(tmp_path):
     """write_failed, the one line of every failed write of a run: each errno says what is
     wrong (the same for --profile_steps' directory, metrics.jsonl, loss.png, the trackers)."""

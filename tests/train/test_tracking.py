@@ -137,16 +137,6 @@ def assert_same_series(got, want, what):
                                    rtol=1e-6, err_msg=f"{what}: {tag}")
 
 
-@pytest.fixture
-def offline_wandb(monkeypatch, tmp_path):
-    pytest.importorskip("wandb", reason="the `track` extra (wandb) is not installed")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-
-
 # -- the flags ----------------------------------------------------------------------------------
 
 def test_log_to_and_profile_steps_are_checked():
