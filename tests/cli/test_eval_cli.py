@@ -130,45 +130,19 @@ def test_a_signal_stops_scoring_at_once_with_one_line(setup, tmp_path, sig):
     process and a real signal, sent once scoring runs: it ends within seconds, in one line."""
     import re
     import signal
-    import threading
-    import time
+    from signals import Watched
     d, _ = setup
     text = tmp_path / "long.txt"
     text.write_text("the cat sat on the mat, and the dogs ran far away. " * 4000)  # ~52k windows
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
-    # Python's Ctrl-C handler here while the child starts, so that it begins with SIGINT's
-    # default: a process started from a background job of a non-interactive shell (as CI may
-    # run this) inherits SIGINT ignored, and eval.py rightly keeps ignoring it then.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "eval.py", "--init_from", str(d / "out"), "--task", "text",
-             "--data", str(text), "--stride", "1"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    err = bytearray()
-    reader = threading.Thread(target=lambda: [err.extend(c) for c in
-                                              iter(lambda: proc.stderr.read1(4096), b"")])
-    reader.start()
-    try:
-        deadline = time.monotonic() + 240
-        while not re.search(rb"[1-9]\d*/\d+ \[", err):   # the bar has counted a batch
-            assert proc.poll() is None and time.monotonic() < deadline, err.decode()[-2000:]
-            time.sleep(0.05)
-        seen = len(err)
-        proc.send_signal(getattr(signal, sig))
-        t0 = time.monotonic()
-        proc.wait(timeout=30)
-        took = time.monotonic() - t0
-    finally:
-        proc.kill()
-        reader.join()
-    after = err[seen:].decode()
-    assert proc.returncode == 128 + getattr(signal, sig), err.decode()[-2000:]
+    with Watched("eval.py", "--init_from", d / "out", "--task", "text", "--data", text,
+                 "--stride", "1") as w:
+        w.wait_for(lambda w: re.search(rb"[1-9]\d*/\d+ \[", w.err))   # the bar counted a batch
+        seen = len(w.err)
+        took = w.stop(getattr(signal, sig), timeout=30)
+    assert w.proc.returncode == 128 + getattr(signal, sig), w.err.decode()[-2000:]
     assert took < 5, f"{took:.1f} s after {sig}"
-    lines = [l for l in re.split(r"[\r\n]", after) if l.strip()]
-    assert lines[-1] == f"eval.py stopped by {sig}" and "Traceback" not in after, after
+    lines = w.lines(seen)
+    assert lines[-1] == f"eval.py stopped by {sig}" and "Traceback" not in w.err[seen:].decode()
     assert not any("stopped" in l for l in lines[:-1])
 
 

@@ -310,22 +310,11 @@ def test_ctrl_c_mid_decode_ends_at_once(out_dir):
     """SIGINT once the decode is under way (its compile or its loop, where Python's own
     handler would wait): exit 130 within about a second, the last line says so (issue 30
     item 8)."""
-    import signal
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "sample.py", "--init_from", out_dir, "--num_beams",
-                          "16", "--max_new_tokens", "24", "--num_return_sequences", "16"],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-    try:
-        line = p.stderr.readline()          # the config line: the checks are done
-        assert line.startswith("[sample] model"), line
+    from signals import Watched
+    with Watched("sample.py", "--init_from", out_dir, "--num_beams", "16", "--max_new_tokens",
+                 "24", "--num_return_sequences", "16") as w:
+        w.wait_for(lambda w: b"[sample] model" in w.err)   # the config line: checks are done
         time.sleep(0.3)
-        t0 = time.perf_counter()
-        p.send_signal(signal.SIGINT)
-        code = p.wait(timeout=30)
-        took = time.perf_counter() - t0
-    finally:
-        p.kill()
-    rest = p.stderr.read()
-    assert code == 130 and took < 5, (code, took, rest)
-    assert rest.strip().splitlines()[-1] == "sample.py stopped by SIGINT", rest
+        took = w.stop(timeout=30)
+    assert w.proc.returncode == 130 and took < 5, (w.proc.returncode, took, w.err.decode())
+    assert w.lines()[-1] == "sample.py stopped by SIGINT", w.err.decode()

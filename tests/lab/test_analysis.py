@@ -108,48 +108,19 @@ def test_ctrl_c_stops_the_analysis_at_once_leaving_an_incomplete_json(tmp_path):
     with its JSON written as if complete. A real SIGINT after the first section: exit 130
     within seconds, one last line, and the JSON holds the sections that ended,
     "complete": false."""
-    import os
-    import re
-    import signal
-    import subprocess
-    import sys
-    import threading
     import time
-    from conftest import ROOT
+    from signals import Watched
     out = tmp_path / "a.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # not inherited ignored
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "gpt_jax.cli.analysis", "--hf", "false",
-                                 "--only", "params,init,tying", "--json", str(out)], cwd=ROOT,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    got = {"out": bytearray(), "err": bytearray()}
-    readers = [threading.Thread(target=lambda s=s, b=got[k]: [b.extend(c) for c in iter(
-        lambda: s.read1(4096), b"")]) for k, s in (("out", proc.stdout), ("err", proc.stderr))]
-    for r in readers:
-        r.start()
-    try:
-        deadline = time.monotonic() + 240
-        while b"== params" not in got["out"]:     # the first section ended; init is running
-            assert proc.poll() is None and time.monotonic() < deadline, got["err"].decode()
-            time.sleep(0.05)
+    with Watched("-m", "gpt_jax.cli.analysis", "--hf", "false", "--only", "params,init,tying",
+                 "--json", out) as w:
+        w.wait_for(lambda w: b"== params" in w.out)   # the first section ended; init is running
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        proc.wait(timeout=30)
-        took = time.monotonic() - t0
-    finally:
-        proc.kill()
-        for r in readers:
-            r.join()
-    err = got["err"].decode()
-    assert proc.returncode == 130 and took < 5, (proc.returncode, took, err[-2000:])
-    lines = [l for l in re.split(r"[\r\n]", err) if l.strip()]
-    assert lines[-1] == (f'analysis stopped by SIGINT: {out} holds the sections that ended, '
-                         f'marked "complete": false') and "Traceback" not in err, err
+        took = w.stop(timeout=30)
+    err = w.err.decode()
+    assert w.proc.returncode == 130 and took < 5, (w.proc.returncode, took, err[-2000:])
+    assert w.lines()[-1] == (f'analysis stopped by SIGINT: {out} holds the sections that ended, '
+                             f'marked "complete": false') and "Traceback" not in err, err
     report = json.loads(out.read_text())    # params, perhaps init (a fast machine): not all
     assert report["complete"] is False and list(report["sections"]) in (["params"],
                                                                          ["params", "init"])
-    assert b"== tying" not in got["out"]
+    assert b"== tying" not in w.out

@@ -160,42 +160,15 @@ def test_ctrl_c_in_the_norm_sweep_keeps_the_runs_that_ended_and_exits_130(tmp_pa
     """Ctrl-C during study.py's norm sweep printed "interrupted" and then segfaulted in 2 of 3
     runs (the interpreter's teardown under XLA's threads). A real SIGINT once a norm run has
     ended: exit 130, one last line naming what was kept, the report of the runs that ended."""
-    import os
     import re
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-    from conftest import ROOT
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # not inherited ignored
-    try:
-        proc = subprocess.Popen([sys.executable, "study.py", "--tiny", "--only", "norm",
-                                 "--out_dir", str(tmp_path)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    err = bytearray()
-    reader = threading.Thread(target=lambda: [err.extend(c) for c in
-                                              iter(lambda: proc.stderr.read1(4096), b"")])
-    reader.start()
-    try:
-        deadline = time.monotonic() + 240
-        while b"post-LN" not in err:      # the second norm run: the first has ended
-            assert proc.poll() is None and time.monotonic() < deadline, err.decode()[-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        proc.wait(timeout=60)
-        took = time.monotonic() - t0
-    finally:
-        proc.kill()
-        reader.join()
-    text = err.decode()
-    assert proc.returncode == 130, text[-2000:]
+    from signals import Watched
+    with Watched("study.py", "--tiny", "--only", "norm", "--out_dir", tmp_path) as w:
+        w.wait_for(lambda w: b"post-LN" in w.err)   # the second norm run: the first has ended
+        took = w.stop(timeout=60)
+    text = w.err.decode()
+    assert w.proc.returncode == 130, text[-2000:]
     assert took < 20, f"{took:.1f} s"
-    lines = [l for l in re.split(r"[\r\n]", text) if l.strip()]
+    lines = w.lines()
     assert re.fullmatch(rf"study.py stopped by SIGINT: kept \d+ norm runs? in "
                         rf"{re.escape(str(tmp_path / 'report.md'))}", lines[-1]), lines[-1]
     assert "Traceback" not in text and "interrupted" not in text
