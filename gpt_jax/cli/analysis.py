@@ -52,6 +52,8 @@ def main(argv=None) -> int:
         print(json.dumps(report["sections"][name], indent=1, default=float))
         sys.stdout.flush()
         report["complete"] = i == len(names) - 1
+        # the load beside the start's: a speed row is only quoted from a quiet run
+        report["machine"]["load_average_after_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
         if a.json:   # after each section: a long run leaves what it has measured, and only
             write_json(a.json, report)   # the last write says "complete": true
     return 0

@@ -30,6 +30,7 @@ import numpy as np
 import gpt_jax.lab.analysis_speed as speed
 from gpt_jax.checkpoint.hf import config_to_hf, tensor_table, to_transformers
 from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.flops import flops_per_token
 from gpt_jax.model.gpt import GPT, Block, count_params, init_params, mask_padded_vocab, param_shapes
 from gpt_jax.model.stacking import stack_layers
 from gpt_jax.train.loss import cross_entropy, loss_fn
@@ -75,15 +76,31 @@ def params_section(cfg: GPTConfig = GPT2, hf: bool = True) -> dict:
     (GPTConfig(tie_embeddings=False) adds an lm_head of vocab_size x n_embd)."""
     tied = count_params(cfg)
     untied = count_params(cfg.replace(tie_embeddings=False))
+    n = count_params(cfg, non_embedding=True)
     out = {"ours_tied": tied, "ours_untied": untied, "head_params": untied - tied,
-           "nanogpt_non_embedding": count_params(cfg, non_embedding=True),
-           "nanogpt_padded_vocab_50304": count_params(cfg.replace(vocab_size=50304))}
+           "nanogpt_non_embedding": n,
+           "nanogpt_padded_vocab_50304": count_params(cfg.replace(vocab_size=50304)),
+           # what nanoGPT prints (get_num_params: no wpe) at its vocab 50304: GPTConfig's
+           # default bias=True, and train.py's from-scratch default bias=False
+           "nanogpt_printed_vocab_50304": count_params(cfg.replace(vocab_size=50304),
+                                                       non_embedding=True),
+           "nanogpt_printed_train_py": count_params(cfg.replace(vocab_size=50304, bias=False),
+                                                    non_embedding=True),
+           "flops_per_token_ours": flops_per_token(cfg, cfg.block_size, n),
+           "flops_per_token_nanogpt": nanogpt_flops_per_token(cfg, n)}
     if hf:
         m, u = hf_meta_model(cfg), hf_meta_model(cfg, tie_word_embeddings=False)
         out.update(hf_tied=torch_params(m), hf_untied=torch_params(u),
                    hf_lm_head_is_wte=m.lm_head.weight is m.transformer.wte.weight)
     out["untied_saving"] = 1 - out["ours_tied"] / out["ours_untied"]
     return out
+
+
+def nanogpt_flops_per_token(cfg: GPTConfig, n_params: int) -> int:
+    """nanoGPT's estimate_mfu FLOPs per token, in its own terms: 6N + 12 L H Q T with
+    N = get_num_params() (no wpe), Q the head size and T the block size (PaLM, appendix B)."""
+    L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+    return 6 * n_params + 12 * L * H * Q * T
 
 
 def layout_section(cfg: GPTConfig = GPT2, hf: bool = True, timed: bool = True,
@@ -252,7 +269,8 @@ def tying_section(cfg: GPTConfig, batch: int = 4, seq: int = 64) -> dict:
 def masking_section(shape=(1, 16, 4, 32)) -> dict:
     """jax.nn.dot_product_attention(is_causal=True) aligns the mask top-left: a decode step's
     one query at the end of an S-key cache sees key 0 only, not all S. Measured against the
-    explicit mask decoding needs (and Hugging Face builds from cache_position)."""
+    explicit mask decoding needs (Hugging Face's SDPA path sets is_causal=False when
+    q_length == 1, masking_utils._ignore_causal_mask_sdpa)."""
     B, S, H, D = shape
     q1, k, v = (jax.random.normal(kk, s) for kk, s in zip(
         jax.random.split(jax.random.key(0), 3), [(B, 1, H, D), shape, shape]))
@@ -354,5 +372,6 @@ SECTIONS: dict[str, Callable[..., dict]] = {
 def machine() -> dict:
     import os
     return {"platform": platform.platform(), "cpus": os.cpu_count(),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "backend": jax.default_backend(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
