@@ -1,7 +1,7 @@
 """The measurements behind docs/analysis.md: gpt_jax against Hugging Face's modeling_gpt2.py
 and nanoGPT, point by point, each difference measured rather than asserted.
 
-    python -m gpt_jax.lab.analysis [--only params,init,...] [--json FILE] [--hf false]
+    python -m gpt_jax.cli.analysis [--only params,init,...] [--json FILE] [--hf false]
 
 Sections (SECTIONS): params (tied vs untied counts), layout (Conv1D (in, out) vs nn.Linear
 (out, in): transposes and batch-1 product speed), init (each weight group's std against
@@ -10,7 +10,8 @@ does to the residual stream), parity (logits and the shifted loss against transf
 (the tied gradient is the sum of the embedding's and the head's), masking (is_causal's
 top-left alignment at a decode step), dropout (sites, and the cost of dropout on), decay (weight
 decay masks: ours by name, nanoGPT's by ndim, the HF Trainer's by name and layer type),
-attention and cache (timed: analysis_speed.py). Widths: GPT-2 124M where it is cheap (counts,
+attention and cache (timed: analysis_speed.py), hf (Hugging Face's masks, caches and
+generate() observed at run time: analysis_hf.py). Widths: GPT-2 124M where it is cheap (counts,
 init, parity), small ones for timings. Each section returns a JSON-able dict; main prints it
 and writes them all to --json.
 """
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gpt_jax.lab.analysis_speed as speed
+from gpt_jax.lab.analysis_hf import hf_behaviour_section
 from gpt_jax.checkpoint.hf import config_to_hf, tensor_table, to_transformers
 from gpt_jax.model.config import GPTConfig
 from gpt_jax.model.flops import flops_per_token
@@ -362,6 +364,7 @@ SECTIONS: dict[str, Callable[..., dict]] = {
     "parity": lambda hf: parity_section(GPT2) if hf else {"skipped": "needs transformers"},
     "tying": lambda hf: tying_section(SMALL),
     "masking": lambda hf: masking_section(),
+    "hf": lambda hf: hf_behaviour_section() if hf else {"skipped": "needs transformers"},
     "dropout": lambda hf: dropout_section(SMALL, hf),
     "decay": lambda hf: decay_section(GPT2, hf),
     "attention": lambda hf: attention_section(hf=hf),

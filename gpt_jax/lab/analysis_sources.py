@@ -119,6 +119,8 @@ TRANSFORMERS: dict[tuple[str, int], str] = {
     ("sdpa_attention.py", 169): "if is_causal and attention_mask is None and q_length > 1 and "
                                 "kv_length > q_length:",
     ("sdpa_attention.py", 182): "attn_output = torch.nn.functional.scaled_dot_product_attention(",
+    ("modeling_utils.py", 1127): "_supports_flex_attn: bool = False",
+    ("modeling_utils.py", 1696): "if not self._supports_flex_attn:",
     ("modeling_utils.py", 1856): 'applicable_attention = "sdpa" if requested_attention is None '
                                  'else requested_attention',
     ("modeling_utils.py", 1883): "Sdpa is the default, so we try it and fallback to eager",
@@ -227,13 +229,19 @@ NANOGPT_COMMITS = {
 }
 
 NANOGPT: dict[tuple[str, int], str] = {
+    ("model.py", 23): "self.weight = nn.Parameter(torch.ones(ndim))",
+    ("model.py", 24): "self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None",
+    ("model.py", 39): "self.attn_dropout = nn.Dropout(config.dropout)",
+    ("model.py", 40): "self.resid_dropout = nn.Dropout(config.dropout)",
     ("model.py", 54): 'self.register_buffer("bias"',
     ("model.py", 57): "def apply_svd_to_v(self, v):",
     ("model.py", 117): "is_causal=True",
     ("model.py", 120): "(1.0 / math.sqrt(k.size(-1)))",
     ("model.py", 121): "masked_fill(self.bias[:,:,:T,:T] == 0, float('-inf'))",
+    ("model.py", 138): "self.dropout = nn.Dropout(config.dropout)",
     ("model.py", 164): "vocab_size: int = 50304",
     ("model.py", 169): "bias: bool = True",
+    ("model.py", 186): "drop = nn.Dropout(config.dropout),",
     ("model.py", 195): "self.transformer.wte.weight = self.lm_head.weight",
     ("model.py", 202): "std=0.02/math.sqrt(2 * config.n_layer)",
     ("model.py", 205): 'print("number of parameters: %.2fM"',
@@ -249,6 +257,7 @@ NANOGPT: dict[tuple[str, int], str] = {
     ("model.py", 301): "not k.endswith('.attn.bias')",
     ("model.py", 302): "transposed = ['attn.c_attn.weight', 'attn.c_proj.weight', "
                        "'mlp.c_fc.weight', 'mlp.c_proj.weight']",
+    ("model.py", 305): "assert len(sd_keys_hf) == len(sd_keys)",
     ("model.py", 311): "sd[k].copy_(sd_hf[k].t())",
     ("model.py", 327): "decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]",
     ("model.py", 339): "use_fused = fused_available and device_type == 'cuda'",
@@ -267,6 +276,7 @@ NANOGPT: dict[tuple[str, int], str] = {
     ("train.py", 43): "wandb_log = True",
     ("train.py", 48): "gradient_accumulation_steps = 5 * 8",
     ("train.py", 49): "batch_size = 12",
+    ("train.py", 50): "block_size = 1024",
     ("train.py", 56): "bias = False",
     ("train.py", 58): "learning_rate = 6e-4",
     ("train.py", 59): "max_iters = 600000",
@@ -313,7 +323,7 @@ NANOGPT: dict[tuple[str, int], str] = {
 }
 
 # `file.py:LINE` or `file.py:LINE-LINE`, the file possibly with one folder (generation/utils.py)
-CITATION = re.compile(r"((?:[A-Za-z_]+/)?[A-Za-z_]+\.py):(\d+)(?:-\d+)?")
+CITATION = re.compile(r"((?:[A-Za-z_]+/)?[A-Za-z_0-9]+\.py):(\d+)(?:-\d+)?")
 
 
 def doc_citations(text: str) -> list[tuple[str, int]]:

@@ -9,6 +9,7 @@ import pytest
 import gpt_jax.cli.analysis as analysis_cli
 import gpt_jax.lab.analysis as analysis
 
+import gpt_jax.lab.analysis_hf as analysis_hf
 import gpt_jax.lab.analysis_speed as analysis_speed
 from gpt_jax.model.config import GPTConfig
 from gpt_jax.errors import UserError
@@ -37,6 +38,36 @@ def test_tied_and_untied_counts_differ_by_the_head():
     assert r["hf_untied"] - r["hf_tied"] == CFG.vocab_size * CFG.n_embd == r["head_params"]
     assert r["ours_untied"] == r["hf_untied"]
     assert r["nanogpt_non_embedding"] == r["ours_tied"] - CFG.block_size * CFG.n_embd
+    assert r["flops_per_token_ours"] == r["flops_per_token_nanogpt"]
+
+
+def test_nanogpt_printed_counts_and_mfu_flops_at_gpt2_size():
+    """docs/analysis.md quotes these: nanoGPT's get_num_params (no wpe) at vocab 50304, with
+    GPTConfig's bias=True and train.py's bias=False, and estimate_mfu's 6N + 12LHQT."""
+    r = analysis.params_section(analysis.GPT2, hf=False)
+    assert r["nanogpt_printed_vocab_50304"] == 123_689_472
+    assert r["nanogpt_printed_train_py"] == 123_689_472 - 102_144   # less every bias
+    assert r["flops_per_token_ours"] == r["flops_per_token_nanogpt"] == 855_166_464  # T = 1024
+
+
+def test_hf_skips_the_mask_where_the_doc_says_and_still_decodes_right():
+    r = analysis_hf.hf_behaviour_section()
+    m, P = r["masks"], r["prompt_len"]
+    assert r["default_attn_implementation"] == "sdpa"
+    assert m["sdpa_prefill"] == m["sdpa_decode"] == {"mask": None}      # is_causal decides
+    assert m["sdpa_decode_with_padding"] == {"mask": "bool", "shape": [1, 1, 1, P + 1],
+                                             "min": 0.0, "open": P}    # the pad is shut
+    static = m["sdpa_decode_static_cache"]                            # the whole buffer
+    assert static["mask"] == "bool" and static["shape"][-1] > P + 1 and static["open"] == P + 1
+    assert m["eager_prefill"]["min"] == r["float32_min"]               # additive finfo.min
+    assert m["eager_prefill"]["open"] == P * (P + 1) // 2
+    assert r["decode_step_vs_full_forward_max_abs"] < 1e-4
+    assert r["past_key_values_warns"] and r["flex_attention_refused"]
+    assert r["logits_to_keep_1_rows"] == 1
+    assert r["num_items_in_batch_loss_over_mean"] == pytest.approx(0.5)   # P targets / 2P
+    assert r["sampling_processors"] == ["RepetitionPenaltyLogitsProcessor",
+                                        "TemperatureLogitsWarper", "TopKLogitsWarper",
+                                        "TopPLogitsWarper", "MinPLogitsWarper"]
 
 
 def test_init_std_follows_gpt2_and_hf():
