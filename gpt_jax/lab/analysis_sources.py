@@ -129,6 +129,7 @@ TRANSFORMERS: dict[tuple[str, int], str] = {
     ("modeling_utils.py", 2343): 'or "LayerNorm" in module.__class__.__name__',
     ("modeling_utils.py", 2348): "init.ones_(module.weight)",
     ("modeling_utils.py", 2350): "init.zeros_(module.bias)",
+    ("modeling_utils.py", 2493): "if not tie_word_embeddings:",
     ("modeling_utils.py", 2539): "def tie_weights(self, missing_keys",
     ("modeling_utils.py", 2577): "if not _tied_params_are_equal(source_param, target_param):",
     ("modeling_utils.py", 2624): "setattr(parent, name, source_param)",
@@ -201,6 +202,7 @@ TRANSFORMERS: dict[tuple[str, int], str] = {
                                                '"offloaded_static")',
     ("generation/configuration_utils.py", 412): 'self.temperature = kwargs.pop("temperature", '
                                                 'None)',
+    ("generation/configuration_utils.py", 602): "def _get_default_generation_params()",
     ("generation/configuration_utils.py", 611): '"max_length": 20,',
     ("generation/configuration_utils.py", 613): '"do_sample": False,',
     ("generation/configuration_utils.py", 617): '"temperature": 1.0,',
@@ -213,6 +215,8 @@ TRANSFORMERS: dict[tuple[str, int], str] = {
     ("loss_utils.py", 66): "shift_labels = labels[..., 1:].contiguous()",
     ("trainer.py", 1416): 'forbidden_name_patterns = [r"bias", r"layernorm"',
     ("trainer.py", 1417): "get_parameter_names(model, [nn.LayerNorm], forbidden_name_patterns)",
+    ("trainer.py", 1879): "self.args.gradient_accumulation_steps if update_step",
+    ("trainer.py", 2297): "for _ in range(num_batches):",
     ("trainer.py", 2170): 'kwargs["num_items_in_batch"] = num_items_in_batch',
     ("trainer.py", 2338): 'else batch["labels"][..., 1:]',
     ("trainer.py", 2343): "num_items_in_batch = sum(labels.ne(-100).sum() for labels in "
@@ -290,6 +294,9 @@ NANOGPT: dict[tuple[str, int], str] = {
     ("train.py", 73): "dtype = 'bfloat16' if torch.cuda.is_available() and "
                       "torch.cuda.is_bf16_supported() else 'float16'",
     ("train.py", 74): "compile = True",
+    ("train.py", 95): "gradient_accumulation_steps //= ddp_world_size",
+    ("train.py", 101): "tokens_per_iter = gradient_accumulation_steps * ddp_world_size * "
+                       "batch_size * block_size",
     ("train.py", 107): "torch.backends.cuda.matmul.allow_tf32 = True",
     ("train.py", 108): "torch.backends.cudnn.allow_tf32 = True",
     ("train.py", 112): "torch.amp.autocast(device_type=device_type, dtype=ptdtype)",
