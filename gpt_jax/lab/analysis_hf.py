@@ -4,7 +4,8 @@ mask each path builds (none at all on SDPA's common paths), what a StaticCache's
 is masked with, that a decode step through the skipped mask equals the full forward, the order
 generate() applies its logits processors in, and what `logits_to_keep`, the deprecated
 `past_key_values` and `num_items_in_batch` do. Each is a fact the doc states from the source;
-here it is observed, so a transformers upgrade that changes one shows up in the tests.
+here it is observed, so a transformers upgrade that changes one shows up in the tests. Also:
+GPT2ForSequenceClassification's pooling of the last non-pad token, and why (section 12).
 """
 from __future__ import annotations
 
@@ -40,6 +41,31 @@ def _describe(mask) -> dict:
             "open": int(mask.sum()) if is_bool else int((mask == 0).sum())}
 
 
+def _pooling(transformers, config, cfg: GPTConfig, length: int) -> dict:
+    """GPT2ForSequenceClassification on a right-padded row: which position its logits are
+    (score of the last non-pad token's hidden state), and why not the first: under the causal
+    mask position 0's hidden state is the same whatever follows it."""
+    import torch
+    pad = cfg.n_real_vocab - 1
+    seq = transformers.GPT2ForSequenceClassification(
+        transformers.GPT2Config(**{**config.to_dict(), "pad_token_id": pad, "num_labels": 2}))
+    seq.eval()
+    ids = torch.randint(0, pad, (1, length + 2))
+    ids[0, -2:] = pad                                      # two pads on the right
+    mask = (ids != pad).long()
+    hidden = seq.transformer(ids, attention_mask=mask).last_hidden_state[0]     # (T, C)
+    changed = ids.clone()
+    changed[0, 1:length] = (changed[0, 1:length] + 1) % pad   # every real token but the first
+    first_after = seq.transformer(changed, attention_mask=mask).last_hidden_state[0, 0]
+    logits = seq(ids, attention_mask=mask).logits[0]
+    return {"seqcls_logits_vs_score_of_last_non_pad_max_abs":
+            float((logits - seq.score(hidden[length - 1])).abs().max()),
+            "seqcls_logits_vs_score_of_first_max_abs":
+            float((logits - seq.score(hidden[0])).abs().max()),
+            "first_position_hidden_change_when_later_tokens_change":
+            float((first_after - hidden[0]).abs().max())}
+
+
 def hf_behaviour_section(cfg: GPTConfig = TINY, prompt_len: int = 5) -> dict:
     """Observed on a GPT2LMHeadModel of `cfg` (random weights, eval mode, float32).
 
@@ -51,7 +77,8 @@ def hf_behaviour_section(cfg: GPTConfig = TINY, prompt_len: int = 5) -> dict:
       A JSON-able dict: default_attn_implementation; masks {case: {mask dtype or None, shape,
       min, open}}; decode_step_vs_full_forward_max_abs; flex_attention_refused;
       past_key_values_warns; logits_to_keep_1_rows; sampling_processors (class names, in
-      order); num_items_in_batch_loss_over_mean.
+      order); num_items_in_batch_loss_over_mean; the sequence classifier's pooling
+      (seqcls_*, first_position_hidden_change_when_later_tokens_change).
     """
     import torch
     import transformers
@@ -89,6 +116,7 @@ def hf_behaviour_section(cfg: GPTConfig = TINY, prompt_len: int = 5) -> dict:
         mean = float(model(x, labels=x).loss)                         # prompt_len targets
         summed = float(model(x, labels=x, num_items_in_batch=torch.tensor(2 * prompt_len)).loss)
         out["num_items_in_batch_loss_over_mean"] = summed / mean
+        out.update(_pooling(transformers, config, cfg, prompt_len))
     try:
         transformers.GPT2LMHeadModel._from_config(config, attn_implementation="flex_attention")
         out["flex_attention_refused"] = False

@@ -65,6 +65,9 @@ def test_hf_skips_the_mask_where_the_doc_says_and_still_decodes_right():
     assert r["past_key_values_warns"] and r["flex_attention_refused"]
     assert r["logits_to_keep_1_rows"] == 1
     assert r["num_items_in_batch_loss_over_mean"] == pytest.approx(0.5)   # P targets / 2P
+    assert r["seqcls_logits_vs_score_of_last_non_pad_max_abs"] < 1e-6    # the last real token
+    assert r["seqcls_logits_vs_score_of_first_max_abs"] > 1e-3
+    assert r["first_position_hidden_change_when_later_tokens_change"] == 0   # blind: causal
     assert r["sampling_processors"] == ["RepetitionPenaltyLogitsProcessor",
                                         "TemperatureLogitsWarper", "TopKLogitsWarper",
                                         "TopPLogitsWarper", "MinPLogitsWarper"]
