@@ -26,7 +26,10 @@ class GenerationConfig:
     model (before any processor or temperature); return_logits: also return the logits each
     token was drawn from; weights: the decode loop's weight storage (decode.WEIGHT_FORMATS);
     num_beams, length_penalty, early_stopping, num_return_sequences: beam search as
-    transformers' (gpt_jax.generation.beam; with temperature=0, eos_id and weights only)."""
+    transformers' (gpt_jax.generation.beam; with temperature=0, eos_id and weights only);
+    prompt_lookup_num_tokens (with max_matching_ngram_size) or draft=(draft_params, draft_cfg)
+    (with num_draft_tokens): speculative decoding (gpt_jax.generation.speculative; with the
+    sampling settings, eos_id, pad_id and weights only)."""
     temperature: float = 1.0
     top_k: Optional[int] = None
     top_p: Optional[float] = None
@@ -45,6 +48,12 @@ class GenerationConfig:
     length_penalty: float = 1.0
     early_stopping: Union[bool, str] = False   # True, False or "never", as transformers'
     num_return_sequences: int = 1
+    # speculative decoding (gpt_jax.generation.speculative): K proposals a step, verified by
+    # one forward of the model; greedy output equals plain greedy's, sampling its distribution
+    prompt_lookup_num_tokens: Optional[int] = None   # K, proposed by prompt lookup
+    max_matching_ngram_size: Optional[int] = None    # its longest n-gram (default 2)
+    draft: Optional[tuple] = dataclasses.field(default=None, compare=False, repr=False)
+    num_draft_tokens: Optional[int] = None           # K, proposed by draft=(params, cfg)
 
     def replace(self, **changes) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gpt_jax.generation.beam as beam
+import gpt_jax.generation.speculative as speculative
 import gpt_jax.generation.stopping as stopping
 from gpt_jax.errors import UserError
 from gpt_jax.generation.checks import (check_decode_weights, check_eos_id, check_key,
@@ -103,10 +104,42 @@ def generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None
         setting, params that do not fit cfg or hold NaN/inf.
     """
     g = settings_of(config, settings)
+    if speculative.requested(g):
+        return generate_speculative(params, cfg, prompts, max_new_tokens, key, config=g)[0]
     if beam.requested(g.num_beams, g.length_penalty, g.early_stopping, g.num_return_sequences):
         return beam.generate_beams(params, cfg, prompts, max_new_tokens, g)
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=g)
     return DECODER.run(*args, **static)
+
+
+def generate_speculative(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None,
+                         *, config: Optional[GenerationConfig] = None,
+                         **settings) -> tuple[jax.Array, speculative.Stats]:
+    """generate() with speculative decoding (prompt_lookup_num_tokens, or draft and
+    num_draft_tokens), also returning how it went.
+
+    Args:
+      As generate(); the settings must ask for speculation.
+
+    Returns:
+      (int32 (B, N) tokens, speculative.Stats: per row the verify steps, the proposals
+      accepted and the tokens made).
+
+    Raises:
+      UserError: as generate(); for speculative settings that are bad or go with settings the
+        speculative loop does not run (processors, stop strings, logprobs, logits, beams).
+    """
+    g = settings_of(config, settings)
+    if not speculative.requested(g):
+        raise UserError("generate_speculative() needs prompt_lookup_num_tokens or draft")
+    if beam.requested(g.num_beams, g.length_penalty, g.early_stopping, g.num_return_sequences):
+        raise UserError("speculative decoding (prompt_lookup_num_tokens / draft) and beam "
+                        "search (num_beams ...) do not combine: pick one")
+    plain = g.replace(prompt_lookup_num_tokens=None, max_matching_ngram_size=None, draft=None,
+                      num_draft_tokens=None)
+    args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=plain)
+    spec = speculative.check_speculation(g, cfg, static["plan"], static["return_logits"])
+    return speculative.run_speculative(args, static, spec)
 
 
 def compile_generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, key=None, *,
@@ -146,6 +179,10 @@ def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=N
                         "compile_generate() or generate_stream(): leave num_beams, "
                         "length_penalty, early_stopping and num_return_sequences at their "
                         "defaults here")
+    if speculative.requested(g):
+        raise UserError("speculative decoding (prompt_lookup_num_tokens / draft) runs through "
+                        "generate() or generate_speculative(), not compile_generate() or "
+                        "generate_stream()")
     check_causal(cfg, "generate() (a KV cache)", "decode it with "
                  "gpt_jax.generation.decoding.generate_uncached, which recomputes the prefix per token")
     max_new_tokens = check_max_new_tokens(max_new_tokens, cfg)

@@ -257,11 +257,7 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
     transposed = cpu_layouts()
     B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
     norm = lambda p, x: layer_norm(cfg).apply({"params": p}, x)
-    wte = weights["wte"]["embedding"]                                     # (V, C)
-    x = widen(wte[tokens], dt)                                            # (B, C)
-    if "scale" in weights["wte"]:
-        x = (x * weights["wte"]["scale"][tokens][:, None]).astype(dt)
-    x = x + weights["wpe"]["embedding"][positions]
+    x = embed(weights, cfg, tokens, positions)                            # (B, C)
     one = weights.get("one")
     new_cache = []
     for i in range(cfg.n_layer):
@@ -286,20 +282,34 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
         h = linear(x if post else norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, one)
         x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed, one)
         x = norm(p["ln_2"], x) if post else x
-    x = norm(weights["ln_f"], x)
+    return lm_head(weights, cfg, norm(weights["ln_f"], x)), tuple(new_cache)
+
+
+def embed(weights, cfg: GPTConfig, tokens, positions):
+    """(N, C) in the compute dtype: token plus position embeddings of tokens, positions (N,)
+    (decode_step's rows, or the verify step's rows x tokens flattened)."""
+    wte = weights["wte"]["embedding"]                                     # (V, C)
+    x = widen(wte[tokens], cfg.compute_dtype)                             # (N, C)
+    if "scale" in weights["wte"]:
+        x = (x * weights["wte"]["scale"][tokens][:, None]).astype(cfg.compute_dtype)
+    return x + weights["wpe"]["embedding"][positions]
+
+
+def lm_head(weights, cfg: GPTConfig, x):
+    """float32 (N, V) logits of the final-normed activations x (N, C), padded ids masked."""
+    one = weights.get("one")
     # The head: wte (tied) or lm_head, (V, C), is already the (out, in) orientation.
     head = "wte" if cfg.tie_embeddings else "lm_head"
     wte = weights[head]["embedding"]
-    if wte.dtype != dt:
+    if wte.dtype != cfg.compute_dtype:
         logits = jnp.concatenate([linear(x, {"kernel": wte[r:r + HEAD_ROWS]}, True, one)
                                   for r in range(0, wte.shape[0], HEAD_ROWS)], axis=-1)
         logits = logits.astype(jnp.float32)
-    elif transposed:
+    elif cpu_layouts():
         logits = jax.lax.optimization_barrier(
             jnp.einsum("vc,bc->vb", wte, x, preferred_element_type=jnp.float32)).T
     else:
         logits = jnp.einsum("bc,vc->bv", x, wte, preferred_element_type=jnp.float32)
     if "scale" in weights[head]:
         logits = logits * weights[head]["scale"]
-    logits = mask_padded_vocab(logits, cfg)
-    return logits, tuple(new_cache)
+    return mask_padded_vocab(logits, cfg)
