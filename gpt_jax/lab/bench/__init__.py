@@ -10,7 +10,8 @@ import sys
 import time
 from typing import Callable
 
-from gpt_jax.lab.bench import decoding, evaluation, forward, machine, scale, serving, training
+from gpt_jax.lab.bench import (decoding, evaluation, forward, machine, scale, serving,
+                               speculative, training)
 from gpt_jax.lab.bench.harness import Context, Result
 from gpt_jax.errors import UserError
 
@@ -19,6 +20,7 @@ SECTIONS: dict[str, Callable[[Context], list[Result]]] = {
     "forward": forward.run,
     "train": training.run,
     "decode": decoding.run,
+    "speculative": speculative.run,   # prompt lookup and a draft model (speculative.py)
     "scale": scale.run,
     "eval": evaluation.run,
     "serve": serving.run,   # beam search, TTFT/TPOT (serving.py); streamed vs unstreamed

@@ -1,0 +1,140 @@
+"""Section "speculative": greedy decoding at batch 1 with prompt lookup and with a draft model
+against our plain greedy loop and transformers' prompt lookup / assisted generation, on a
+workload whose output copies from its input: models trained briefly by the library's train step
+on the built-in corpus continue one of its documents.
+
+Models: a target (4 x 128, cpu-small's) and a draft (2 x 32), GPT-2's vocabulary, trained from
+scratch on the corpus' documents for `spec_steps` steps each (the library's train step and
+optimizer, cpu-small's recipe). Such a model is far from fluent; its greedy continuations
+repeat the document's phrases and its own, which is what prompt lookup proposes. Every row's
+tokens are compared with our plain greedy tokens (config greedy_tokens_equal_ours).
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from gpt_jax.data.builtin import documents
+from gpt_jax.data.prepare import builtin_sources
+from gpt_jax.generation.decoding import compile_generate, generate_speculative
+from gpt_jax.lab.bench.harness import Context, Result, ratio_row, result_from_timing
+from gpt_jax.lab.bench.peers import have_peers, params_to_hf
+from gpt_jax.model.config import GPTConfig
+from gpt_jax.model.gpt import init_params
+from gpt_jax.model.tokenizer import get_tokenizer
+from gpt_jax.train.config import resolve_config
+from gpt_jax.train.optimizer import make_optimizer
+from gpt_jax.train.state import init_state
+from gpt_jax.train.steps import make_train_step
+from gpt_jax.utils.timing import time_calls
+
+LOOKUP_K = 10   # transformers' prompt_lookup_num_tokens default in its docs and candidate
+                # generator (candidate_generator.py:1045, num_output_tokens=10)
+DRAFT_K = 4
+
+
+def corpus_tokens(n_docs: int) -> list[np.ndarray]:
+    """The built-in corpus' first n_docs documents (of more than 600 tokens), GPT-2 BPE."""
+    enc = get_tokenizer()
+    docs, _ = documents(builtin_sources()[:4 * n_docs])
+    out = [np.asarray(enc.encode_ordinary(d), np.int32) for d in docs]
+    return [d for d in out if len(d) > 600][:n_docs]
+
+
+def train(cfg: GPTConfig, docs: list[np.ndarray], steps: int, seed: int, T: int = 64,
+          B: int = 8):
+    """cfg's params after `steps` steps of the library's train step (cpu-small's AdamW and
+    schedule, decayed over `steps`) on random windows of docs."""
+    tc = resolve_config("cpu-small", {"max_iters": steps, "lr_decay_iters": steps,
+                                      "warmup_iters": max(1, steps // 10)})
+    tx, schedule = make_optimizer(tc)
+    step = make_train_step(cfg, tx, schedule, grad_clip=tc.grad_clip, health=False)
+    state = init_state(init_params(cfg, jax.random.key(seed)), tx, jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    stream = np.concatenate(docs)
+    for _ in range(steps):
+        starts = rng.integers(0, len(stream) - T - 1, B)
+        batch = np.stack([stream[s:s + T + 1] for s in starts])[None]   # (1, B, T + 1)
+        state, _ = step(state, batch)
+    return state.params
+
+
+def run(ctx: Context) -> list[Result]:
+    """Batch 1: plain greedy, prompt lookup (K = 10) and a draft model (K = 4), ours and
+    transformers', interleaved; acceptance rate (accepted / proposed slots), tokens per verify
+    step and the speed-ups. Options: spec_steps (training steps per model)."""
+    tiny = ctx.tiny
+    steps = ctx.options.get("spec_steps", 10 if tiny else 150)
+    P, N = (48, 24) if tiny else (128, 128)
+    # the target: cpu-small's model (train.py's default); the draft: 2 layers, a quarter wide.
+    # block_size leaves room past P + N: transformers' verify forwards run past max_length
+    L = P + N + 2 * LOOKUP_K
+    target = GPTConfig(n_layer=2 if tiny else 4, n_head=4, n_embd=64 if tiny else 128,
+                       block_size=L)
+    draft = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=L)
+    docs = corpus_tokens(40)
+    t0 = time.perf_counter()
+    params = train(target, docs, steps, seed=0)
+    dparams = train(draft, docs, steps, seed=1)
+    train_s = time.perf_counter() - t0
+    prompt = docs[3][:P][None]                       # continue a document the model has seen
+    conf = {"target": f"{target.n_layer}x{target.n_embd}",
+            "draft": f"{draft.n_layer}x{draft.n_embd}", "train_steps": steps,
+            "train_s": round(train_s, 1), "batch": 1, "prompt": P, "new_tokens": N,
+            "lookup_k": LOOKUP_K, "draft_k": DRAFT_K, "dtype": "float32", "greedy": True}
+    plain, args = compile_generate(params, target, prompt, N, temperature=0)
+    ref = np.asarray(plain(*args))
+    spec = {"lookup": dict(prompt_lookup_num_tokens=LOOKUP_K),
+            "draft": dict(draft=(dparams, draft), num_draft_tokens=DRAFT_K)}
+    fns = {"plain": lambda: plain(*args)}
+    stats, equal = {}, {}
+    for name, kw in spec.items():
+        t0 = time.perf_counter()
+        out, stats[name] = generate_speculative(params, target, prompt, N, temperature=0,
+                                                **kw)
+        conf[f"{name}_first_call_s"] = round(time.perf_counter() - t0, 2)   # compile included
+        equal[name] = float((np.asarray(out) == ref).mean())
+        fns[name] = lambda kw=kw: generate_speculative(params, target, prompt, N,
+                                                       temperature=0, **kw)[0]
+    if have_peers(ctx, "speculative"):
+        import torch
+        hf, hf_draft = params_to_hf(params, target), params_to_hf(dparams, draft)
+        hf_draft.generation_config.num_assistant_tokens = DRAFT_K   # as ours: a fixed K
+        hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
+        hf_draft.generation_config.assistant_confidence_threshold = 0.0
+        ids = torch.from_numpy(prompt.astype(np.int64))
+        hf_kw = {"hf": {}, "hf lookup": dict(prompt_lookup_num_tokens=LOOKUP_K),
+                 "hf draft": dict(assistant_model=hf_draft)}
+        for name, kw in hf_kw.items():
+            def call(kw=kw):
+                with torch.inference_mode():
+                    return hf.generate(ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=N, do_sample=False, **kw)
+            equal[name] = float((call()[:, P:].numpy() == ref).mean())
+            fns[name] = call
+    t = time_calls(fns, ctx.repeats, ctx.warmup)
+    row = {name: result_from_timing(
+        "speculative", f"{'ours ' if not name.startswith('hf') else 'HF '}"
+        f"{'greedy' if name in ('plain', 'hf') else name.removeprefix('hf ')} b1", t[name],
+        work=N, metric="tokens/s", unit="tokens/s",
+        config={**conf, "greedy_tokens_equal_ours": equal.get(name, 1.0)}) for name in fns}
+    rows = list(row.values())
+    for name, s in stats.items():
+        k = LOOKUP_K if name == "lookup" else DRAFT_K
+        made = int(s.tokens.sum()) - 1               # the first token is the prefill's
+        rows += [
+            Result("speculative", f"ours {name} b1", "acceptance rate",
+                   float(s.accepted.sum() / (s.steps.sum() * k)), "fraction", conf),
+            Result("speculative", f"ours {name} b1", "tokens per verify step",
+                   made / float(s.steps.sum()), "tokens", conf),
+            ratio_row("speculative", f"ours {name} / ours greedy b1", row[name], row["plain"],
+                      conf)]
+        peer = f"hf {name}"
+        if peer in row:
+            rows += [ratio_row("speculative", f"ours {name} / HF {name} b1", row[name],
+                               row[peer], conf),
+                     ratio_row("speculative", f"HF {name} / HF greedy b1", row[peer],
+                               row["hf"], conf)]
+    return rows
