@@ -18,8 +18,8 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     doc = json.loads(out.read_text())
     assert {"platform", "device_kind", "device_count", "jax", "jaxlib", "cpu"} <= set(doc["machine"])
     rows = doc["results"]
-    assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode", "scale",
-                                            "eval", "serve"}
+    assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode",
+                                            "speculative", "scale", "eval", "serve"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = {r["name"] for r in rows}
     # The peers (torch + transformers are in the test extra) and the ratios against them.
@@ -32,6 +32,11 @@ def test_bench_smoke_writes_valid_json(tmp_path):
             "HF PyTorch time per output token b1", "ours prefill 8 tokens b1"} <= names
     hf_beam = [r for r in rows if r["name"] == "HF PyTorch beam search 4 beams b1"][0]
     assert hf_beam["config"]["best_tokens_equal_ours"] == 1.0
+    # speculative decoding: every proposer's greedy tokens equal our plain greedy ones
+    spec = [r for r in rows if r["section"] == "speculative" and r["unit"] == "tokens/s"]
+    assert {"ours lookup b1", "ours draft b1", "HF lookup b1", "HF draft b1"} <= {
+        r["name"] for r in spec}
+    assert all(r["config"]["greedy_tokens_equal_ours"] == 1.0 for r in spec)
     # the cost of the training-health metrics: step time with / without them (gpt_jax/train/health.py)
     assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.

@@ -66,7 +66,7 @@ def run(ctx: Context) -> list[Result]:
     transformers', interleaved; acceptance rate (accepted / proposed slots), tokens per verify
     step and the speed-ups. Options: spec_steps (training steps per model)."""
     tiny = ctx.tiny
-    steps = ctx.options.get("spec_steps", 10 if tiny else 150)
+    steps = ctx.options.get("spec_steps", 3 if tiny else 150)
     P, N = (48, 24) if tiny else (128, 128)
     # the target: cpu-small's model (train.py's default); the draft: 2 layers, a quarter wide.
     # block_size leaves room past P + N: transformers' verify forwards run past max_length
