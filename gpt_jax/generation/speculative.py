@@ -29,12 +29,13 @@ import numpy as np
 
 from gpt_jax.errors import UserError
 from gpt_jax.generation.config import GenerationConfig
+from gpt_jax.generation.loop import Decoder
 from gpt_jax.generation.memory import check_memory
 from gpt_jax.generation.processors import Plan
 from gpt_jax.generation.sampling import first_argmax, sample_logits
-from gpt_jax.generation.step import CountedJit, decode_weights, prefill, widened
+from gpt_jax.generation.step import CountedJit, prefill, widened
 from gpt_jax.generation.verify import accept_greedy, accept_sampled, extend_step, warp
-from gpt_jax.model.checks import check_causal, check_finite, check_params, scalar
+from gpt_jax.model.checks import check_causal, check_finite, scalar
 from gpt_jax.model.config import GPTConfig
 from gpt_jax.model.gpt import mask_vocab
 
@@ -102,7 +103,6 @@ def check_speculation(g: GenerationConfig, cfg: GPTConfig, plan: Plan,
     if dc.vocab_size != cfg.vocab_size or dc.n_real_vocab != cfg.n_real_vocab:
         raise UserError(f"the draft's vocab_size {dc.vocab_size} differs from the target's "
                         f"{cfg.vocab_size}: a draft shares the target's tokenizer and ids")
-    check_params(dp, dc)
     check_finite(dp)
     return Speculation(k=k, draft_params=dp, draft_cfg=dc)
 
@@ -248,6 +248,9 @@ def speculative_tokens(params, weights, tokens, pad, key, temperature, top_k, to
 
 
 SPECULATOR = CountedJit(speculative_tokens, SPEC_STATIC)   # the one generate() uses
+# The draft's decode weights, kept while its params live and checked against its config once
+# per params (a Decoder's weights cache; its own program is never compiled).
+DRAFTS = Decoder()
 
 
 def run_speculative(args, static: dict, spec: Speculation) -> tuple[jax.Array, Stats]:
@@ -267,7 +270,7 @@ def run_speculative(args, static: dict, spec: Speculation) -> tuple[jax.Array, S
                             f"block_size or ask for fewer tokens")
         check_memory(dc, B, P, N + spec.k + 1)
         extra = dict(draft_params=spec.draft_params,
-                     draft_weights=decode_weights(spec.draft_params, dc))
+                     draft_weights=DRAFTS.weights(spec.draft_params, dc))
     out, steps, accepted, made = SPECULATOR.run(
         args.params, args.weights, args.tokens, args.pad, args.key, args.temperature,
         args.top_k, args.top_p, args.eos_id, args.values.pad_id, **extra, cfg=cfg,
