@@ -6,9 +6,9 @@ followed by its first tokens, which a model that copies continues with the rest 
 Models: a target (4 x 128, cpu-small's) and a draft (2 x 32), GPT-2's vocabulary, trained from
 scratch by the library's train step and optimizer (cpu-small's recipe) for `spec_steps` steps
 each on that task over the document being edited (its first DOC_TOKENS tokens: a window, then
-the same window again). Every
-row's tokens are compared with our plain greedy tokens (config greedy_tokens_equal_ours), and
-the config records how many of the new tokens are the passage's (copied_fraction).
+the same window again). Every row's tokens are compared with our plain greedy tokens (config
+greedy_tokens_equal_ours), and the config records how many of the new tokens are the passage's
+(copied_fraction).
 """
 from __future__ import annotations
 
