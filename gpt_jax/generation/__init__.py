@@ -15,7 +15,8 @@ The layers, each importing only those above it:
     beam.py       beam search (transformers' _beam_search) over the same step
     verify.py     speculative decoding's K+1-token verify step and its acceptance rules
     speculative.py prompt lookup / draft proposals and the verify loop (SPECULATOR)
-    decoding.py   generate(), compile_generate(), generate_args(), generate_uncached()
+    decoding.py   generate(), compile_generate(), generate_args(), generate_speculative(),
+                  generate_uncached()
     streaming.py  generate_stream(): the loop's tokens as they are made
 """
 from gpt_jax.generation.beam import beam_search
