@@ -72,7 +72,7 @@ def run(ctx: Context) -> list[Result]:
     step and the speed-ups. Options: spec_steps (training steps per model)."""
     tiny = ctx.tiny
     steps = ctx.options.get("spec_steps", 3 if tiny else 200)
-    H, shown = 48, 8                  # the passage (train.py's T / 2), then its first 8 tokens
+    H, shown = 48, 8                  # the passage (train()'s T / 2), then its first 8 tokens
     P, N = H + shown, H - shown
     # the target: cpu-small's model (train.py's default); the draft: 2 layers, a quarter wide.
     # block_size leaves room past P + N: transformers' verify forwards run past max_length
