@@ -35,8 +35,10 @@ def parse_args(argv=None):
                    help="also print each row's ratio against a run saved with --json (above 1 "
                         "is better) and flag the rows that lost more than the runs' own spread")
     p.add_argument("--plot", default=None, help="draw the results as a PNG chart at this path")
-    p.add_argument("--peers", type=str2bool, default=True,
-                   help="time Hugging Face PyTorch peers where torch/transformers are installed")
+    p.add_argument("--peers", type=str2bool, default=None,
+                   help="time Hugging Face PyTorch peers where torch/transformers are installed "
+                        "(default true; with --suite gpu default false, and true times them "
+                        "on the GPU in bfloat16, torch with CUDA)")
     p.add_argument("--preset", default=None,
                    help="model preset for the model sections (default gpt2)")
     p.add_argument("--batch_size", type=int, default=None,
@@ -53,6 +55,14 @@ def parse_args(argv=None):
     p.add_argument("--train_gpt2", type=str2bool, default=None,
                    help="train section: also time GPT-2-small widths (batch 4, block 256; "
                         "default true)")
+    p.add_argument("--compile_peers", type=str2bool, default=True,
+                   help="with --peers: also time torch.compile'd PyTorch peers (train steps, "
+                        "static-cache decoding); false, or no C++ compiler for torch on the "
+                        "CPU, leaves a 'skipped' row with the reason")
+    p.add_argument("--compile_mode", default="default",
+                   choices=["default", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode of those peers (default: 'default', the faster "
+                        "here: docs/benchmarks.md)")
     p.add_argument("--torch_threads", type=int, default=None,
                    help="threads for the PyTorch peers (default: the CPU count)")
     p.add_argument("--flax_python", default=None,
@@ -77,7 +87,8 @@ def parse_args(argv=None):
                     f"--suite {args.suite}")
     elif args.table:
         p.error("--table writes a suite's table: give --suite too")
-    defaults = {"preset": "gpt2", "dtype": "float32", "batch_size": 8, "train_gpt2": True}
+    defaults = {"preset": "gpt2", "dtype": "float32", "batch_size": 8, "train_gpt2": True,
+                "peers": not args.suite}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -142,6 +153,8 @@ def main():
                   tiny=args.tiny, options={"torch_threads": args.torch_threads})
     ctx.options["train_gpt2"] = args.train_gpt2
     ctx.options["peers"] = args.peers
+    ctx.options["compile_peers"] = args.compile_peers
+    ctx.options["compile_mode"] = args.compile_mode
     ctx.options["flax_python"] = args.flax_python
     ctx.config()  # validates --preset and --dtype with a one-line error
     name, cfg = ctx.model()
@@ -215,7 +228,10 @@ def main_suite(args) -> None:
     results = run_tests(args.suite, checkout_root(), platform, env) if args.tests else []
     ctx = Context(repeats=args.repeats, warmup=args.warmup, preset=suite.preset,
                   dtype=suite.dtype, tiny=args.tiny,
-                  options={"peers": False, "torch_threads": args.torch_threads})
+                  options={"peers": "accelerator" if args.peers else False,
+                           "compile_peers": args.compile_peers,
+                           "compile_mode": args.compile_mode,
+                           "torch_threads": args.torch_threads})
     steps, machine = run_steps(args.suite, ctx, platform, env)
     results += steps
     machine = machine or machine_info()   # every step failed: this process's view

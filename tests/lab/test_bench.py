@@ -11,9 +11,11 @@ ROW_KEYS = {"section", "name", "config", "metric", "value", "unit", "median", "m
 def test_bench_smoke_writes_valid_json(tmp_path):
     """Every section on tiny sizes, one repeat: the harness, the JSON schema, the chart."""
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    # --compile_peers false: torch.compile takes minutes here (tests/lab/test_bench_compiled.py
+    # checks those peers); what stays is the row that says they were left out, and why
     proc = run_cli("bench.py", "--tiny", "--repeats", "1", "--preset", "gpt2-tiny",
                    "--batch_size", "2", "--seq_len", "16", "--json", out, "--plot", png,
-                   timeout=600)
+                   "--compile_peers", "false", timeout=600)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert {"platform", "device_kind", "device_count", "jax", "jaxlib", "cpu"} <= set(doc["machine"])
@@ -41,6 +43,14 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.
     assert "--flax_python" in proc.stderr and not any("Flax" in n for n in names)
+    skipped = {(r["section"], r["name"]): r["config"]["reason"] for r in rows
+               if r["unit"] == "skip"}
+    assert set(skipped) == {("train", "tiny torch.compile peers"),
+                            ("decode", "HF PyTorch static cache + torch.compile generate b1"),
+                            ("decode", "HF PyTorch static cache + torch.compile generate b8"),
+                            ("serve", "HF PyTorch static cache + torch.compile generate b1")}
+    assert all("--compile_peers false" in reason for reason in skipped.values())
+    assert "(turned off (--compile_peers false))" in proc.stdout   # the table says why
     for row in rows:
         assert set(row) == ROW_KEYS
         assert row["value"] > 0
@@ -147,14 +157,16 @@ def test_bench_device_that_is_not_here_is_one_line():
 
 
 def test_peers_are_left_out_when_ours_run_on_an_accelerator(monkeypatch):
-    """The Hugging Face peers run on torch's CPU build: on a GPU, bench.py put our GPU figures
-    over their CPU ones in a ratio row."""
+    """The Hugging Face peers run where ours run: with torch's CPU build, on a GPU they are left
+    out (bench.py once put our GPU figures over their CPU ones in a ratio row)."""
     import jax
     from gpt_jax.lab.bench.harness import Context
     from gpt_jax.lab.bench.peers import have_peers
     assert have_peers(Context(), "train")          # torch and transformers: the test extra
+    # the GPU suite's --peers true: on a GPU only
+    assert not have_peers(Context(options={"peers": "accelerator"}), "train")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert not have_peers(Context(), "train")
+    assert not have_peers(Context(), "train")   # this torch is a CPU build: no CUDA
     assert not have_peers(Context(options={"peers": False}), "train")
 
 

@@ -18,7 +18,7 @@ from gpt_jax.errors import UserError
 from gpt_jax.lab.bench.harness import Result
 
 LOWER_IS_BETTER = {"s", "ms", "bytes"}
-NOT_COMPARED = {"tests"}               # counts of passed/failed tests, not speeds
+NOT_COMPARED = {"tests", "skip"}       # counts of passed/failed tests, peers left out
 
 
 @dataclass

@@ -7,6 +7,8 @@ import time
 import jax
 import numpy as np
 
+from gpt_jax.lab.bench.compiled import (MODES, compile_unavailable, first_call, skip_row,
+                                        static_generate)
 from gpt_jax.lab.bench.harness import Context, Result, ratio_row, read_probe, result_from_timing
 from gpt_jax.lab.bench.peers import have_peers, params_to_hf
 from gpt_jax.generation.step import weight_bytes as stored_bytes
@@ -14,6 +16,34 @@ from gpt_jax.generation.decoding import compile_generate, generate, generate_unc
 from gpt_jax.generation.loop import DECODER
 from gpt_jax.model.gpt import count_params, init_params
 from gpt_jax.utils.timing import compile_seconds, time_call, time_calls
+
+
+PEER_LABELS = {"hf": "HF PyTorch generate",
+               "static": "HF PyTorch static cache + torch.compile generate"}
+RATIO_LABELS = {"hf": "HF PyTorch", "static": "HF torch.compile"}
+
+
+def static_peer(ctx: Context, hf, prompts, N: int, tag: str, rows: list,
+                section: str = "decode") -> dict:
+    """{"static": (tokens(), timed fn, config)}: Hugging Face generate() through a StaticCache
+    with its decode forward compiled (compiled.static_generate), compiled here by a first call
+    whose seconds go in the config; {} with a "skipped" row (the reason) in rows where
+    torch.compile cannot run or fails."""
+    reason = compile_unavailable(ctx)
+    if reason is None:
+        mode = ctx.options.get("compile_mode") or MODES[0]
+        try:
+            gen = static_generate(hf, mode, hf.device.type)
+            box = {}
+            seconds = first_call(lambda: box.setdefault("tokens", gen(prompts, N)))
+            return {"static": (lambda: box["tokens"], lambda: gen(prompts, N),
+                               {"compile_mode": mode, "cache": "StaticCache",
+                                "first_call_s": seconds, "generate": gen})}
+        except Exception as e:   # inductor's errors are many: each one is a skip, not a crash
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            reason = f"torch.compile failed: {type(e).__name__}: {first}"
+    rows.append(skip_row(section, f"{PEER_LABELS['static']} {tag}", reason))
+    return {}
 
 
 def run(ctx: Context) -> list[Result]:
@@ -56,17 +86,30 @@ def run(ctx: Context) -> list[Result]:
             fns["read"], read_bytes = read_probe(ctx)
         conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
                 "greedy": True, "torch_threads": torch.get_num_threads() if hf is not None else None}
+        peer_rows, peer_conf = [], {}
         if hf is not None:
-            ids = torch.from_numpy(prompts)
+            ids = torch.from_numpy(prompts).to(hf.device)
 
             def hf_generate():
                 with torch.inference_mode():
                     return hf.generate(ids, attention_mask=torch.ones_like(ids),
                                        max_new_tokens=N, min_new_tokens=N, do_sample=False,
                                        use_cache=True)
-            fns["hf"] = hf_generate
-            same = np.asarray(ours(*args)) == hf_generate()[:, P:].numpy()
-            conf_hf = {**conf, "greedy_tokens_equal_ours": float(same.mean())}
+            candidates = {"hf": (lambda: hf_generate()[:, P:].cpu().numpy(), hf_generate, {})}
+            candidates.update(static_peer(ctx, hf, prompts, N, f"b{B}", peer_rows))
+            want = np.asarray(ours(*args))
+            for key, (tokens_of, fn, extra) in candidates.items():
+                # A peer is timed only where its greedy tokens equal ours: else it decodes
+                # something else and its speed is no comparison.
+                same = float((tokens_of() == want).mean())
+                c = {**conf, **{k: v for k, v in extra.items() if k != "generate"},
+                     "greedy_tokens_equal_ours": same}
+                if same < 1.0:
+                    peer_rows.append(skip_row("decode", f"{PEER_LABELS[key]} b{B}",
+                                              f"greedy tokens differ from ours ({same:.1%} "
+                                              f"equal): not timed", c))
+                else:
+                    fns[key], peer_conf[key] = fn, c
         t = time_calls(fns, ctx.repeats, ctx.warmup)
         row = result_from_timing("decode", f"ours cached scan b{B}", t["ours"], work=B * N,
                                  metric="tokens/s", unit="tokens/s", config=conf,
@@ -96,12 +139,15 @@ def run(ctx: Context) -> list[Result]:
                                            unit="tokens/s", config={**conf, "new_tokens": n_eager})
             rows += [eager_row, ratio_row("decode", f"ours jitted / op-by-op b{B}", row,
                                           eager_row, conf)]
-        if hf is not None:
-            peer = result_from_timing("decode", f"HF PyTorch generate b{B}", t["hf"],
+        rows += peer_rows
+        for key, c in peer_conf.items():
+            cs = max(c["first_call_s"] - t[key].median, 0.0) if "first_call_s" in c else None
+            peer = result_from_timing("decode", f"{PEER_LABELS[key]} b{B}", t[key],
                                       work=B * N, metric="tokens/s", unit="tokens/s",
-                                      config=conf_hf)
-            rows += [peer, ratio_row("decode", f"ours / HF PyTorch b{B}", row, peer, conf)]
-            rows += [ratio_row("decode", f"ours {fmt} weights / HF PyTorch b{B}", nrow, peer,
+                                      config=c, compile_s=cs)
+            short = RATIO_LABELS[key]
+            rows += [peer, ratio_row("decode", f"ours / {short} b{B}", row, peer, conf)]
+            rows += [ratio_row("decode", f"ours {fmt} weights / {short} b{B}", nrow, peer,
                                conf) for fmt, nrow in nrows.items()]
         if B == 1:
             # Per token the step reads every weight once (wte as the tied head; of wpe one row).

@@ -15,16 +15,21 @@ from gpt_jax.model.config import GPTConfig
 from gpt_jax.model.tokenizer import EOT_TOKEN, bpe_files
 
 
+def peer_device() -> tuple[str, str]:
+    """(torch device, dtype) of the PyTorch peers: where ours run, as ours compute there
+    (float32 on the CPU; bfloat16 on a GPU, as the GPU suite's rows)."""
+    return ("cuda", "bfloat16") if jax.default_backend() == "gpu" else ("cpu", "float32")
+
+
 def have_peers(ctx: Context, section: str) -> bool:
-    """Whether to time the Hugging Face PyTorch peers (installed, not --peers false, and our
-    side on the CPU too: the peers run on torch's CPU build, so against a GPU or TPU their
-    ratio would compare two machines)."""
+    """Whether to time the Hugging Face PyTorch peers: installed, not --peers false, and on
+    the machine ours run on (the CPU, or a GPU that this torch build has CUDA for: against
+    another device the ratio would compare two machines). The option peers="accelerator"
+    (the GPU suite's, when asked for) times them on a GPU only."""
     if not ctx.options.get("peers", True):
         return False
     backend = jax.default_backend()
-    if backend != "cpu":
-        print(f"[bench] {section}: the Hugging Face peers run on the CPU and ours on the "
-              f"{backend}: leaving them out", file=sys.stderr)
+    if ctx.options.get("peers") == "accelerator" and backend == "cpu":
         return False
     try:
         import torch
@@ -32,6 +37,10 @@ def have_peers(ctx: Context, section: str) -> bool:
     except ImportError:
         print(f"[bench] {section}: torch/transformers missing, skipping the Hugging Face peer "
               f"rows (pip install 'gpt-jax[test]')", file=sys.stderr)
+        return False
+    if backend != "cpu" and not (backend == "gpu" and torch.cuda.is_available()):
+        print(f"[bench] {section}: ours run on the {backend} and this torch build cannot: "
+              f"leaving the Hugging Face peers out", file=sys.stderr)
         return False
     # All cores, as HF would use them (bench.py --torch_threads overrides: on a machine that
     # other jobs load, OpenMP threads that spin-wait for a descheduled peer crawl).
@@ -41,9 +50,11 @@ def have_peers(ctx: Context, section: str) -> bool:
 
 def torch_train_step(params, cfg: GPTConfig, tc):
     """A Hugging Face GPT2LMHeadModel + torch AdamW step with our recipe (same weights, decay
-    groups, clipping): the peer. Returns step(tokens (B, T + 1) numpy) -> loss float."""
+    groups, clipping): the peer, on peer_device(). Returns step(tokens (B, T + 1) numpy) ->
+    loss float."""
     import torch
-    model = to_transformers(params, cfg)
+    device, dtype = peer_device()
+    model = to_transformers(params, cfg).to(device, getattr(torch, dtype))
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -52,10 +63,10 @@ def torch_train_step(params, cfg: GPTConfig, tc):
                             lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8)
 
     def step(tokens):
-        x = torch.from_numpy(tokens[:, :-1].astype(np.int64))
-        y = torch.from_numpy(tokens[:, 1:].astype(np.int64))
+        x = torch.from_numpy(tokens[:, :-1].astype(np.int64)).to(device)
+        y = torch.from_numpy(tokens[:, 1:].astype(np.int64)).to(device)
         logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                  y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -66,9 +77,11 @@ def torch_train_step(params, cfg: GPTConfig, tc):
 
 
 def params_to_hf(params, cfg: GPTConfig):
-    """The PyTorch peer for decoding: our weights in a GPT2LMHeadModel that generates exactly
-    max_new_tokens (no EOS stop)."""
-    model = to_transformers(params, cfg)
+    """The PyTorch peer for decoding: our weights in a GPT2LMHeadModel on peer_device() that
+    generates exactly max_new_tokens (no EOS stop)."""
+    import torch
+    device, dtype = peer_device()
+    model = to_transformers(params, cfg).to(device, getattr(torch, dtype))
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model

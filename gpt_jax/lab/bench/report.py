@@ -15,6 +15,8 @@ def format_value(value: float, unit: str) -> str:
         for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
             if value >= scale:
                 return f"{value / scale:.1f} {prefix}{unit}"
+    if unit == "skip":
+        return "skipped"
     if unit == "x":
         return f"{value:.2f}x"
     if unit == "fraction":
@@ -33,6 +35,8 @@ def format_table(results: list[Result]) -> str:
         note = ""
         if r.median and r.min is not None and r.median > 0 and (r.max - r.min) / r.median > 0.2:
             note = f"  (wide spread: {r.min:.4f}-{r.max:.4f} s)"
+        if r.unit == "skip":   # a peer left out: say why
+            note = f"  ({r.config.get('reason', '')})"
         lines.append(f"{r.section:<9} {r.name[:44]:<44} {r.metric[:28]:<28} "
                      f"{format_value(r.value, r.unit):>18} {med:>9} {comp:>9}{note}")
     return "\n".join(lines)

@@ -28,8 +28,11 @@ from gpt_jax.utils.timing import time_calls
 from gpt_jax.model.tokenizer import EOT_ID
 
 import gpt_jax.lab.bench.streaming as streaming
+from gpt_jax.lab.bench.compiled import skip_row
+from gpt_jax.lab.bench.decoding import static_peer
 
 NUM_BEAMS = 4
+STATIC = "HF PyTorch static cache + torch.compile"
 
 
 def _compiled(fn, *args):
@@ -79,9 +82,10 @@ def run(ctx: Context) -> list[Result]:
     beam, compile_s["ours beam"] = _compiled_beam(bargs, bstatic)
     fns["ours beam"] = lambda: beam(*bargs)
 
+    static_rows, static_conf = [], None
     if hf is not None:
         import torch
-        ids = torch.from_numpy(prompt)
+        ids = torch.from_numpy(prompt).to(hf.device)
         mask = torch.ones_like(ids)
 
         def hf_gen(n):
@@ -95,8 +99,9 @@ def run(ctx: Context) -> list[Result]:
                 return hf(ids, use_cache=True)
 
         with torch.inference_mode():
-            past = hf(torch.from_numpy(np.zeros((1, S - 1), np.int64)), use_cache=True).cache
-        one = torch.zeros((1, 1), dtype=torch.long)
+            past = hf(torch.zeros((1, S - 1), dtype=torch.long, device=hf.device),
+                      use_cache=True).cache
+        one = torch.zeros((1, 1), dtype=torch.long, device=hf.device)
 
         def hf_step():
             # one token over S - 1 cached entries; the cache grows by one in place, so drop
@@ -113,12 +118,27 @@ def run(ctx: Context) -> list[Result]:
                                    eos_token_id=eos, pad_token_id=eos)
         peer = {"hf gen1": lambda: hf_gen(1), f"hf gen{N}": lambda: hf_gen(N),
                 "hf prefill": hf_prefill, "hf step": hf_step, "hf beam": hf_beam}
+        # HF generate() through a StaticCache with its decode forward compiled: compiled by
+        # its first call (N tokens, so that the 1-token call reuses its cache size); timed
+        # only where its greedy tokens equal ours
+        static = static_peer(ctx, hf, prompt, N, "b1", static_rows, "serve")
+        if static:
+            tokens_of, gen_n, extra = static["static"]
+            same = float((tokens_of() == np.asarray(fns[f"ours gen{N}"]())).mean())
+            static_conf = {**extra, "greedy_tokens_equal_ours": same}
+            if same < 1.0:
+                static_rows.append(skip_row("serve", f"{STATIC} b1", f"greedy tokens differ "
+                                            f"from ours ({same:.1%} equal): not timed",
+                                            static_conf))
+            else:
+                gen = extra["generate"]
+                fns.update({"static gen1": lambda: gen(prompt, 1), f"static gen{N}": gen_n})
         for k, f in peer.items():   # a cold call, timed: the peer's start-up cost
             t0 = time.perf_counter()
             f()
             compile_s[k] = time.perf_counter() - t0
         fns.update(peer)
-        hf_new = hf_beam()[0, P:].numpy()   # shorter where its best hypothesis ended early
+        hf_new = hf_beam()[0, P:].cpu().numpy()   # shorter where its best hypothesis ended early
         hf_new = np.pad(hf_new, (0, NB - len(hf_new)), constant_values=-1 if eos is None else eos)
         conf_beam_eq = float(np.mean(np.asarray(beam(*bargs)[0])[0] == hf_new))
         conf["torch_threads"] = torch.get_num_threads()
@@ -152,6 +172,22 @@ def run(ctx: Context) -> list[Result]:
                          cs(f"{who} prefill")),
                  seconds(f"{who} step", f"{label} decode step over {S} entries b1",
                          "decode step", c, cs(f"{who} step"))]
+    rows += static_rows
+    if f"static gen{N}" in t:
+        c = {**conf, "new_tokens": N, "greedy": True, **static_conf}
+        c.pop("generate")
+        c["first_call_s"] = {"static gen{N}".format(N=N): c["first_call_s"]}
+        ttft = seconds("static gen1", f"{STATIC} time to first token b1", "TTFT", c)
+        tpot = (t[f"static gen{N}"].min - t["static gen1"].min) / (N - 1)
+        rows += [ttft, Result("serve", f"{STATIC} time per output token b1", "TPOT",
+                              1e3 * tpot, "ms", c, repeats=len(t["static gen1"].times),
+                              compile_s=max(c["first_call_s"][f"static gen{N}"]
+                                            - t[f"static gen{N}"].median, 0.0))]
+        for what, value in (("time to first token", ttft.value), ("time per output token",
+                                                                   1e3 * tpot)):
+            o = next(r for r in rows if r.name == f"ours {what} b1")
+            rows.append(Result("serve", f"HF torch.compile / ours {what} b1",
+                               f"{o.metric} ratio", value / o.value, "x", conf))
     bconf = {**conf, "num_beams": NUM_BEAMS, "new_tokens": NB, "length_penalty": 1.0,
              "early_stopping": False, "eos_id": eos}
     ours_beam = result_from_timing("serve", f"ours beam search {NUM_BEAMS} beams b1",

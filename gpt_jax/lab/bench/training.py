@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_jax.lab.bench.compiled import (MODES, compile_unavailable, first_call, skip_row,
+                                        train_peers)
 from gpt_jax.lab.bench.flax_peer import NOTE, FlaxPeer
 from gpt_jax.lab.bench.harness import (Context, Result, peak_memory_bytes, ratio_row,
                                    result_from_timing)
-from gpt_jax.lab.bench.peers import have_peers, torch_train_step
+from gpt_jax.lab.bench.peers import have_peers, peer_device, torch_train_step
 from gpt_jax.train.loss import loss_fn
 from gpt_jax.model.gpt import attention_implementation, count_params, init_params
 from gpt_jax.utils.timing import block, compile_seconds, time_calls
@@ -94,7 +96,7 @@ def run(ctx: Context) -> list[Result]:
         rng = np.random.default_rng(0)
         batches = [rng.integers(0, base.n_real_vocab, (1, B, T + 1), dtype=np.int32)
                    for _ in range(4)]
-        fns, compile_s, configs, memory, cpu = {}, {}, {}, {}, {}
+        fns, compile_s, configs, memory, cpu, compile_info = {}, {}, {}, {}, {}, {}
         for label, overrides in train_variants(ctx):
             cfg = base.replace(**overrides)
             # The step donates its state: each variant gets its own copy of the weights.
@@ -114,13 +116,18 @@ def run(ctx: Context) -> list[Result]:
             peer = torch_train_step(params, base, tc)
             cpu["torch"] = []
             fns["torch"] = with_cpu_time(lambda: peer(batches[0][0]), cpu["torch"])
+        # A peer's first loss (on batches[0], before any update) against ours: the same
+        # function, or its ratio means nothing.
+        ours0 = (float(jax.jit(loss_fn, static_argnums=1)(params, base, batches[0][0]))
+                 if have_torch or flax_python else None)
+        if have_torch:
+            fns.update(compiled_peers(ctx, name, params, base, tc, batches[0][0], ours0, cpu,
+                                      compile_info, rows))
         flax = None
         if flax_python:
             flax = FlaxPeer(flax_python, params, base, tc, np.stack([b[0] for b in batches]))
             compile_s["flax"] = flax.compile_s
-            # The same function, or the ratio means nothing: its first loss (on batches[0],
-            # before any update) against ours; both float32, so 1e-4 is rounding.
-            ours0 = float(jax.jit(loss_fn, static_argnums=1)(params, base, batches[0][0]))
+            # both float32, so 1e-4 is rounding
             if abs(flax.loss0 - ours0) > 1e-4 * abs(ours0):
                 flax.close()
                 raise RuntimeError(f"HF Flax peer's first loss {flax.loss0} differs from "
@@ -133,7 +140,8 @@ def run(ctx: Context) -> list[Result]:
                 flax.close()
         fpt = flops_per_token(base, T, count_params(base, non_embedding=True))
         peers = {"torch": ("HF GPT2LMHeadModel + torch AdamW", "torch sdpa"),
-                 "flax": ("HF FlaxGPT2LMHeadModule + optax AdamW", "HF Flax")}
+                 "flax": ("HF FlaxGPT2LMHeadModule + optax AdamW", "HF Flax"),
+                 **{k: (COMPILED_LABELS[k], "torch sdpa") for k in COMPILED_LABELS}}
         res = {}
         for impl, t in timings.items():
             cfg = configs.get(impl, base)
@@ -142,6 +150,9 @@ def run(ctx: Context) -> list[Result]:
                     "attn_impl": peer_attn or cfg.attn_impl, "flops_per_token": fpt}
             if impl not in peers:
                 conf["attention"] = attention_implementation(cfg) or "xla"
+            conf.update(compile_info.get(impl, {}))
+            if impl in compile_info:   # the first call compiled and ran one step
+                compile_s[impl] = max(conf["first_call_s"] - t.median, 0.0)
             res[impl] = result_from_timing("train", f"{name} {label}", t, work=B * T,
                                            metric="tokens/s", unit="tokens/s", config=conf,
                                            compile_s=compile_s.get(impl))
@@ -165,18 +176,63 @@ def run(ctx: Context) -> list[Result]:
             rows.append(ratio_row("train", f"{name} cudnn / xla attention",
                                   res["bfloat16 cudnn attn"], res["bfloat16 xla attn"],
                                   {**arch, "batch": B, "seq": T, "dtype": "bfloat16"}))
-        conf = {**arch, "batch": B, "seq": T, "dtype": "float32"}
+        # ours against each peer: float32 where it ran (the CPU), else our first variant
+        mine = "float32" if "float32" in res else next(iter(configs), None)
+        conf = {**arch, "batch": B, "seq": T, "dtype": configs[mine].dtype if mine else None}
         if flax is not None:
             cpu["flax"] = flax.cpu_seconds
-        for impl, peer_name in (("flax", "HF Flax"), ("torch", "HF torch")):
-            if impl in res and "float32" in res:
-                rows.append(ratio_row("train", f"{name} gpt_jax / {peer_name}", res["float32"],
+        for impl, peer_name in (("flax", "HF Flax"), ("torch", "HF torch"),
+                                ("compiled hf", "HF torch.compile"),
+                                ("compiled nanogpt", "nanoGPT torch.compile")):
+            if impl in res and mine in res:
+                rows.append(ratio_row("train", f"{name} gpt_jax / {peer_name}", res[mine],
                                       res[impl], conf))
                 rows.append(cpu_ratio_row(f"{name} gpt_jax / {peer_name} (CPU time)",
-                                          cpu["float32"], cpu[impl], ctx.warmup, conf))
+                                          cpu[mine], cpu[impl], ctx.warmup, conf))
     if ctx.options.get("train_sizes"):   # a suite's fixed recipe: its own sizes only
         return rows
     return rows + health_overhead(ctx)
+
+
+COMPILED_LABELS = {"compiled hf": "HF GPT2LMHeadModel + AdamW, torch.compile",
+                   "compiled nanogpt": "nanoGPT-style model + AdamW, torch.compile"}
+
+
+def compiled_peers(ctx: Context, name: str, params, cfg, tc, tokens, ours0: float, cpu: dict,
+                   info: dict, rows: list) -> dict:
+    """{impl: timed callable} of the torch.compile'd train-step peers (compiled.py), each
+    compiled by a first call on tokens whose loss (before any update) must equal ours0, our
+    first loss, or the peer is not the same function. info[impl] gets the peer's optimizer,
+    compile mode and first call's seconds; where compiling cannot run or fails, rows gets a
+    "skipped" row with the reason and no peer is timed (the bench runs on)."""
+    device, dtype = peer_device()
+    reason = compile_unavailable(ctx, device)
+    mode = ctx.options.get("compile_mode") or MODES[0]
+    # float32 agrees to rounding; a bfloat16 peer (on a GPU) to bfloat16's 3 digits
+    tol = 1e-4 if dtype == "float32" else 2e-2
+    fns = {}
+    if reason is None:
+        try:
+            for key, (step, extra) in train_peers(params, cfg, tc, mode, device, dtype).items():
+                impl = f"compiled {key}"
+                box = {}
+                seconds = first_call(lambda: box.setdefault("loss", step(tokens)))
+                if abs(box["loss"] - ours0) > tol * abs(ours0):
+                    rows.append(skip_row("train", f"{name} {COMPILED_LABELS[impl]}",
+                                         f"its first loss {box['loss']} differs from ours "
+                                         f"{ours0}: not the same model", extra))
+                    continue
+                info[impl] = {**extra, "first_call_s": seconds}
+                cpu[impl] = []
+                fns[impl] = with_cpu_time(lambda step=step: step(tokens), cpu[impl])
+        except Exception as e:   # inductor's errors are many: each one is a skip, not a crash
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            reason = f"torch.compile failed: {type(e).__name__}: {first}"
+            fns = {}
+    if reason is not None:
+        print(f"[bench] train: torch.compile peers skipped: {reason}", file=sys.stderr)
+        rows.append(skip_row("train", f"{name} torch.compile peers", reason))
+    return fns
 
 
 def health_overhead(ctx: Context) -> list[Result]:
