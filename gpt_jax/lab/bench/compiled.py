@@ -9,12 +9,13 @@ beside the eager peers (peers.py) on the same weights and batches.
   (generation/configuration_utils.py:1632-1676 of transformers 5.24.0). generate() compiles
   only the one-token decode calls (generation/utils.py:3201-3205, get_compiled_call at
   modeling_utils.py:4820); the prefill runs eager. On a CPU generate() compiles only when told
-  to (_compile_all_devices, generation/utils.py:2449-2452), which this sets.
+  to (_compile_all_devices, generation/utils.py:2449-2451), which this sets.
 
 torch.compile on a CPU needs a C++ compiler (inductor builds its kernels with it): where there
 is none, or compiling fails for any reason, the section gets a "skipped" row with the reason
 instead of the peer's figures, and the rest of the bench runs on. Compile time is reported
-apart: compile_s is the first call's seconds less a warm call's (the first call compiles).
+apart: compile_s is the compiling calls' seconds less as many warm calls' (a train step's
+first two calls compile: AdamW's state appears in the first; generate()'s first call).
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def static_generate(hf_model, mode: str, device: str = "cpu") -> Callable:
     import torch
     from transformers import CompileConfig
     config = CompileConfig(fullgraph=True, mode=mode)
-    # generate() compiles on CUDA-like devices only unless told (generation/utils.py:2449-2452)
+    # generate() compiles on CUDA-like devices only unless told (generation/utils.py:2449-2451)
     config._compile_all_devices = device == "cpu"
 
     def generate(prompts, max_new_tokens):

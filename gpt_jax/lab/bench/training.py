@@ -151,8 +151,8 @@ def run(ctx: Context) -> list[Result]:
             if impl not in peers:
                 conf["attention"] = attention_implementation(cfg) or "xla"
             conf.update(compile_info.get(impl, {}))
-            if impl in compile_info:   # the first call compiled and ran one step
-                compile_s[impl] = max(conf["first_call_s"] - t.median, 0.0)
+            if impl in compile_info:   # the first two calls compiled and ran a step each
+                compile_s[impl] = max(conf["first_calls_s"] - 2 * t.median, 0.0)
             res[impl] = result_from_timing("train", f"{name} {label}", t, work=B * T,
                                            metric="tokens/s", unit="tokens/s", config=conf,
                                            compile_s=compile_s.get(impl))
@@ -201,10 +201,11 @@ COMPILED_LABELS = {"compiled hf": "HF GPT2LMHeadModel + AdamW, torch.compile",
 def compiled_peers(ctx: Context, name: str, params, cfg, tc, tokens, ours0: float, cpu: dict,
                    info: dict, rows: list) -> dict:
     """{impl: timed callable} of the torch.compile'd train-step peers (compiled.py), each
-    compiled by a first call on tokens whose loss (before any update) must equal ours0, our
-    first loss, or the peer is not the same function. info[impl] gets the peer's optimizer,
-    compile mode and first call's seconds; where compiling cannot run or fails, rows gets a
-    "skipped" row with the reason and no peer is timed (the bench runs on)."""
+    compiled by its first calls on tokens; the first call's loss (before any update) must
+    equal ours0, our first loss, or the peer is not the same function. info[impl] gets the
+    peer's optimizer, compile mode and first two calls' seconds (both compile); where
+    compiling cannot run or fails, rows gets a "skipped" row with the reason and no peer is
+    timed (the bench runs on)."""
     device, dtype = peer_device()
     reason = compile_unavailable(ctx, device)
     mode = ctx.options.get("compile_mode") or MODES[0]
@@ -217,12 +218,14 @@ def compiled_peers(ctx: Context, name: str, params, cfg, tc, tokens, ours0: floa
                 impl = f"compiled {key}"
                 box = {}
                 seconds = first_call(lambda: box.setdefault("loss", step(tokens)))
+                # the second call compiles again: AdamW's state exists from the first step on
+                seconds += first_call(lambda: step(tokens))
                 if abs(box["loss"] - ours0) > tol * abs(ours0):
                     rows.append(skip_row("train", f"{name} {COMPILED_LABELS[impl]}",
                                          f"its first loss {box['loss']} differs from ours "
                                          f"{ours0}: not the same model", extra))
                     continue
-                info[impl] = {**extra, "first_call_s": seconds}
+                info[impl] = {**extra, "first_calls_s": seconds}
                 cpu[impl] = []
                 fns[impl] = with_cpu_time(lambda step=step: step(tokens), cpu[impl])
         except Exception as e:   # inductor's errors are many: each one is a skip, not a crash
