@@ -64,15 +64,19 @@ def test_nanogpt_peer_logits_and_loss_equal_hf_and_ours(params):
     assert loss.item() == pytest.approx(float(loss_fn(params, CFG, tokens)), rel=1e-5)
 
 
-def no_compiler(monkeypatch):
+@pytest.fixture
+def no_compiler():
+    """Inductor looks for a C++ compiler that is not there. torch's own config.patch, which
+    puts the setting back (monkeypatch.setattr would delete it from torch's config module on
+    the way out: the teardown of an attribute it did not find in __dict__)."""
     import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        yield
 
 
-def test_no_cxx_compiler_is_a_skipped_row_not_a_crash(params, monkeypatch):
+def test_no_cxx_compiler_is_a_skipped_row_not_a_crash(params, no_compiler):
     """Without a C++ compiler (CI may have none), the train and decode sections each give a
     "skipped" row with the reason, and time no compiled peer."""
-    no_compiler(monkeypatch)
     ctx = Context(options={})
     reason = compiled.compile_unavailable(ctx)
     assert reason is not None and "C++ compiler" in reason
