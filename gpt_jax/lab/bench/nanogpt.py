@@ -26,7 +26,8 @@ class Block(nn.Module):
     def __init__(self, C: int, n_head: int):
         super().__init__()
         self.n_head = n_head
-        self.ln_1, self.ln_2 = nn.LayerNorm(C, eps=LAYER_NORM_EPS), nn.LayerNorm(C, eps=LAYER_NORM_EPS)
+        self.ln_1 = nn.LayerNorm(C, eps=LAYER_NORM_EPS)
+        self.ln_2 = nn.LayerNorm(C, eps=LAYER_NORM_EPS)
         self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
         self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
 
