@@ -30,7 +30,7 @@ LR_SCHEDULES = ("cosine", "constant", "linear", "wsd")
 
 # The GPTConfig fields a run sets: flags, config-file keys and meta["train_config"] keys.
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias",
-                "dtype", "norm", "tie_embeddings", "causal")
+                "dtype", "norm", "tie_embeddings", "causal", "init", "final_ln")
 TRAIN_DTYPES = ("float32", "bfloat16")   # float16 would need loss scaling, which we do not do
 MAX_SEED = 2**31 - 1   # the dropout key is key(seed + 1); keys keep the low 32 bits of a seed
 
