@@ -68,7 +68,8 @@ class Settings:
 
 
 FULL = Settings()
-TINY = Settings(depths=(6, 24), n_embd=32, n_head=2, block_size=32, batch_size=4)
+TINY = Settings(depths=(6, 24), arms=("pre-xavier", "post-xavier"), n_embd=32, n_head=2,
+                block_size=32, batch_size=4)
 
 
 def init_stacked(cfg: GPTConfig, key) -> dict:
