@@ -91,9 +91,12 @@ def test_every_step_runs_and_the_section_reports_every_cell(result, tmp_path):
         for r in runs:
             assert len(r["losses"]) == s.steps and all(x is not None for x in r["losses"])
             assert abs(r["losses"][0] - math.log(256)) < 0.2       # about uniform at init
-        # same seed, same init and first batch: the first loss does not depend on lr/warm-up
+        # same seed, same init, batches and val windows: neither the first loss nor the
+        # unigram loss of the scored windows depends on lr/warm-up
         for k in s.seeds:
             assert len({r["losses"][0] for r in runs if r["seed"] == k}) == 1
+            assert len({r["unigram"] for r in runs if r["seed"] == k}) == 1
+        assert len({r["unigram"] for r in runs}) == len(s.seeds)
     md = norm.section(result, str(tmp_path))
     assert md.count("\n| 6 |") == n_cells and "held" in md
     assert (tmp_path / "norm.png").stat().st_size > 0

@@ -147,7 +147,8 @@ def measure_group(s: Settings, data, arm: str, n_layer: int, *, bar=None, log=pr
 
 
 def cells(s: Settings, unigram: float, groups: dict) -> list[dict]:
-    """Per (depth, arm, lr, warm-up) cell over its seeds: final val loss minus unigram (mean,
+    """Per (depth, arm, lr, warm-up) cell over its seeds: final val loss minus unigram (a
+    run's own "unigram", on its val windows, where assemble set it; else `unigram`) (mean,
     sd over the finite seeds), how many seeds went non-finite, how many stayed within s.stuck
     nats of unigram (or above it), and the largest spike (see spike()). groups: {"arm/L": runs}.
     """
@@ -156,7 +157,7 @@ def cells(s: Settings, unigram: float, groups: dict) -> list[dict]:
         runs = [r for r in groups[f"{arm}/{L}"] if r["lr"] == lr and r["warmup"] == w]
         finite = [r for r in runs if all(x is not None for x in r["losses"])
                   and math.isfinite(r["val"])]
-        gap = np.asarray([r["val"] - unigram for r in finite])
+        gap = np.asarray([r["val"] - r.get("unigram", unigram) for r in finite])
         spikes = [spike([math.nan if x is None else x for x in r["losses"]], s.smooth)
                   for r in runs]
         out.append({"n_layer": L, "arm": arm, "lr": lr, "warmup": w, "seeds": len(runs),
@@ -192,6 +193,14 @@ def assemble(s: Settings, data, groups: dict, seconds: float) -> dict:
     """measure's result from its groups (a driver may train the groups in separate processes;
     each group is deterministic on its own)."""
     uni = unigram_loss(data)
+    # The unigram loss on exactly the val windows each seed was scored on: the gap then
+    # measures what the model learned, not which 4096 val tokens its seed drew.
+    p = (data.counts + 1) / (data.counts.sum() + data.size)
+    for runs in groups.values():
+        for r in runs:
+            sampler = data_lib.BatchSampler(data, block_size=s.block_size,
+                                            batch_size=s.batch_size, seed=r["seed"])
+            r["unigram"] = float(-np.log(p[_val_tokens(sampler, s)[..., 1:]]).mean())
     return {"settings": {k: list(v) if isinstance(v, tuple) else v
                          for k, v in s.__dict__.items()},
             "unigram": uni, "runs": groups, "cells": cells(s, uni, groups), "seconds": seconds}
@@ -259,8 +268,9 @@ def section(res: dict, out_dir: str) -> str:
              f"Width {s['n_embd']}, {s['n_head']} heads, block {s['block_size']}, batch "
              f"{s['batch_size']}, {s['steps']} steps, Adam (b1 {s['betas'][0]}, b2 "
              f"{s['betas'][1]}, eps {s['eps']:g}), no clipping, no weight decay, constant lr "
-             f"after the warm-up; no early stop. Final: val loss ({s['eval_batches']} batches) "
-             f"minus the unigram loss {uni:.3f}, mean ± sd over {n} seeds. Non-finite / stuck: "
+             f"after the warm-up; no early stop. Final: val loss ({s['eval_batches']} batches "
+             f"per seed) minus the unigram loss of the same tokens (over the whole val split: "
+             f"{uni:.3f}), mean ± sd over {n} seeds. Non-finite / stuck: "
              f"seeds whose loss went non-finite / that ended within {s['stuck']} nats of "
              f"unigram. Spike: the largest rise of the {s['smooth']}-step moving average of "
              f"the train loss above its running minimum (max over seeds).", "",
