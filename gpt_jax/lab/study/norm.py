@@ -257,8 +257,8 @@ def section(res: dict, out_dir: str) -> str:
         ax.set_xlabel("step", fontsize=8)
     axes[0][0].set_ylabel("train loss − unigram (nats)")
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"Pre-LN vs Post-LN: mean over {len(s['seeds'])} seeds, {s['smooth']}-step "
-                 f"moving average (dashed: no warm-up)", fontsize=10)
+    fig.suptitle(f"mean of {len(s['seeds'])} seeds, {s['smooth']}-step moving average; "
+                 f"dashed: no warm-up", fontsize=9)
     fig.tight_layout()
     fig.savefig(f"{out_dir}/norm.png", dpi=90)
     plt.close(fig)
