@@ -29,6 +29,11 @@ def zipf_data(size=48, n=6000, seed=0):
 
 
 S = mlm.TINY
+# jitted whole (cfg static): op-by-op dispatch would compile each primitive apart, slower
+mlm_nll = jax.jit(mlm.mlm_nll, static_argnums=1)
+causal_nll = jax.jit(mlm.causal_nll, static_argnums=1)
+prefix_nll = jax.jit(mlm.prefix_nll, static_argnums=(1, 4, 5))
+mlm_loss = jax.jit(mlm.mlm_loss, static_argnums=1)
 
 
 def test_bert_mask_takes_15_percent_and_splits_them_80_10_10():
@@ -59,16 +64,16 @@ def test_mlm_loss_is_the_mean_over_the_chosen_positions_only():
     w = jnp.asarray(np.random.default_rng(1).integers(0, data.size, (4, S.block_size + 1)),
                     jnp.int32)
     key = jax.random.key(3)
-    loss, n = mlm.mlm_loss(params, cfg, w, key)
+    loss, n = mlm_loss(params, cfg, w, key)
     inputs, kind = mlm.bert_mask(w[:, :-1], key, data.size, data.size)
-    nll = np.asarray(mlm.mlm_nll(params, cfg, inputs, w[:, :-1]))
+    nll = np.asarray(mlm_nll(params, cfg, inputs, w[:, :-1]))
     chosen = np.asarray(kind) != mlm.KEPT_OUT
     assert int(n) == chosen.sum() > 0
     assert float(loss) == pytest.approx(nll[chosen].mean(), rel=1e-6)
     assert abs(nll[chosen].mean() - nll.mean()) > 1e-4    # the unchosen would change it
     # [MASK] is never predicted: its logit is out of the softmax
-    logits = GPT(cfg).apply({"params": params}, inputs)
-    p = jax.nn.softmax(mask_vocab(logits, data.size), -1)
+    p = jax.jit(lambda q: jax.nn.softmax(mask_vocab(GPT(cfg).apply({"params": q}, inputs),
+                                                     data.size), -1))(params)
     assert float(p[..., data.size].max()) == 0.0
 
 
@@ -78,12 +83,13 @@ def test_causal_scores_are_the_library_scoring_and_its_loss():
     params = init_params(cfg, jax.random.key(2))
     w = jnp.asarray(np.random.default_rng(2).integers(0, data.size, (3, S.block_size + 1)),
                     jnp.int32)
-    nll = np.asarray(mlm.causal_nll(params, cfg, w))
+    nll = np.asarray(causal_nll(params, cfg, w))
     np.testing.assert_allclose(nll, -np.asarray(log_probs(params, cfg, w)), rtol=1e-5,
                                atol=1e-5)
-    assert nll.mean() == pytest.approx(float(loss_fn(params, cfg, w)), rel=1e-5)
+    assert nll.mean() == pytest.approx(float(jax.jit(loss_fn, static_argnums=1)(params, cfg, w)),
+                                      rel=1e-5)
     # left to right over a causal model is the same thing: its mask hides the future already
-    pre = np.asarray(mlm.prefix_nll(params, cfg, w[:, :-1], w[:, 1:], data.size))
+    pre = np.asarray(prefix_nll(params, cfg, w[:, :-1], w[:, 1:], data.size))
     np.testing.assert_allclose(pre, nll, rtol=1e-5, atol=1e-5)
 
 
@@ -96,11 +102,11 @@ def test_left_to_right_scores_of_a_bidirectional_model_never_see_the_future():
     y = x.copy()
     cut = S.block_size // 2
     y[:, cut:] = rng.integers(0, data.size, (2, S.block_size - cut))   # another future
-    a, b = (np.asarray(mlm.prefix_nll(params, cfg, jnp.asarray(v), jnp.asarray(v), data.size,
+    a, b = (np.asarray(prefix_nll(params, cfg, jnp.asarray(v), jnp.asarray(v), data.size,
                                       data.size)) for v in (x, y))
     np.testing.assert_array_equal(a[:, :cut], b[:, :cut])
     # ... while the model as trained (the whole window) does see it
-    full = [np.asarray(mlm.mlm_nll(params, cfg, jnp.asarray(v), jnp.asarray(x)))
+    full = [np.asarray(mlm_nll(params, cfg, jnp.asarray(v), jnp.asarray(x)))
             for v in (x, y)]
     assert np.abs(full[0][:, :cut] - full[1][:, :cut]).max() > 1e-4
 

@@ -76,8 +76,10 @@ def train_seeds(cfg: GPTConfig, loss: Loss, data, *, seeds=(0,), steps: int, lr:
                      batch_size=batch_size)
     tx, _ = make_optimizer(tc)
     seeds = tuple(int(s) for s in seeds)
-    params = jax.vmap(lambda k: init_params(cfg, k))(
-        jnp.stack([jax.random.key(s) for s in seeds]))
+    # init_params seed by seed, stacked: the same values as vmapping it, and its one compiled
+    # program per cfg is shared with any other caller of init_params
+    params = jax.tree.map(lambda *a: jnp.stack(a),
+                          *[init_params(cfg, jax.random.key(s)) for s in seeds])
     opt = jax.vmap(tx.init)(params)
     samplers = [BatchSampler(data, block_size=cfg.block_size, batch_size=batch_size, seed=s)
                 for s in seeds]
