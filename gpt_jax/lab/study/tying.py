@@ -280,22 +280,27 @@ def section(res: dict, out_dir: str) -> str:
     return "\n".join(L)
 
 
+def _noise(d) -> str:
+    """'+m ± sd' of paired differences, and whether the mean is 2 standard errors from 0."""
+    m, sd = mean_sd(d)
+    real = len(d) > 1 and abs(m) > 2 * sd / np.sqrt(len(d))
+    return f"{m:+.3f} ± {sd:.3f}{'' if real else ', within noise'}"
+
+
 def _verdict(res: dict, diff: dict) -> str:
     arms = res["arms"]
-    rare = next(i for i, b in enumerate(res["buckets"]) if b["name"] == "rare")
-    m, sd = mean_sd(diff["val"])
-    overall = ("tying helped overall" if m > 2 * sd / np.sqrt(len(diff["val"])) and m > 0
-               else "untying helped overall" if m < 0 and -m > 2 * sd / np.sqrt(len(diff["val"]))
-               else "tied and untied are within noise overall")
-    r, rsd = mean_sd(diff[rare])
-    rare_s = ("tying helped the rare tokens most" if r > 0 and r > m else
-              "tying did not help the rare tokens more than the rest")
-    wide = np.mean(arms["tied, equal params"]["val"]) < np.mean(arms["untied"]["val"])
-    eq = ("at equal parameters the wider tied model beat the untied one" if wide else
-          "at equal parameters the untied model beat the wider tied one")
+    rare = next((i for i, b in enumerate(res["buckets"]) if b["name"] == "rare"), None)
+    m = mean_sd(diff["val"])[0]
+    rare_s = "" if rare is None else (
+        f"; on the rare third {_noise(diff[rare])}: tying "
+        + ("helped the rare tokens most" if mean_sd(diff[rare])[0] > max(m, 0) else
+           "did not help the rare tokens more than the rest"))
+    wide = np.asarray(arms["untied"]["val"]) - np.asarray(arms["tied, equal params"]["val"])
     ag = res["agreement"]
-    sim = ag["untied in vs out"]["spearman"][0]
-    base = ag["untied in vs out, at init"]["spearman"][0]
-    return (f"In {len(diff['val'])} seeds {overall} (untied − tied {m:+.3f} ± {sd:.3f}); "
-            f"{rare_s} ({r:+.3f} ± {rsd:.3f}); {eq}; the untied model's input and output "
-            f"similarities agree at Spearman {sim:.2f} against {base:.2f} at init.")
+    return (f"Untied minus tied over {len(diff['val'])} seeds, paired: {_noise(diff['val'])} "
+            f"overall{rare_s}; untied minus the tied model of equal parameters "
+            f"{_noise(wide)}; the untied model's input and output similarities agree at "
+            f"Spearman {ag['untied in vs out']['spearman'][0]:.2f} (at init "
+            f"{ag['untied in vs out, at init']['spearman'][0]:.2f}), and the tied wte agrees "
+            f"with the untied output table at {ag['tied wte vs untied out']['spearman'][0]:.2f}"
+            f", with the input table at {ag['tied wte vs untied in']['spearman'][0]:.2f}.")
