@@ -37,8 +37,8 @@ from gpt_jax.model.gpt import GPT, count_params, mask_vocab
 from gpt_jax.model.tokenizer import get_tokenizer
 from gpt_jax.train.loss import loss_fn
 
-__all__ = ["FULL", "TINY", "Settings", "bert_mask", "causal_nll", "measure", "mlm_loss",
-           "mlm_nll", "prefix_nll", "section"]
+__all__ = ["FULL", "TINY", "Settings", "bert_mask", "causal_nll", "greedy", "measure",
+           "mlm_loss", "mlm_nll", "prefix_nll", "section"]
 
 # kinds of position after bert_mask
 KEPT_OUT, MASKED, RANDOM, KEPT = 0, 1, 2, 3
@@ -181,7 +181,18 @@ def _mean(a: np.ndarray):
 def measure(settings: Settings, data, *, bar=None, log=print) -> dict:
     """Train the causal model (next-token loss), the MLM (BERT's loss) and, with
     settings.leakage, the bidirectional model on next-token loss; compare them on the same
-    val windows. Returns plain numbers (module docstring: what each predicts)."""
+    val windows (module docstring: what each predicts).
+
+    Args:
+      settings: FULL or TINY (or another Settings).
+      data: the study's SmallVocab (its .size ids; [MASK] = .size).
+      bar: a tqdm bar, advanced one per training step (steps x 2, or x 3 with leakage).
+      log: prints one line as each model starts.
+
+    Returns:
+      A JSON-serialisable dict: masked (comparison a, by kind), signal (b), left_to_right
+      (c), leakage, samples, train curves, settings, unigram.
+    """
     s, V = settings, data.size
     causal_cfg, mlm_cfg = model_config(s, V), model_config(s, V + 1, causal=False)
     val = BatchSampler(data, block_size=s.block_size, batch_size=s.batch_size, seed=0)
@@ -320,7 +331,15 @@ def figure(res: dict, path: str) -> None:
 
 
 def section(res: dict, out_dir: str) -> str:
-    """mlm.png into out_dir; the markdown of the report's GPT vs BERT section."""
+    """Draw mlm.png into out_dir and write the report's GPT vs BERT section.
+
+    Args:
+      res: what measure returned (or its JSON round trip).
+      out_dir: the report's directory (made if missing).
+
+    Returns:
+      The section's markdown: heading, tables, the figure link, the verdict.
+    """
     os.makedirs(out_dir, exist_ok=True)
     figure(res, os.path.join(out_dir, "mlm.png"))
     s, m, sig, l2r = res["settings"], res["masked"], res["signal"], res["left_to_right"]
@@ -368,11 +387,8 @@ def section(res: dict, out_dir: str) -> str:
           *[f"| {k} | {n:,} | {a:.3f} | {e} | {c:.3f} |" for k, n, a, e, c in zip(
               sig["eval_steps"], sig["mlm_supervised"], sig["mlm_val"], sig["equal_steps"],
               sig["causal_at_equal_each"]) if k], "",
-          f"Greedy continuations of a val prompt ({s['new_tokens']} tokens): "
-          f"prompt `{_one_line(res['samples']['prompt'])}`; real "
-          f"`{_one_line(res['samples']['real'])}`; causal "
-          f"`{_one_line(res['samples']['causal'])}`; MLM "
-          f"`{_one_line(res['samples']['mlm'])}`.\n",
+          f"Greedy continuations of a val prompt ({s['new_tokens']} tokens, UNK barred): "
+          + "; ".join(f"{k} `{_one_line(v)}`" for k, v in res["samples"].items()) + ".\n",
           _verdict(res) + "\n"]
     return "\n".join(L)
 

@@ -137,8 +137,18 @@ def _agreements(pairs) -> dict:
 
 def measure(settings: Settings, data, *, bar=None, log=print) -> dict:
     """Train tied, untied and tied-at-equal-parameters, len(seeds) seeds each (vmapped); score
-    every val window; split by frequency bucket; compare the untied embeddings. Returns plain
-    numbers."""
+    every val window; split by frequency bucket; compare the untied embeddings.
+
+    Args:
+      settings: FULL or TINY (or another Settings).
+      data: the study's SmallVocab (its .counts rank the ids).
+      bar: a tqdm bar, advanced one per training step (3 arms x steps).
+      log: prints one line as each arm starts.
+
+    Returns:
+      A JSON-serialisable dict: arms (per seed val loss, per bucket loss, curve), buckets,
+      agreement (mean, sd) pairs, scatter (a sample of seed 0's similarities), settings.
+    """
     s, V = settings, data.size
     tied = model_config(s, V)
     arms = {"tied": tied, "untied": tied.replace(tie_embeddings=False),
@@ -241,7 +251,15 @@ def figure(res: dict, path: str) -> None:
 
 
 def section(res: dict, out_dir: str) -> str:
-    """tying.png into out_dir; the markdown of the report's weight-tying section."""
+    """Draw tying.png into out_dir and write the report's weight-tying section.
+
+    Args:
+      res: what measure returned (or its JSON round trip).
+      out_dir: the report's directory (made if missing).
+
+    Returns:
+      The section's markdown: heading, tables, the figure link, the verdict.
+    """
     os.makedirs(out_dir, exist_ok=True)
     figure(res, os.path.join(out_dir, "tying.png"))
     s, arms, bks = res["settings"], res["arms"], res["buckets"]
