@@ -137,5 +137,5 @@ def test_measure_counts_the_training_signal_and_compares_the_same_tokens(tiny, t
     assert res["params"]["mlm"] - res["params"]["causal"] == S.n_embd   # one [MASK] row
     assert all(np.isfinite(res["signal"]["mlm_val"]))
     md = mlm.section(res, str(tmp_path))
-    assert md.startswith("## ") and "(mlm.png)" in md and "held" in md
+    assert md.startswith("## ") and "(mlm.png)" in md and "two-sided context predicts" in md
     assert os.path.getsize(tmp_path / "mlm.png") > 0
