@@ -58,7 +58,7 @@ class Settings:
 FULL = Settings()
 TINY = Settings(model_dir="out-study-tiny/model",
                 train=(("max_iters", 6), ("n_layer", 1), ("n_head", 2), ("n_embd", 32),
-                       ("block_size", 64), ("batch_size", 2), ("eval_interval", 3),
+                       ("block_size", 64), ("batch_size", 2), ("eval_interval", 6),
                        ("eval_iters", 1), ("warmup_iters", 1), ("lr_decay_iters", 6)),
                 prompts=3, prompt_len=8, new_tokens=24, windows=(8, 16, 24),
                 temperatures=(0.7, 1.3), num_beams=2, seeds=(0, 1))
@@ -111,12 +111,17 @@ def cached_model(s: Settings, model_dir: Optional[str] = None, log=print):
             f"{'resuming at step ' + str(done) if done is not None else 'from scratch'})")
         Trainer(tc, progress=False, log=log).fit()
     params, cfg = load_model(out_dir)
-    rows = read_metrics(out_dir)
-    curve = {"train": [[r["step"], r["loss"]] for r in rows if r.get("kind") == "train"],
-             "eval": [[r["step"], r["train_loss"], r["val_loss"]] for r in rows
-                      if r.get("kind") == "eval"]}
-    return params, cfg, {"out_dir": out_dir, "trained": trained, "curve": curve,
+    return params, cfg, {"out_dir": out_dir, "trained": trained, "curve": read_curve(out_dir),
                          "step": latest_step(out_dir)}
+
+
+def read_curve(out_dir: str) -> dict:
+    """A train.py run's losses from its metrics.jsonl: train [[step, loss]], eval [[step,
+    train_loss, val_loss]] (both empty without the file)."""
+    rows = read_metrics(out_dir)
+    return {"train": [[r["step"], r["loss"]] for r in rows if r.get("kind") == "train"],
+            "eval": [[r["step"], r["train_loss"], r["val_loss"]] for r in rows
+                     if r.get("kind") == "eval"]}
 
 
 # -- the strategies --------------------------------------------------------------------------------
@@ -131,11 +136,11 @@ def strategy_list(s: Settings) -> list[tuple[str, dict, bool]]:
     return out
 
 
-def prompt_windows(s: Settings, data) -> np.ndarray:
+def prompt_windows(s: Settings, data, new_tokens: Optional[int] = None) -> np.ndarray:
     """int (prompts, prompt_len + new_tokens) val windows at fixed random starts: the prompt
-    and its real continuation."""
+    and its real continuation (new_tokens default s.new_tokens)."""
     val = np.asarray(data.splits["val"])
-    W = s.prompt_len + s.new_tokens
+    W = s.prompt_len + (new_tokens or s.new_tokens)
     starts = np.random.default_rng(s.prompt_seed).integers(0, len(val) - W, size=s.prompts)
     return np.stack([val[a:a + W] for a in starts]).astype(np.int32)
 
@@ -170,11 +175,14 @@ def measure(settings: Settings, data, *, bar=None, log=print, model=None,
         params, cfg, info = cached_model(s, model_dir, log)
     else:
         (params, cfg), info = model, {"out_dir": model_dir or "given", "trained": False,
-                                      "curve": {"train": [], "eval": []}, "step": None}
+                                      "step": None,
+                                      "curve": read_curve(model_dir) if model_dir else
+                                      {"train": [], "eval": []}}
     enc = get_tokenizer()
-    windows = prompt_windows(s, data)
+    N = min(s.new_tokens, cfg.block_size - s.prompt_len)   # a --model with a shorter block
+    windows = prompt_windows(s, data, N)
     prompts, real = windows[:, :s.prompt_len], windows[:, s.prompt_len:]
-    wins = [min(k, s.new_tokens) for k in s.windows]
+    wins = sorted({min(k, N) for k in s.windows})
     rows, tokens = {}, {}
     ref = text_figures(real.tolist(), wins)
     rows["real text"] = {**ref, "logp": mean_logp(params, cfg, prompts, real), "seeds": 0}
@@ -182,8 +190,7 @@ def measure(settings: Settings, data, *, bar=None, log=print, model=None,
     for name, kw, sampled in strategy_list(s):
         per_seed = []
         for seed in (s.seeds if sampled else (0,)):
-            out = generate(params, cfg, prompts, s.new_tokens, key=seed, **kw)
-            new = np.asarray(out[0] if isinstance(out, tuple) else out)
+            new = np.asarray(generate(params, cfg, prompts, N, key=seed, **kw))
             if not per_seed:
                 tokens[name] = new.tolist()
             per_seed.append({**text_figures(new.tolist(), wins),
@@ -201,7 +208,7 @@ def measure(settings: Settings, data, *, bar=None, log=print, model=None,
                       "val_loss": evals[-1][2] if evals else None, "unigram": unigram,
                       "curve": info["curve"]},
             "settings": {"prompts": s.prompts, "prompt_len": s.prompt_len,
-                         "new_tokens": s.new_tokens, "seeds": list(s.seeds)},
+                         "new_tokens": N, "seeds": list(s.seeds)},
             "windows": wins, "rows": rows, "tokens": tokens, "prompts": prompts.tolist(),
             "examples": {n: enc.decode(t[0]) for n, t in tokens.items()},
             "prompt_text": enc.decode(prompts[0].tolist())}
@@ -305,26 +312,39 @@ def clean(text: str, limit: int = 400) -> str:
 
 
 def claims(res: dict) -> str:
-    """One plain paragraph: which of the chapter's claims held on this run."""
+    """One plain paragraph: which of the chapter's claims held on this run, each decided by
+    the numbers (greedy's repetition grows with length and exceeds the real text's; beam
+    scores a higher log p than greedy; higher temperature lowers log p and raises
+    distinct-2), and which strategy writes text closest to the real text's statistics."""
     rows, wins = res["rows"], res["windows"]
     ref, greedy = rows["real text"], rows["greedy"]
-    beam = next(r for n, r in rows.items() if n.startswith("beam"))
-    t1 = rows.get("T=1")
-    grows = greedy["rep_at"][-1] > greedy["rep_at"][0]
-    out = [f"Greedy decoding's 4-gram repetition {'grows' if grows else 'does not grow'} with "
-           f"length ({greedy['rep_at'][0]:.2f} within the first {wins[0]} tokens, "
-           f"{greedy['rep_at'][-1]:.2f} within {wins[-1]}; the real text: "
-           f"{ref['rep_at'][0]:.2f} and {ref['rep_at'][-1]:.2f}), and beam search repeats "
-           f"{'more' if beam['repetition'] > ref['repetition'] else 'less'} than the real "
-           f"text ({beam['repetition']:.2f} vs {ref['repetition']:.2f}) while scoring the "
-           f"highest log p ({beam['logp']:.2f} vs the real text's {ref['logp']:.2f}): "
-           + ("the degeneration Holtzman et al. (2020) report held." if grows and
-              beam["repetition"] > ref["repetition"] else
-              "the degeneration Holtzman et al. (2020) report did not show here.")]
-    if t1 is not None:
-        near = abs(t1["logp"] - ref["logp"]) < abs(greedy["logp"] - ref["logp"])
-        out.append(f" Pure sampling (T=1) writes text whose log p ({t1['logp']:.2f}) is "
-                   f"{'closer to' if near else 'further from'} the real text's than greedy's "
-                   f"({greedy['logp']:.2f}), with distinct-2 {t1['distinct_2']:.2f} against "
-                   f"the real text's {ref['distinct_2']:.2f}.")
+    beam_name = next(n for n in rows if n.startswith("beam"))
+    beam = rows[beam_name]
+    grows = greedy["rep_at"][-1] > greedy["rep_at"][0] and \
+        greedy["rep_at"][-1] > ref["rep_at"][-1]
+    out = [f"Greedy decoding's 4-gram repetition {'grows' if grows else 'does not grow'} "
+           f"with length past the real text's ({greedy['rep_at'][0]:.2f} within the first "
+           f"{wins[0]} tokens, {greedy['rep_at'][-1]:.2f} within {wins[-1]}; the real text "
+           f"{ref['rep_at'][0]:.2f} and {ref['rep_at'][-1]:.2f}): the degeneration Holtzman "
+           f"et al. (2020) report {'held' if grows else 'did not show'}. {beam_name} "
+           f"{'finds' if beam['logp'] > greedy['logp'] else 'does not find'} likelier text "
+           f"than greedy (log p {beam['logp']:.2f} vs {greedy['logp']:.2f} per token; the "
+           f"real text {ref['logp']:.2f}) and repeats {beam['repetition']:.2f} of its "
+           f"4-grams (the real text {ref['repetition']:.2f})."]
+    temps = sorted((float(n[2:]), r) for n, r in rows.items() if n.startswith("T="))
+    if len(temps) > 1:
+        lp = [r["logp"] for _, r in temps]
+        d2 = [r["distinct_2"] for _, r in temps]
+        mono = all(a > b for a, b in zip(lp, lp[1:])) and all(a < b for a, b in zip(d2, d2[1:]))
+        out.append(f" Raising the temperature from {temps[0][0]:g} to {temps[-1][0]:g} "
+                   f"{'lowers log p and raises distinct-2 at every step' if mono else 'does not move log p and distinct-2 monotonically'}"
+                   f" ({lp[0]:.2f} → {lp[-1]:.2f}; {d2[0]:.2f} → {d2[-1]:.2f}).")
+    sampled = {n: r for n, r in rows.items() if r.get("seeds", 0) > 1}
+    if sampled:
+        gap = lambda r: abs(r["repetition"] - ref["repetition"]) + \
+            abs(r["distinct_2"] - ref["distinct_2"])
+        best = min(sampled, key=lambda n: gap(sampled[n]))
+        out.append(f" Closest to the real text in repetition and distinct-2: {best} "
+                   f"({sampled[best]['repetition']:.2f}, {sampled[best]['distinct_2']:.2f} "
+                   f"against {ref['repetition']:.2f}, {ref['distinct_2']:.2f}).")
     return "".join(out)
