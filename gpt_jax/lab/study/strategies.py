@@ -88,7 +88,7 @@ def text_figures(samples, windows) -> dict:
                        for k in windows]}
 
 
-# -- the model: trained once, cached ---------------------------------------------------------------
+# -- the model: trained once, cached ------------------------------------------------------------
 
 def cached_model(s: Settings, model_dir: Optional[str] = None, log=print):
     """The default train.py model (cpu-small + s.train), trained through the library's Trainer
@@ -124,7 +124,7 @@ def read_curve(out_dir: str) -> dict:
                      if r.get("kind") == "eval"]}
 
 
-# -- the strategies --------------------------------------------------------------------------------
+# -- the strategies -----------------------------------------------------------------------------
 
 def strategy_list(s: Settings) -> list[tuple[str, dict, bool]]:
     """(name, generate() settings, sampled?) for each strategy, greedy first."""
@@ -220,7 +220,8 @@ def summarise(per_seed: list[dict]) -> dict:
     for k in per_seed[0]:
         v = np.asarray([r[k] for r in per_seed], float)
         out[k] = v.mean(axis=0).tolist()
-        out[k + "_sd"] = (v.std(axis=0, ddof=1) if len(v) > 1 else 0 * v[0]).tolist()
+        sd = v.std(axis=0, ddof=1) if len(v) > 1 else np.zeros_like(v[0])
+        out[k + "_sd"] = sd.tolist()
     return out
 
 
@@ -336,9 +337,10 @@ def claims(res: dict) -> str:
         lp = [r["logp"] for _, r in temps]
         d2 = [r["distinct_2"] for _, r in temps]
         mono = all(a > b for a, b in zip(lp, lp[1:])) and all(a < b for a, b in zip(d2, d2[1:]))
-        out.append(f" Raising the temperature from {temps[0][0]:g} to {temps[-1][0]:g} "
-                   f"{'lowers log p and raises distinct-2 at every step' if mono else 'does not move log p and distinct-2 monotonically'}"
-                   f" ({lp[0]:.2f} → {lp[-1]:.2f}; {d2[0]:.2f} → {d2[-1]:.2f}).")
+        how = ("lowers log p and raises distinct-2 at every step" if mono else
+               "does not move log p and distinct-2 monotonically")
+        out.append(f" Raising the temperature from {temps[0][0]:g} to {temps[-1][0]:g} {how} "
+                   f"({lp[0]:.2f} → {lp[-1]:.2f}; {d2[0]:.2f} → {d2[-1]:.2f}).")
     sampled = {n: r for n, r in rows.items() if r.get("seeds", 0) > 1}
     if sampled:
         gap = lambda r: abs(r["repetition"] - ref["repetition"]) + \
