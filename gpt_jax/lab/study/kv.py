@@ -241,8 +241,8 @@ def section(res: dict, out_dir: str) -> str:
                      f"{r['same_tokens']} |")
         L += ["", f"Log-log slope (of the minima) over all lengths: cached "
               f"**{w['cached_slope']:.2f}**, uncached **{w['uncached_slope']:.2f}** (last two "
-              f"lengths: {w['cached_slope_last']:.2f} and {w['uncached_slope_last']:.2f}). Linear fit "
-              f"a + c·L of the cached step: a = {1e3 * w['cached_fixed_s']:.3f} ms, c = "
+              f"lengths: {w['cached_slope_last']:.2f} and {w['uncached_slope_last']:.2f}). "
+              f"Linear fit a + c·L of the cached step's minima: a = {1e3 * w['cached_fixed_s']:.3f} ms, c = "
               f"{1e6 * w['cached_per_token_s']:.3f} µs per cached token.\n"]
     L.append(claim(ws))
     return "\n".join(L) + "\n"
