@@ -242,8 +242,9 @@ def section(res: dict, out_dir: str) -> str:
         L += ["", f"Log-log slope (of the minima) over all lengths: cached "
               f"**{w['cached_slope']:.2f}**, uncached **{w['uncached_slope']:.2f}** (last two "
               f"lengths: {w['cached_slope_last']:.2f} and {w['uncached_slope_last']:.2f}). "
-              f"Linear fit a + c·L of the cached step's minima: a = {1e3 * w['cached_fixed_s']:.3f} ms, c = "
-              f"{1e6 * w['cached_per_token_s']:.3f} µs per cached token.\n"]
+              f"Linear fit a + c·L of the cached step's minima: a = "
+              f"{1e3 * w['cached_fixed_s']:.3f} ms, c = {1e6 * w['cached_per_token_s']:.3f} µs "
+              f"per cached token.\n"]
     L.append(claim(ws))
     return "\n".join(L) + "\n"
 
