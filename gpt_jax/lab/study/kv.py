@@ -218,6 +218,7 @@ def section(res: dict, out_dir: str) -> str:
         mem = ax.twinx()
         mem.plot(x, [r["cache_bytes"] / 2**20 for r in w["rows"]], "s--", color="gray",
                  ms=3)
+        mem.set_yscale("log")                  # bytes are linear in L: a slope-1 line
         mem.set_ylabel("KV cache (MiB, gray)", fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "kvcache.png"), dpi=90)
