@@ -230,9 +230,10 @@ def hf_tensors(params, cfg: GPTConfig) -> dict[str, np.ndarray]:
                           "GPT2LMHeadModel) has biases in every Dense and LayerNorm; train "
                           "with bias=true to export")
     if not cfg.is_gpt2:
-        raise ConfigError(f"cannot export this model: Hugging Face's GPT-2 is Pre-LN, tied and "
-                          f"causal, and this one has norm={cfg.norm}, tie_embeddings="
-                          f"{cfg.tie_embeddings}, causal={cfg.causal}; only GPT-2 exports")
+        raise ConfigError(f"cannot export this model: Hugging Face's GPT-2 is Pre-LN, tied, "
+                          f"causal and has ln_f, and this one has norm={cfg.norm}, "
+                          f"tie_embeddings={cfg.tie_embeddings}, causal={cfg.causal}, "
+                          f"final_ln={cfg.final_ln}; only GPT-2 exports")
     flat = traverse_util.flatten_dict(params)
     table = tensor_table(cfg)
     extra = set(flat) - {path for _, path, _ in table}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from gpt_jax.checkpoint.load import load_model
 from gpt_jax.cli.common import ArgumentParser, exit_on_signals, run
 from gpt_jax.errors import UserError
-from gpt_jax.lab.study import FULL, TINY, Progress, run_study
+from gpt_jax.lab.study import TOPICS, Progress, run_study
 from gpt_jax.utils.paths import writable_dir
 
 
-SECTIONS = ("norm", "heads", "mask", "strategies", "kv")
+SECTIONS = tuple(TOPICS)   # mlm, probe, norm, tying, strategies, kv
 
 
 def main(argv=None) -> int:
@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None,
                    help="the model the generation strategies use: a train.py out_dir (its "
                         "latest checkpoint, or --step), a Hugging Face directory or a gpt2* "
-                        "name (default: the model the study trains)")
+                        "name (default: the default train.py model, trained once into "
+                        "out/study-model and reused)")
     p.add_argument("--step", type=int, default=None,
                    help="with --model OUT_DIR: its checkpoint step (default: the latest)")
     p.add_argument("--only", default=None,
@@ -48,14 +49,13 @@ def main(argv=None) -> int:
                                step_flag="--step ")
         except UserError as e:
             raise UserError(f"--model {a.model}: {e}") from None
-    s = TINY if a.tiny else FULL
     out_dir = writable_dir(a.out_dir or ("out-study-tiny" if a.tiny else "docs/study"),
                            "--out_dir")   # before anything trains: a file there, read-only
     progress = Progress()
     if argv is None:   # the command line: Ctrl-C / SIGTERM save what ended, then exit at once
         exit_on_signals("study.py", progress.save)
-    run_study(s, out_dir, model_dir=a.model, step=a.step, model=model, only=only,
-              progress=progress)
+    name = a.model if a.step is None else f"{a.model} at step {a.step}"
+    run_study(a.tiny, out_dir, model_dir=name, model=model, only=only, progress=progress)
     return 0
 
 

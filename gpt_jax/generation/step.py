@@ -282,7 +282,8 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
         h = linear(x if post else norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, one)
         x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed, one)
         x = norm(p["ln_2"], x) if post else x
-    return lm_head(weights, cfg, norm(weights["ln_f"], x)), tuple(new_cache)
+    x = norm(weights["ln_f"], x) if cfg.final_ln else x
+    return lm_head(weights, cfg, x), tuple(new_cache)
 
 
 def embed(weights, cfg: GPTConfig, tokens, positions):

@@ -77,7 +77,8 @@ def extend_step(weights, cfg: GPTConfig, tokens, index, pad, kv_cache):
         h = linear(x if post else norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed)
         x = x + linear(nn.gelu(h, approximate=True), p["mlp"]["c_proj"], transposed)
         x = norm(p["ln_2"], x) if post else x
-    logits = lm_head(weights, cfg, norm(weights["ln_f"], x))              # (B*T, V)
+    x = norm(weights["ln_f"], x) if cfg.final_ln else x
+    logits = lm_head(weights, cfg, x)                                     # (B*T, V)
     return logits.reshape(B, T, -1), tuple(new_cache)
 
 

@@ -16,6 +16,7 @@ TOKENIZER_VOCAB_SIZE = 50257
 
 ATTN_IMPLS = ("auto", "xla", "cudnn")
 NORMS = ("pre", "post")
+INITS = ("gpt2", "xavier")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -66,6 +67,14 @@ class GPTConfig:
     # false: every position sees the whole sequence (BERT's mask); such a model cannot decode
     # with a KV cache (generate refuses it; generation.generate_uncached recomputes)
     causal: bool = help_field(True, "causal attention mask (false: bidirectional, BERT-style)")
+    # Post-LN as Vaswani et al. 2017 and Xiong et al. 2020 ran it: Xavier-initialised Dense
+    # kernels without GPT-2's 1/sqrt(2L) down-scaling of the residual projections (that scaling
+    # is itself a Post-LN stabiliser, as in Admin / DeepNorm), and no LayerNorm after the last
+    # block (a Post-LN block already ends in one). Embeddings stay N(0, 0.02) under both inits.
+    init: str = help_field("gpt2", "gpt2 (N(0, 0.02), residual projections / sqrt(2 n_layer)) "
+                           "| xavier (Glorot-uniform Dense kernels, no residual scaling)")
+    final_ln: bool = help_field(True, "LayerNorm ln_f before the head (GPT-2; false: none, as "
+                                "in the 2017 Post-LN Transformer)")
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -85,7 +94,10 @@ class GPTConfig:
         if self.norm not in NORMS:
             raise ConfigError(f"GPTConfig.norm must be one of {', '.join(NORMS)}, "
                               f"got {self.norm!r}")
-        for name in ("tie_embeddings", "causal"):
+        if self.init not in INITS:
+            raise ConfigError(f"GPTConfig.init must be one of {', '.join(INITS)}, "
+                              f"got {self.init!r}")
+        for name in ("tie_embeddings", "causal", "final_ln"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"GPTConfig.{name} must be true or false, "
                                   f"got {getattr(self, name)!r}")
@@ -137,9 +149,10 @@ class GPTConfig:
 
     @property
     def is_gpt2(self) -> bool:
-        """GPT-2's architecture: Pre-LN, tied head, causal mask (what Hugging Face's GPT-2
-        holds; to_hf refuses anything else)."""
-        return self.norm == "pre" and self.tie_embeddings and self.causal
+        """GPT-2's architecture: Pre-LN, tied head, causal mask, final ln_f (what Hugging Face's
+        GPT-2 holds; to_hf refuses anything else). The init is not architecture: a model
+        trained from init="xavier" is still GPT-2's function and exports."""
+        return self.norm == "pre" and self.tie_embeddings and self.causal and self.final_ln
 
     def architecture_diff(self, other: "GPTConfig") -> list[str]:
         """Fields that change parameter shapes or the function, as 'name: self vs other'."""
@@ -150,7 +163,7 @@ class GPTConfig:
 # Fields that decide the parameter pytree or the function the weights were trained for;
 # dropout and dtypes may differ between runs.
 ARCHITECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias",
-                       "norm", "tie_embeddings", "causal")
+                       "norm", "tie_embeddings", "causal", "final_ln")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The four released GPT-2 sizes (124M, 355M, 774M, 1558M parameters with the tied head).

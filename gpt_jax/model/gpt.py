@@ -111,8 +111,13 @@ def causal_mask(t: int, s: int | None = None):
 
 
 def _dense(cfg: GPTConfig, features: int, name: str, std: float = 0.02) -> nn.Dense:
+    # init="xavier": Glorot-uniform, U(+-sqrt(6 / (fan_in + fan_out))), for every kernel and
+    # no residual scaling (std unused), Xiong et al. 2020's setting. On the fused (C, 3C)
+    # c_attn that is PyTorch's nn.MultiheadAttention in_proj init: variance 1 / (2C) per matrix.
+    kernel_init = (nn.initializers.xavier_uniform() if cfg.init == "xavier"
+                   else nn.initializers.normal(std))
     return nn.Dense(features, use_bias=cfg.bias, dtype=cfg.compute_dtype,
-                    param_dtype=cfg.storage_dtype, kernel_init=nn.initializers.normal(std),
+                    param_dtype=cfg.storage_dtype, kernel_init=kernel_init,
                     bias_init=nn.initializers.zeros, dot_general=dense_dot_general, name=name)
 
 
@@ -285,7 +290,8 @@ class GPT(nn.Module):
             x = jax.lax.dynamic_slice_in_dim(x, logits_at, 1, axis=1)  # (B, 1, C)
         elif logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[..., None], axis=1)  # (B, S, C)
-        x = layer_norm(cfg, "ln_f")(x)
+        if cfg.final_ln:       # final_ln=False: the head reads the last block's output as is
+            x = layer_norm(cfg, "ln_f")(x)
 
         # Tied LM head: the token embedding read backwards (wte.attend), but with float32
         # accumulation and output, since attend would round bfloat16 logits to bfloat16.
@@ -307,7 +313,8 @@ def _init(cfg: GPTConfig, key):
 
 def init_params(cfg: GPTConfig, key) -> dict:
     """GPT-2-initialised parameters: N(0, 0.02) weights, the residual projections at
-    0.02 / sqrt(2 n_layer), zero biases, unit LayerNorm scales.
+    0.02 / sqrt(2 n_layer), zero biases, unit LayerNorm scales (cfg.init="xavier": every Dense
+    kernel Glorot-uniform instead, embeddings still N(0, 0.02)).
 
     Args:
       cfg: the model's GPTConfig.
@@ -316,7 +323,8 @@ def init_params(cfg: GPTConfig, key) -> dict:
     Returns:
       A nested dict of float32 arrays in GPT-2's layout: wte (V, C), wpe (T, C), h_0 ...
       h_{L-1} (ln_1, attn.c_attn (C, 3C), attn.c_proj (C, C), ln_2, mlp.c_fc (C, 4C),
-      mlp.c_proj (4C, C)), ln_f, and lm_head (C, V) when the head is untied. Keep them with
+      mlp.c_proj (4C, C)), ln_f (unless cfg.final_ln is false), and lm_head (C, V) when the
+      head is untied. Keep them with
       this cfg: another cfg of the same shapes (n_head changed) runs without error and
       computes another model (see GPTConfig).
     """

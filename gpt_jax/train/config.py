@@ -30,7 +30,7 @@ LR_SCHEDULES = ("cosine", "constant", "linear", "wsd")
 
 # The GPTConfig fields a run sets: flags, config-file keys and meta["train_config"] keys.
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias",
-                "dtype", "norm", "tie_embeddings", "causal")
+                "dtype", "norm", "tie_embeddings", "causal", "init", "final_ln")
 TRAIN_DTYPES = ("float32", "bfloat16")   # float16 would need loss scaling, which we do not do
 MAX_SEED = 2**31 - 1   # the dropout key is key(seed + 1); keys keep the low 32 bits of a seed
 
@@ -283,7 +283,8 @@ def check_model(model: GPTConfig) -> None:
 # Built-in --config values: overrides on top of the defaults (= cpu-small).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": {},
-    # GPT-2 small's recipe (as in nanoGPT's train_gpt2.py): ~0.5M tokens per step
+    # GPT-2 small's shape with nanoGPT's config/train_gpt2.py settings (GPT-3's optimizer
+    # recipe; the GPT-2 paper publishes none, docs/level3.md): ~0.5M tokens per step
     # (16 x 1024 x 32 = 524,288), AdamW 6e-4 -> 6e-5 over 600k steps after 2000 warm-up steps,
     # bfloat16 compute, the vocabulary padded to 50304. Meant for a GPU and OpenWebText/FineWeb
     # prepared with prepare.py --hf_dataset; --max_iters trades quality for time.

@@ -24,7 +24,7 @@ from gpt_jax.train.state import (TrainState, abstract_state, new_state, place_pa
 from gpt_jax.train.config import TrainConfig
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "norm", "tie_embeddings",
-                "causal")   # + block_size
+                "causal", "final_ln")   # + block_size
 RESUME_HINT = "continue from the latest with --resume_step {step}"
 # run keys a resumed run takes from its checkpoint's train config unless given again: the
 # learning-rate schedule and the spike guard, so that an exact resume needs only
@@ -109,7 +109,8 @@ def arch_summary(tc: TrainConfig) -> str:
     return (f"n_layer={m.n_layer} n_head={m.n_head} n_embd={m.n_embd} "
             f"vocab_size={m.vocab_size} bias={m.bias} block_size={m.block_size}" +
             ("" if m.is_gpt2 else f" norm={m.norm} tie_embeddings={m.tie_embeddings} "
-                                  f"causal={m.causal}"))
+                                  f"causal={m.causal} final_ln={m.final_ln}") +
+            ("" if m.init == "gpt2" else f" init={m.init}"))
 
 
 # -- the builders ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The chapter's model switches (GPTConfig norm, tie_embeddings, causal): each changes what it
+"""The chapter's model switches (GPTConfig norm, tie_embeddings, causal, init, final_ln): each changes what it
 says and nothing else; the cached decoder honours them or refuses; only GPT-2 exports."""
 import jax
 import jax.numpy as jnp
@@ -101,7 +101,8 @@ def test_bidirectional_model_refuses_cache_and_scoring_but_decodes_uncached():
 
 
 def test_only_gpt2_exports_to_hugging_face(tmp_path):
-    for switch in (dict(norm="post"), dict(tie_embeddings=False), dict(causal=False)):
+    for switch in (dict(norm="post"), dict(tie_embeddings=False), dict(causal=False),
+                   dict(final_ln=False)):
         cfg = GPTConfig(**BASE, **switch)
         with pytest.raises(ConfigError, match="only GPT-2 exports"):
             to_hf(init_params(cfg, jax.random.key(0)), cfg, str(tmp_path / "hf"))
@@ -119,3 +120,61 @@ def test_flags_and_checkpoints_carry_the_switches(tmp_path):
     save_checkpoint(str(tmp_path), 1, params, cfg)
     p2, cfg2 = load_checkpoint(str(tmp_path))
     assert cfg2 == cfg and "lm_head" in p2
+
+
+def test_xavier_init_is_glorot_uniform_without_residual_scaling():
+    """init="xavier": every Dense kernel U(+-sqrt(6 / (fan_in + fan_out))), so std
+    sqrt(2 / (fan_in + fan_out)), the residual projections included (no 1/sqrt(2L)); embeddings
+    stay N(0, 0.02); GPT-2's init keeps c_proj at 0.02 / sqrt(2L)."""
+    cfg = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=32, vocab_size=256)
+    xav = init_params(cfg.replace(init="xavier"), jax.random.key(0))
+    gpt2 = init_params(cfg, jax.random.key(0))
+    C = cfg.n_embd
+    for path, (fan_in, fan_out) in {("attn", "c_attn"): (C, 3 * C), ("attn", "c_proj"): (C, C),
+                                    ("mlp", "c_fc"): (C, 4 * C), ("mlp", "c_proj"): (4 * C, C)}.items():
+        k = np.concatenate([np.asarray(xav[f"h_{i}"][path[0]][path[1]]["kernel"]).ravel()
+                            for i in range(cfg.n_layer)])
+        bound = np.sqrt(6 / (fan_in + fan_out))
+        assert np.abs(k).max() <= bound and np.abs(k).max() > 0.99 * bound   # uniform's edge
+        np.testing.assert_allclose(k.std(), np.sqrt(2 / (fan_in + fan_out)), rtol=0.02)
+        assert abs(k.mean()) < 0.01 * bound
+    np.testing.assert_allclose(np.std(xav["wte"]["embedding"]), 0.02, rtol=0.05)
+    proj = np.asarray(gpt2["h_0"]["mlp"]["c_proj"]["kernel"])
+    np.testing.assert_allclose(proj.std(), 0.02 / np.sqrt(2 * cfg.n_layer), rtol=0.05)
+
+
+def test_final_ln_false_has_no_ln_f_and_the_head_reads_the_residual():
+    cfg = GPTConfig(**BASE, norm="post", final_ln=False)
+    params = randomised(cfg)
+    assert "ln_f" not in params
+    assert count_params(GPTConfig(**BASE)) - count_params(cfg.replace(norm="pre")) == 2 * 32
+    tokens = jnp.arange(1, 17)[None]
+    is_last = lambda mdl, _: mdl.name == f"h_{cfg.n_layer - 1}"
+    logits, state = jax.jit(lambda p, t: GPT(cfg).apply(
+        {"params": p}, t, capture_intermediates=is_last))(params, tokens)
+    x = state["intermediates"][f"h_{cfg.n_layer - 1}"]["__call__"][0][0]   # (B, T, C)
+    ref = jnp.einsum("btc,vc->btv", x, params["wte"]["embedding"])
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    # the same params with an identity-free ln_f added are another function
+    with_ln = forward(cfg.replace(final_ln=True),
+                      {**params, "ln_f": {"scale": jnp.ones(32), "bias": jnp.zeros(32)}}, tokens)
+    assert float(jnp.max(jnp.abs(with_ln - logits))) > 1e-2
+    # the cached decoder honours it too
+    new, dl = generate(params, cfg, [[5, 6, 7]], max_new_tokens=4, temperature=0,
+                       return_logits=True)
+    seq = jnp.asarray([[5, 6, 7] + list(np.asarray(new[0]))], jnp.int32)
+    np.testing.assert_allclose(np.asarray(dl[0]), np.asarray(forward(cfg, params, seq)[0, 2:-1]),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_default_init_and_final_ln_are_gpt2():
+    cfg = GPTConfig(**BASE)
+    assert (cfg.init, cfg.final_ln, cfg.is_gpt2) == ("gpt2", True, True)
+    assert cfg.replace(init="xavier").is_gpt2              # the init is not architecture
+    assert not cfg.replace(final_ln=False).is_gpt2
+    with pytest.raises(ConfigError, match="init"):
+        GPTConfig(**BASE, init="kaiming")
+    with pytest.raises(ConfigError, match="final_ln"):
+        GPTConfig(**BASE, final_ln="no")
+    tc = resolve_config("cpu-small", {"norm": "post", "init": "xavier", "final_ln": False})
+    assert (tc.model.init, tc.model.final_ln) == ("xavier", False)

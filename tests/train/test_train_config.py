@@ -31,7 +31,7 @@ def test_config_file_values_of_the_wrong_type(tmp_path, content):
 # checkpoints' meta["train_config"] all use them, flat).
 KEYS = ["out_dir", "data", "init_from", "resume_step", "n_layer", "n_head", "n_embd",
         "block_size", "vocab_size", "dropout", "bias", "dtype", "norm", "tie_embeddings", "causal",
-        "batch_size", "gradient_accumulation_steps", "max_iters", "lr_schedule", "decay_frac",
+        "init", "final_ln", "batch_size", "gradient_accumulation_steps", "max_iters", "lr_schedule", "decay_frac",
         "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1",
         "beta2", "grad_clip", "skip_loss_z", "skip_grad_z", "skip_warmup", "eval_interval",
         "eval_iters", "eval_only", "eval_tasks", "eval_task_limit", "log_interval", "log_to",
