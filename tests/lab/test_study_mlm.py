@@ -10,22 +10,9 @@ import pytest
 
 from gpt_jax.evaluation.scoring import log_probs
 from gpt_jax.lab.study import mlm
-from gpt_jax.lab.study.vocab import small_vocab
 from gpt_jax.model.gpt import GPT, init_params, mask_vocab
 from gpt_jax.train.loss import loss_fn
-
-
-class _Data:   # TokenData-shaped GPT-2 ids, for small_vocab
-    def __init__(self, train, val):
-        self.splits = {"train": np.asarray(train), "val": np.asarray(val)}
-        self.meta, self.dir = {"vocab_size": 50257}, "mem"
-
-
-def zipf_data(size=48, n=6000, seed=0):
-    """A SmallVocab of Zipf-distributed GPT-2 ids (some beyond the kept ones: UNK)."""
-    rng = np.random.default_rng(seed)
-    ids = 100 + np.minimum(rng.zipf(1.3, 2 * n), 200)
-    return small_vocab(_Data(ids[:n], ids[n:]), size)
+from study_data import zipf_data
 
 
 S = mlm.TINY

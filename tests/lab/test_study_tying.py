@@ -9,20 +9,8 @@ import pytest
 
 from gpt_jax.evaluation.scoring import log_probs
 from gpt_jax.lab.study import tying
-from gpt_jax.lab.study.vocab import small_vocab
 from gpt_jax.model.gpt import count_params, init_params
-
-
-class _Data:   # TokenData-shaped GPT-2 ids, for small_vocab
-    def __init__(self, train, val):
-        self.splits = {"train": np.asarray(train), "val": np.asarray(val)}
-        self.meta, self.dir = {"vocab_size": 50257}, "mem"
-
-
-def zipf_data(size=48, n=6000, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = 100 + np.minimum(rng.zipf(1.3, 2 * n), 200)
-    return small_vocab(_Data(ids[:n], ids[n:]), size)
+from study_data import zipf_data
 
 
 S = tying.TINY
