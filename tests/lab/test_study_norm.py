@@ -15,18 +15,12 @@ from gpt_jax.lab.study.vocab import small_vocab
 from gpt_jax.model.gpt import GPT
 from gpt_jax.train.loss import loss_fn
 import gpt_jax.data as data_lib
-
-
-class _Data:   # TokenData-shaped: a Zipf-like stream, re-coded to a small vocabulary
-    def __init__(self, seed=0, n=50_000):
-        rng = np.random.default_rng(seed)
-        self.splits = {k: np.minimum(rng.zipf(1.3, n), 5000) for k in ("train", "val")}
-        self.meta, self.dir = {"vocab_size": 50257}, "mem"
+from study_data import ZipfStream
 
 
 @pytest.fixture(scope="module")
 def data():
-    return small_vocab(_Data(), 256)
+    return small_vocab(ZipfStream(), 256)
 
 
 @pytest.fixture(scope="module")

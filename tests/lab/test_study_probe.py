@@ -10,18 +10,12 @@ import pytest
 
 from gpt_jax.lab.study import probe
 from gpt_jax.lab.study.vocab import small_vocab
-
-
-class _Data:   # TokenData-shaped: a Zipf-like stream, re-coded to a small vocabulary
-    def __init__(self, seed=0, n=50_000):
-        rng = np.random.default_rng(seed)
-        self.splits = {k: np.minimum(rng.zipf(1.3, n), 5000) for k in ("train", "val")}
-        self.meta, self.dir = {"vocab_size": 50257}, "mem"
+from study_data import ZipfStream
 
 
 @pytest.fixture(scope="module")
 def result():
-    return probe.measure(probe.TINY, small_vocab(_Data(), 256), log=lambda *_: None)
+    return probe.measure(probe.TINY, small_vocab(ZipfStream(), 256), log=lambda *_: None)
 
 
 def test_pre_ln_gradient_falls_like_one_over_sqrt_depth_post_ln_does_not(result):

@@ -17,3 +17,11 @@ def zipf_data(size=48, n=6000, seed=0):
     rng = np.random.default_rng(seed)
     ids = 100 + np.minimum(rng.zipf(1.3, 2 * n), 200)
     return small_vocab(TokenDataLike(ids[:n], ids[n:]), size)
+
+
+class ZipfStream(TokenDataLike):
+    """A Zipf-like stream of ids below 5000 in both splits (the norm and probe tests)."""
+
+    def __init__(self, seed=0, n=50_000):
+        rng = np.random.default_rng(seed)
+        super().__init__(*(np.minimum(rng.zipf(1.3, n), 5000) for _ in ("train", "val")))
