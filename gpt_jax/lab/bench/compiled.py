@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from gpt_jax.lab.bench.harness import Context, Result
+from gpt_jax.lab.bench.peers import torch_adamw, torch_update
 from gpt_jax.model.config import GPTConfig
 
 # "default" won on this 2-core CPU (docs/benchmarks.md, "torch.compile peers"); bench.py
@@ -83,23 +84,11 @@ def compiled_train_step(model, logits_of: Callable, tc, mode: str, device: str =
         (step(tokens (B, T + 1) numpy) -> loss float, {"optimizer": which AdamW, "mode"}).
     """
     import torch
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
     fused = fused_adamw(device)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8,
-                            **({"fused": True} if fused else {"foreach": True}))
+    opt = torch_adamw(model, tc, **({"fused": True} if fused else {"foreach": True}))
 
     def step(x, y):
-        logits = logits_of(model, x)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return torch_update(model, opt, logits_of(model, x), y, tc).detach()
     fn = torch.compile(step, mode=None if mode == "default" else mode)
 
     def call(tokens):

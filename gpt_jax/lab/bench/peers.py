@@ -56,24 +56,37 @@ def torch_train_step(params, cfg: GPTConfig, tc):
     device, dtype = peer_device()
     model = to_transformers(params, cfg).to(device, getattr(torch, dtype))
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8)
+    opt = torch_adamw(model, tc)
 
     def step(tokens):
         x = torch.from_numpy(tokens[:, :-1].astype(np.int64)).to(device)
         y = torch.from_numpy(tokens[:, 1:].astype(np.int64)).to(device)
-        logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return torch_update(model, opt, model(input_ids=x).logits, y, tc).item()
     return step
+
+
+def torch_adamw(model, tc, **kwargs):
+    """torch AdamW with our recipe: weight decay on the matrices only, tc's lr and betas.
+    kwargs: AdamW's implementation switches (fused=True, foreach=True)."""
+    import torch
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8, **kwargs)
+
+
+def torch_update(model, opt, logits, y, tc):
+    """The rest of a peer's train step: float32 cross-entropy of logits (B, T, V) against y
+    (B, T), backward, clipping to tc.grad_clip, opt.step, zero_grad. Returns the loss tensor."""
+    import torch
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                             y.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
 
 
 def params_to_hf(params, cfg: GPTConfig):
