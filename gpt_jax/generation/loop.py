@@ -24,12 +24,18 @@ from gpt_jax.model.checks import check_params
 from gpt_jax.model.config import GPTConfig
 from gpt_jax.model.gpt import mask_vocab
 
-STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits", "plan")
+STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits", "plan",
+          "cache_segments")
+
+# segment_lengths(): a decode loop's cache starts with room for FIRST new tokens, then grows
+# SEGMENTS - 1 times, so a step reads at most a stride more entries than it has written.
+FIRST, SEGMENTS = 64, 4
 
 
 def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id,
                   values=None, *, cfg: GPTConfig, max_new_tokens: int, greedy: bool,
-                  use_top_k: bool, use_top_p: bool, return_logits: bool, plan: Plan = Plan()):
+                  use_top_k: bool, use_top_p: bool, return_logits: bool, plan: Plan = Plan(),
+                  cache_segments: int = 0):
     """The pure decoding function that generate() compiles: int32 (B, max_new_tokens) new
     tokens, then, where asked, their float32 (B, N, V) logits (return_logits) and float32
     (B, N) log-probabilities (plan.logprobs), as a tuple.
@@ -41,7 +47,9 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     arguments are static (see STATIC): greedy skips the filters, use_top_k / use_top_p switch
     those filters on, plan (processors.Plan) the processors, stop strings, early exit and
     streaming. Without early exit the loop is a lax.scan over every token; with it, a
-    while_loop that ends when every row is done."""
+    while_loop that ends when every row is done. cache_segments (static): how many lengths the
+    cache grows through (segment_lengths; 0: SEGMENTS), so that steps read little more of it
+    than is written; 1 keeps one cache of every entry from the start (bench.py compares)."""
     B, P = tokens.shape
     N = max_new_tokens
     S = P + N - 1                            # the last new token is sampled, never fed back
@@ -51,8 +59,10 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
         plan, s, mask_vocab(logits, cfg.n_real_vocab), key, st, made, P=P, pad=pad,
         greedy=greedy, use_top_k=use_top_k, use_top_p=use_top_p)
 
-    # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
-    logits, cache = prefill(params, weights, cfg, tokens, pad, S)   # cache (B*H, S, D)
+    # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only. The
+    # cache starts at the first segment's length and grows between segments (segment_lengths).
+    lengths = segment_lengths(P, S, cache_segments or SEGMENTS)
+    logits, cache = prefill(params, weights, cfg, tokens, pad, lengths[0])  # (B*H, L0, D)
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
     st = processors.init_state(plan, s, tokens, pad, N, cfg.vocab_size)
     first, lp, st = pick(logits[:, 0], keys[0], st, 0)
@@ -63,19 +73,29 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
 
     def step(cache, tok, st, i):             # feed token i - 1 (at index P + i - 1), pick token i
         index = P + i - 1
+        L = cache[0][0].shape[1]             # this segment's cache length
         logits, cache = decode_step(weights, cfg, tok, index - pad,
-                                    decode_mask(pad, index[None], S)[:, 0, 0], cache, index)
+                                    decode_mask(pad, index[None], L)[:, 0, 0], cache, index)
         new, lp, st = pick(logits, keys[i], st, i)
         return cache, new, lp, st, logits
 
+    # Segment j feeds the tokens at cache indices [lengths[j-1], lengths[j]): steps i up to
+    # ends[j] (exclusive), over a cache of lengths[j] entries.
+    ends = [L - P + 1 for L in lengths]
     if not (plan.early_exit or plan.stream):
         def body(carry, i):
             cache, tok, st = carry
             cache, new, lp, st, logits = step(cache, tok, st, i)
             return (cache, new, st), (new, logits if return_logits else None, lp)
 
-        _, (rest, rest_logits, rest_lp) = jax.lax.scan(body, (cache, first, st),
-                                                       jnp.arange(1, N))
+        carry, parts, start = (cache, first, st), [], 1
+        for j, end in enumerate(ends):
+            if j:
+                carry = (grow(carry[0], lengths[j]),) + carry[1:]
+            carry, part = jax.lax.scan(body, carry, jnp.arange(start, end))
+            parts.append(part)
+            start = end
+        rest, rest_logits, rest_lp = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
         out = [jnp.concatenate([first[:, None], rest.T], axis=1)]              # (B, N)
         if return_logits:
             out.append(jnp.concatenate([logits, jnp.swapaxes(rest_logits, 0, 1)], axis=1))
@@ -91,7 +111,7 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     if plan.logprobs:
         bufs["lp"] = jnp.zeros((B, N), jnp.float32).at[:, 0].set(lp)
 
-    def cond(carry):
+    def more(carry):                         # some row still decodes
         _, _, st, i, _, go = carry
         return (i < N) & ~jnp.all(st.done) & go
 
@@ -107,10 +127,42 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
         go = channel.report(s.values.stream_id, i, new, lp, st.done) if plan.stream else True
         return cache, new, st, i + 1, bufs, jnp.asarray(go)
 
-    carry = (cache, first, st, jnp.int32(1), bufs, jnp.asarray(go))
-    bufs = jax.lax.while_loop(cond, body, carry)[4]
+    def run(j, carry):                       # segments j, j + 1, ...: the carry less its cache
+        carry = jax.lax.while_loop(lambda c: more(c) & (c[3] < ends[j]), body, carry)
+        if j + 1 == len(ends):
+            return carry[1:]
+        # The next segment's cache is made only if a row still decodes: an early exit skips
+        # the copy as well as the steps.
+        return jax.lax.cond(more(carry),
+                            lambda c: run(j + 1, (grow(c[0], lengths[j + 1]),) + c[1:]),
+                            lambda c: c[1:], carry)
+
+    bufs = run(0, (cache, first, st, jnp.int32(1), bufs, jnp.asarray(go)))[3]
     out = [bufs[k] for k in ("tok", "logits", "lp") if k in bufs]
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def segment_lengths(P: int, S: int, n: int = SEGMENTS) -> tuple[int, ...]:
+    """The at most n cache lengths decode_tokens' loop grows through, the last S, for a prompt
+    of P: the loop starts with room for FIRST new tokens, then grows the cache n - 1 times in
+    equal strides (of at least FIRST), one copy each.
+
+    Why: a step over a cache of L entries reads all L of them (XLA has no dynamic shapes, and a
+    block of the cache sliced at a traced index is copied before the product reads it, which
+    costs more than it saves), so a loop whose cache has room for every new token from the
+    start reads the unwritten entries too. Each segment is its own compiled step, so compile
+    time grows with n; P + FIRST is all that an early exit soon after the prompt reads."""
+    if S - P <= FIRST or n <= 1:
+        return (S,)
+    rest = S - P - FIRST
+    n = min(n - 1, -(-rest // FIRST))
+    return (P + FIRST,) + tuple(P + FIRST + -(-rest * k // n) for k in range(1, n + 1))
+
+
+def grow(cache, length: int):
+    """The heads-major cache (B*H, L, D) per layer, zero-padded to `length` entries."""
+    return jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, length - a.shape[1]), (0, 0))),
+                        cache)
 
 
 # -- the function's compiled form, and the weights laid out for it ---------------------------

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import gpt_jax.generation as generation
-from gpt_jax.generation.decoding import generate
+from gpt_jax.generation.decoding import generate, generate_args
+from gpt_jax.generation.loop import DECODER, FIRST, SEGMENTS, segment_lengths
 from gpt_jax.generation.step import decode_weights, quantize_int8, weight_bytes
 from gpt_jax.errors import UserError
 
@@ -143,3 +144,63 @@ def test_compressed_greedy_tokens_agree_where_float32_has_a_clear_winner(fmt):
 def test_bad_decode_weights_are_a_user_error(bad):
     with pytest.raises(UserError, match="weights must be"):
         generate(random_params(CFG), CFG, [[1, 2]], 2, temperature=0, weights=bad)
+
+
+# -- the cache grown in segments (loop.segment_lengths) ----------------------------------------
+
+def test_segment_lengths_start_after_the_prompt_and_end_at_the_whole_cache():
+    assert segment_lengths(32, 543, 4) == (96, 245, 394, 543)
+    assert segment_lengths(512, 1023, 4) == (576, 725, 874, 1023)
+    assert segment_lengths(16, 16 + FIRST, 4) == (16 + FIRST,)     # short: one cache
+    assert segment_lengths(16, 300, 1) == (300,)                    # 1: the whole cache
+    for P, S, n in [(1, 200, 4), (16, 16 + FIRST + 1, 8), (7, 900, 16), (64, 200, 3)]:
+        lengths = segment_lengths(P, S, n)
+        assert lengths[0] == P + FIRST and lengths[-1] == S and len(lengths) <= n
+        assert all(b - a >= 1 for a, b in zip(lengths, lengths[1:]))
+
+
+SEG_CFG = tiny(block_size=256)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0, return_logits=True),                       # lax.scan through 3 caches
+    dict(temperature=0, eos_id=3, return_logits=True, logprobs=True),  # while_loop
+    dict(temperature=1.0, top_k=20),                               # sampled: the same keys
+])
+def test_a_cache_grown_in_segments_decodes_what_the_whole_cache_does(settings):
+    """Rows of unequal lengths decode 150 tokens through caches of 3 lengths; the tokens equal
+    those of one whole cache from the start (cache_segments=1) and the logits equal GPT's full
+    forward pass over the generated sequence."""
+    params = random_params(SEG_CFG)
+    prompts = prompts_of([5, 13], SEG_CFG.vocab_size)
+    args, static = generate_args(params, SEG_CFG, prompts, 150, key=7, **settings)
+    assert len(segment_lengths(16, 16 + 149, SEGMENTS)) == 3
+    grown, whole = (DECODER.run(*args, **static, cache_segments=n) for n in (0, 1))
+    grown, whole = (x if isinstance(x, tuple) else (x,) for x in (grown, whole))
+    np.testing.assert_array_equal(grown[0], whole[0])
+    for a, b in zip(grown[1:], whole[1:]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    if settings.get("return_logits"):
+        new, logits = np.asarray(grown[0]), np.asarray(grown[1])
+        ends = [int(np.argmax(row == 3)) + 1 for row in new if (row == 3).any()]
+        if "eos_id" in settings and ends:    # compare up to the first row's eos
+            new, logits = new[:, :min(ends)], logits[:, :min(ends)]
+        ref = full_forward_logits(params, SEG_CFG, prompts, new)
+        assert np.abs(logits - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_an_early_exit_in_the_first_segment_returns_the_free_tokens_and_streams_them():
+    """Every row stops within the first cache (eos is the 6th free token of each row), so the
+    loop's later segments are skipped; the tokens are the free run's up to eos."""
+    params = random_params(SEG_CFG)
+    prompts = prompts_of([4], SEG_CFG.vocab_size, seed=1) * 2
+    free = np.asarray(generate(params, SEG_CFG, prompts, 150, temperature=0))
+    eos = int(free[0, 5])
+    n = int(np.argmax(free[0] == eos)) + 1
+    out = np.asarray(generate(params, SEG_CFG, prompts, 150, temperature=0, eos_id=eos))
+    np.testing.assert_array_equal(out[:, :n], free[:, :n])
+    assert (out[:, n:] == eos).all()            # pad_id defaults to eos_id
+    stream = np.stack([p.tokens for p in generation.generate_stream(
+        params, SEG_CFG, prompts, 150, temperature=0, eos_id=eos)], axis=1)
+    np.testing.assert_array_equal(stream, out[:, :stream.shape[1]])
+    assert stream.shape[1] == n < FIRST
