@@ -20,7 +20,7 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     doc = json.loads(out.read_text())
     assert {"platform", "device_kind", "device_count", "jax", "jaxlib", "cpu"} <= set(doc["machine"])
     rows = doc["results"]
-    assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode",
+    assert {r["section"] for r in rows} == {"machine", "forward", "train", "decode", "cache",
                                             "speculative", "scale", "eval", "serve"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = {r["name"] for r in rows}
@@ -39,6 +39,10 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     assert {"ours lookup b1", "ours draft b1", "HF lookup b1", "HF draft b1"} <= {
         r["name"] for r in spec}
     assert all(r["config"]["greedy_tokens_equal_ours"] == 1.0 for r in spec)
+    # cache: the segmented cache's tokens equal the whole cache's, and all three calls ran
+    cache = [r for r in rows if r["section"] == "cache" and r["unit"] == "tokens/s"]
+    assert len(cache) == 3 and all(r["config"]["tokens_equal_whole_cache"] for r in cache)
+    assert [len(r["config"]["cache_lengths"]) for r in cache] == [1, 2, 2]
     # the cost of the training-health metrics: step time with / without them (gpt_jax/train/health.py)
     assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Callable
 
-from gpt_jax.lab.bench import (decoding, evaluation, forward, machine, scale, serving,
-                               speculative, training)
+from gpt_jax.lab.bench import (cache, decoding, evaluation, forward, machine, scale,
+                               serving, speculative, training)
 from gpt_jax.lab.bench.harness import Context, Result
 from gpt_jax.errors import UserError
 
@@ -20,6 +20,7 @@ SECTIONS: dict[str, Callable[[Context], list[Result]]] = {
     "forward": forward.run,
     "train": training.run,
     "decode": decoding.run,
+    "cache": cache.run,       # the decode cache grown in segments vs one whole cache (cache.py)
     "speculative": speculative.run,   # prompt lookup and a draft model (speculative.py)
     "scale": scale.run,
     "eval": evaluation.run,
