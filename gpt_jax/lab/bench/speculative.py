@@ -108,7 +108,9 @@ def run(ctx: Context) -> list[Result]:
     conf["copied_fraction"] = float((ref[0] == passage[shown:]).mean())
     spec = {"lookup": dict(prompt_lookup_num_tokens=LOOKUP_K),
             "draft": dict(draft=(dparams, draft), num_draft_tokens=DRAFT_K)}
-    fns = {"plain": lambda: generate(params, target, prompt, N, temperature=0)}
+    # the draft model decoding alone: the cost of one of its proposal steps
+    fns = {"plain": lambda: generate(params, target, prompt, N, temperature=0),
+           "draft alone": lambda: generate(dparams, draft, prompt, N, temperature=0)}
     stats, equal = {}, {}
     for name, kw in spec.items():
         t0 = time.perf_counter()
@@ -139,8 +141,15 @@ def run(ctx: Context) -> list[Result]:
         "speculative", f"{'ours ' if not name.startswith('hf') else 'HF '}"
         f"{'greedy' if name in ('plain', 'hf') else name.removeprefix('hf ')} b1", t[name],
         work=N, metric="tokens/s", unit="tokens/s",
-        config={**conf, "greedy_tokens_equal_ours": equal.get(name, 1.0)}) for name in fns}
-    rows = list(row.values())
+        config={**conf, "greedy_tokens_equal_ours": equal.get(name, 1.0)})
+        for name in fns if name != "draft alone"}
+    # what a step costs (a call's median over its steps, prefill included): speculation pays
+    # where tokens per verify step exceed a verify step's cost in one-token steps
+    rows = list(row.values()) + [
+        Result("speculative", "ours greedy b1", "time per token", t["plain"].median / N * 1e3,
+               "ms", conf),
+        Result("speculative", "ours draft model alone b1", "time per token",
+               t["draft alone"].median / N * 1e3, "ms", conf)]
     for name, s in stats.items():
         k = LOOKUP_K if name == "lookup" else DRAFT_K
         made = int(s.tokens.sum()) - 1               # the first token is the prefill's
@@ -149,6 +158,8 @@ def run(ctx: Context) -> list[Result]:
                    float(s.accepted.sum() / (s.steps.sum() * k)), "fraction", conf),
             Result("speculative", f"ours {name} b1", "tokens per verify step",
                    made / float(s.steps.sum()), "tokens", conf),
+            Result("speculative", f"ours {name} b1", "time per verify step",
+                   t[name].median / float(s.steps.sum()) * 1e3, "ms", conf),
             ratio_row("speculative", f"ours {name} / ours greedy b1", row[name], row["plain"],
                       conf)]
         peer = f"hf {name}"
