@@ -57,7 +57,8 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     assert "(turned off (--compile_peers false))" in proc.stdout   # the table says why
     for row in rows:
         assert set(row) == ROW_KEYS
-        assert row["value"] > 0
+        # the cache section's shares are differences of timings: noise can take them below 0
+        assert row["value"] > 0 or (row["section"], row["unit"]) == ("cache", "fraction")
     fwd = [r for r in rows if r["section"] == "forward" and r["unit"] == "tokens/s"][0]
     assert fwd["config"] == {"preset": "gpt2-tiny", "batch": 2, "seq": 16, "dtype": "float32"}
     assert fwd["compile_s"] > 0 and fwd["min"] <= fwd["median"] <= fwd["max"]
