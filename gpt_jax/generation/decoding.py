@@ -127,7 +127,7 @@ def generate_speculative(params, cfg: GPTConfig, prompts, max_new_tokens: int = 
 
     Raises:
       UserError: as generate(); for speculative settings that are bad or go with settings the
-        speculative loop does not run (processors, stop strings, logprobs, logits, beams).
+        speculative loop does not run (processors, logprobs, logits, beams, streaming).
     """
     g = settings_of(config, settings)
     if not speculative.requested(g):

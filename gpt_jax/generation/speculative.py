@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gpt_jax.generation.stopping as stopping
 from gpt_jax.errors import UserError
 from gpt_jax.generation.config import GenerationConfig
 from gpt_jax.generation.loop import Decoder
@@ -81,12 +82,12 @@ def check_speculation(g: GenerationConfig, cfg: GPTConfig, plan: Plan,
         raise UserError("max_matching_ngram_size needs prompt_lookup_num_tokens")
     others = [name for name, on in (
         ("repetition_penalty", plan.penalty), ("no_repeat_ngram_size", plan.ngram),
-        ("min_new_tokens", plan.min_new), ("min_p", plan.min_p), ("stop", plan.stop_window),
-        ("logprobs", plan.logprobs), ("return_logits", return_logits),
+        ("min_new_tokens", plan.min_new), ("min_p", plan.min_p), ("logprobs", plan.logprobs), ("return_logits", return_logits),
         ("streaming", plan.stream)) if on]
     if others:
         raise UserError(f"speculative decoding (prompt_lookup_num_tokens / draft) runs with "
-                        f"temperature, top_k, top_p, eos_id and pad_id only, not with "
+                        f"temperature, top_k, top_p, eos_id, stop strings and pad_id "
+                        f"only, not with "
                         f"{', '.join(others)}: drop those or decode without speculation")
     if lookup is not None:
         k = _count(lookup, "prompt_lookup_num_tokens")
@@ -171,31 +172,48 @@ def propose_draft(weights, cfg: GPTConfig, cache, seq, cur, pad, K: int, key, pi
 # -- the loop ------------------------------------------------------------------------------
 
 SPEC_STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "k", "ngram",
-               "draft_cfg")
+               "draft_cfg", "stop_window")
 
 
 def speculative_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id,
-                       pad_id, draft_params=None, draft_weights=None, *, cfg: GPTConfig,
-                       max_new_tokens: int, greedy: bool, use_top_k: bool, use_top_p: bool,
-                       k: int, ngram: int = 0, draft_cfg: Optional[GPTConfig] = None):
+                       pad_id, draft_params=None, draft_weights=None, stop=None,
+                       stop_in_prompt=None, *, cfg: GPTConfig, max_new_tokens: int,
+                       greedy: bool, use_top_k: bool, use_top_p: bool, k: int, ngram: int = 0,
+                       draft_cfg: Optional[GPTConfig] = None, stop_window: int = 0):
     """The pure function the speculative generate() compiles: (int32 (B, N) new tokens, pad_id
     after eos_id, as decode_tokens makes them; steps, accepted, made: int32 (B,) Stats).
 
     Arguments as decode_tokens' (gpt_jax/generation/loop.py); pad_id an int32 scalar; k the
     proposals per step; ngram > 0: prompt lookup with that longest n-gram; else a draft
-    model, draft_params / draft_weights (decode_weights) / draft_cfg."""
+    model, draft_params / draft_weights (decode_weights) / draft_cfg; stop (StopTables as
+    arrays), stop_in_prompt and stop_window (static, the tables' window; 0: no stop strings)
+    as decode_tokens' Values and Plan carry them."""
     B, P = tokens.shape
     N, K = max_new_tokens, k
     S = P + N + K            # cache: a row of N - 1 tokens still writes K + 1 at P + N - 1
     filters = dict(temperature=temperature, top_k=top_k if use_top_k else None,
                    top_p=top_p if use_top_p else None)
+
+    def stops_at(seq, idx):
+        """bool (B, T): whether a stop string ends at seq index idx (B, T) of each row. A stop
+        depends only on the window of tokens up to it, so a row's accepted tokens are checked
+        after the fact, all at once: plain decoding's state, rolled forward token by token,
+        sees the same windows (padding, and the prompt unless stop_in_prompt, as sentinels)."""
+        if not stop_window:
+            return jnp.zeros(idx.shape, bool)
+        win = idx[..., None] - stop_window + 1 + jnp.arange(stop_window)      # (B, T, M)
+        tail = jnp.take_along_axis(seq[:, None, :], jnp.maximum(win, 0), axis=2)
+        real = (win >= pad[:, None, None]) & ((win >= P) | stop_in_prompt)
+        tail = jnp.where(real, tail, cfg.vocab_size).reshape(-1, stop_window)
+        return stopping.stop_matched(stop, tail).reshape(idx.shape)
+
     logits, cache = prefill(params, weights, cfg, tokens, pad, S)
     key, k_first = jax.random.split(key)
     first = sample_logits(mask_vocab(logits[:, 0], cfg.n_real_vocab), k_first, greedy=greedy,
                           **filters)
     seq = jnp.concatenate([tokens, first[:, None], jnp.zeros((B, N + K), jnp.int32)], axis=1)
     n = jnp.ones((B,), jnp.int32)
-    done = first == eos_id
+    done = (first == eos_id) | stops_at(seq, P + jnp.zeros((B, 1), jnp.int32))[:, 0]
     weights = widened(weights, cfg.compute_dtype)      # every product has several rows
     d_cache = ()
     if draft_cfg is not None:
@@ -229,13 +247,14 @@ def speculative_tokens(params, weights, tokens, pad, key, temperature, top_k, to
             new, m = accept_greedy(logits, proposed, n_prop)
         else:
             new, m = accept_sampled(warp(logits, **filters), q, proposed, n_prop, k_acc)
-        # keep m + 1 tokens, fewer where eos_id comes first or max_new_tokens is reached
+        # keep m + 1 tokens, fewer where eos_id or a stop string comes first or max_new_tokens
+        # is reached (seq past a row's count is rewritten by its next step)
+        seq = jax.vmap(lambda r, x, i: jax.lax.dynamic_update_slice(r, x, (i,)))(seq, new, cur)
         j = jnp.arange(K + 1)[None, :]
-        at_eos = (new == eos_id) & (j <= m[:, None])
+        at_eos = ((new == eos_id) | stops_at(seq, cur[:, None] + j)) & (j <= m[:, None])
         count = jnp.min(jnp.where(at_eos, j + 1, m[:, None] + 1), axis=1)
         count = jnp.where(active, jnp.minimum(count, N - n), 0)
         done |= active & jnp.any(at_eos & (j < count[:, None]), axis=1)
-        seq = jax.vmap(lambda r, x, i: jax.lax.dynamic_update_slice(r, x, (i,)))(seq, new, cur)
         return (cache, d_cache, seq, n + count, done, key, steps + active,
                 accepted + jnp.maximum(count - 1, 0))
 
@@ -273,7 +292,9 @@ def run_speculative(args, static: dict, spec: Speculation) -> tuple[jax.Array, S
                      draft_weights=DRAFTS.weights(spec.draft_params, dc))
     out, steps, accepted, made = SPECULATOR.run(
         args.params, args.weights, args.tokens, args.pad, args.key, args.temperature,
-        args.top_k, args.top_p, args.eos_id, args.values.pad_id, **extra, cfg=cfg,
+        args.top_k, args.top_p, args.eos_id, args.values.pad_id, **extra,
+        stop=args.values.stop, stop_in_prompt=args.values.stop_in_prompt, cfg=cfg,
         max_new_tokens=N, greedy=static["greedy"], use_top_k=static["use_top_k"],
-        use_top_p=static["use_top_p"], k=spec.k, ngram=spec.ngram, draft_cfg=spec.draft_cfg)
+        use_top_p=static["use_top_p"], k=spec.k, ngram=spec.ngram, draft_cfg=spec.draft_cfg,
+        stop_window=static["plan"].stop_window)
     return out, Stats(np.asarray(steps), np.asarray(accepted), np.asarray(made))

@@ -1,7 +1,8 @@
 """Speculative decoding (gpt_jax.generation.speculative): greedy output token-identical to plain
 greedy generate() for prompt lookup and a draft model, on random and briefly trained weights,
-rows of unequal length, eos_id; sampled output distributed as the plain sampler's (chi-squared
-against the exact distribution on a tiny vocabulary); one program per shape; clear refusals."""
+rows of unequal length, eos_id and stop strings; sampled output distributed as the plain
+sampler's (chi-squared against the exact distribution on a tiny vocabulary); one program per
+shape; clear refusals."""
 import functools
 import itertools
 
@@ -16,6 +17,7 @@ from gpt_jax.errors import UserError
 from gpt_jax.generation.decoding import compile_generate, generate, generate_speculative
 from gpt_jax.generation.verify import warp
 from gpt_jax.model.gpt import GPT
+from gpt_jax.model.tokenizer import get_tokenizer
 
 from generation_reference import CFG, chi2_pvalue, prompts_of, random_params, tiny
 
@@ -68,6 +70,33 @@ def test_prompt_lookup_greedy_equals_plain_greedy_random_weights_unequal_rows_an
     got = generate(params, CFG, prompts, N, temperature=0, eos_id=eos, pad_id=0,
                    prompt_lookup_num_tokens=4)
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("stop_in_prompt", [True, False])
+def test_speculative_greedy_with_stop_strings_equals_plain_greedy(stop_in_prompt):
+    """Stop strings the rows make (one spanning two tokens, one a single byte, one that ends
+    in the prompt's last token plus the first new one): lookup and a draft stop each row
+    where plain greedy does, pad after, in one call whose rows advance unequally."""
+    params = random_params(CFG)
+    prompts = repetitive_prompts()
+    free = np.asarray(generate(params, CFG, prompts, N, temperature=0))
+    enc = get_tokenizer()
+
+    def text(ids):
+        try:
+            return enc.decode_bytes(list(map(int, ids))).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    cands = [text(free[0, 5:7]), text(free[1, 9:10]), text([prompts[2][-1], free[2, 0]])]
+    stops = [t for t in cands if t]
+    assert len(stops) >= 2
+    settings = dict(temperature=0, stop=stops, stop_in_prompt=stop_in_prompt, pad_id=0)
+    want = np.asarray(generate(params, CFG, prompts, N, **settings))
+    assert (want == 0).any()                                      # some row stopped
+    for spec in (dict(prompt_lookup_num_tokens=4),
+                 dict(draft=(random_params(DRAFT, seed=4), DRAFT), num_draft_tokens=3)):
+        got = np.asarray(generate(params, CFG, prompts, N, **settings, **spec))
+        np.testing.assert_array_equal(got, want)
 
 
 def test_draft_greedy_equals_plain_greedy_and_a_perfect_draft_takes_k_plus_one_a_step():
@@ -170,7 +199,7 @@ def test_speculative_sampling_preserves_the_distribution(how, filters):
     (dict(num_draft_tokens=3), "needs draft"),
     (dict(max_matching_ngram_size=2), "needs prompt_lookup"),
     (dict(prompt_lookup_num_tokens=0), ">= 1"),
-    (dict(prompt_lookup_num_tokens=2, stop=["x"]), "not with stop"),
+    (dict(prompt_lookup_num_tokens=2, no_repeat_ngram_size=2), "not with no_repeat_ngram"),
     (dict(prompt_lookup_num_tokens=2, repetition_penalty=1.2), "repetition_penalty"),
     (dict(prompt_lookup_num_tokens=2, num_beams=2), "do not combine"),
     (dict(draft=({}, tiny(vocab_size=64))), "vocab_size"),
