@@ -6,10 +6,15 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+
+try:
+    import resource          # Unix: counts of page faults
+except ImportError:          # Windows
+    resource = None
 
 
 @dataclass
@@ -50,17 +55,39 @@ def compile_seconds(jitted: Callable, *args, **kwargs) -> tuple[Callable, float]
 def time_calls(fns: dict[str, Callable[[], Any]], repeats: int = 5,
                warmup: int = 1) -> dict[str, Timing]:
     """Time zero-argument callables, interleaved: warm-up each, then for r in repeats: each
-    once, so that drift on a noisy machine hits every peer alike."""
+    once, so that drift on a noisy machine hits every peer alike. Repeat r starts at the r-th
+    callable (the order rotates), so that none always runs first or after the same one: a call
+    can be slower for what ran just before it (after a ~15 s decode, the next ~0.35 s call ran
+    30-50 ms slower on the workplace's 2-core machine)."""
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            block(fn())
+            block(fns[name]())
             times[name].append(time.perf_counter() - t0)
     return {name: Timing(t) for name, t in times.items()}
+
+
+def page_faults(fn: Callable[[], Any], repeats: int = 3) -> Optional[float]:
+    """The median count of minor page faults (pages the kernel mapped in on first touch) in one
+    call of fn, after a warm-up call; None where the platform does not count them.
+
+    Why: XLA:CPU takes one temporary buffer per call for the whole program, and glibc serves
+    one of over 32 MiB as fresh pages from the kernel, each one faulted in when first written:
+    a cost per call that the program's own steps do not show."""
+    if resource is None:
+        return None
+    block(fn())
+    counts = []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block(fn())
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return float(statistics.median(counts))
 
 
 def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:

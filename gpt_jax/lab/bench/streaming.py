@@ -4,7 +4,9 @@ streamed vs unstreamed greedy: generate_stream (the same compiled loop plus one 
 per token, read by a consumer thread) against compile_generate's program, interleaved; the
 target is an overhead of at most 5% (ratio >= 0.95). Early exit: a batch whose rows all stop
 (stop strings) after 10 of 512 tokens, against the same batch decoding all 512 and against a
-decode of 10 tokens: the while_loop should cost about the 10 steps, not 512.
+decode of 10 tokens: the while_loop should cost about the 10 steps, not 512 (target: >= 0.95x
+the 10-token call). The early exit and the 10-token call are timed interleaved with each other
+and apart from the 512-token call, which slows whichever call follows it.
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from gpt_jax.generation.decoding import compile_generate
 from gpt_jax.generation.loop import DECODER
 from gpt_jax.model.gpt import init_params
 from gpt_jax.generation.streaming import generate_stream
-from gpt_jax.utils.timing import time_calls
+from gpt_jax.utils.timing import page_faults, time_calls
 from gpt_jax.model.tokenizer import get_tokenizer
 
 SECTION = "serve"
+PAIR_REPEATS = 15
 
 
 def run(ctx: Context) -> list[Result]:
@@ -94,10 +97,23 @@ def early_exit_rows(ctx: Context, name: str, cfg, params) -> list[Result]:
     out = np.asarray(early(*args_early))
     ran = [int(np.flatnonzero(out[b] != free[b])[0]) if (out[b] != free[b]).any() else N
            for b in range(B)]       # the padding starts where a row stopped
-    t = time_calls({"full": lambda: full(*args_full), "early": lambda: early(*args_early),
-                    "short": lambda: short(*args_short)}, ctx.repeats, ctx.warmup)
+    # The early exit and the 10-token call are timed as a pair, the 512-token call apart: a
+    # call right after a ~15 s one ran 30-50 ms slower (measured on the 2-core workplace
+    # machine, 2026-12-07). Calls of ~0.35 s differ by a few percent, about the machine's noise
+    # in one call: PAIR_REPEATS pairs (~10 s) hold the median to ~1%.
+    t = time_calls({"early": lambda: early(*args_early), "short": lambda: short(*args_short)},
+                   ctx.repeats if ctx.tiny else max(ctx.repeats, PAIR_REPEATS), ctx.warmup)
+    t |= time_calls({"full": lambda: full(*args_full)}, ctx.repeats, ctx.warmup)
+    # What the early exit pays that the 10-token call does not: XLA's one temporary buffer per
+    # call holds every segment's cache (loop.segment_lengths), so it is a fresh allocation from
+    # the kernel each call, and the first segment's pages are faulted in anew.
     conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
-            "greedy": True, "stop_after": K, "rows_stopped_after": ran}
+            "greedy": True, "stop_after": K, "rows_stopped_after": ran,
+            "temp_bytes": {"early": early.memory_analysis().temp_size_in_bytes,
+                           "short": short.memory_analysis().temp_size_in_bytes},
+            "minor_page_faults_per_call": {
+                "early": page_faults(lambda: early(*args_early)),
+                "short": page_faults(lambda: short(*args_short))}}
     rows = [result_from_timing(SECTION, f"early exit: {B} rows stop after {K} of {N}",
                                t["early"], work=1, metric="calls/s", unit="calls/s",
                                config=conf, compile_s=compile_s),
@@ -107,5 +123,5 @@ def early_exit_rows(ctx: Context, name: str, cfg, params) -> list[Result]:
                                metric="calls/s", unit="calls/s", config=conf)]
     rows += [ratio_row(SECTION, f"early exit / all {N} tokens", rows[0], rows[1], conf),
              ratio_row(SECTION, f"early exit / {K} tokens", rows[0], rows[2],
-                       {**conf, "target": "about 1"})]
+                       {**conf, "target": ">= 0.95"})]
     return rows
