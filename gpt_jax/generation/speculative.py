@@ -82,13 +82,13 @@ def check_speculation(g: GenerationConfig, cfg: GPTConfig, plan: Plan,
         raise UserError("max_matching_ngram_size needs prompt_lookup_num_tokens")
     others = [name for name, on in (
         ("repetition_penalty", plan.penalty), ("no_repeat_ngram_size", plan.ngram),
-        ("min_new_tokens", plan.min_new), ("min_p", plan.min_p), ("logprobs", plan.logprobs), ("return_logits", return_logits),
-        ("streaming", plan.stream)) if on]
+        ("min_new_tokens", plan.min_new), ("min_p", plan.min_p), ("logprobs", plan.logprobs),
+        ("return_logits", return_logits), ("streaming", plan.stream)) if on]
     if others:
         raise UserError(f"speculative decoding (prompt_lookup_num_tokens / draft) runs with "
-                        f"temperature, top_k, top_p, eos_id, stop strings and pad_id "
-                        f"only, not with "
-                        f"{', '.join(others)}: drop those or decode without speculation")
+                        f"temperature, top_k, top_p, eos_id, stop strings and pad_id only, "
+                        f"not with {', '.join(others)}: drop those or decode without "
+                        f"speculation")
     if lookup is not None:
         k = _count(lookup, "prompt_lookup_num_tokens")
         n = MAX_MATCHING_NGRAM_SIZE if g.max_matching_ngram_size is None else \

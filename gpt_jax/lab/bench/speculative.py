@@ -63,11 +63,9 @@ def train(cfg: GPTConfig, row: np.ndarray, steps: int, seed: int):
     step = make_train_step(cfg, tx, schedule, grad_clip=tc.grad_clip, health=False)
     state = init_state(init_params(cfg, jax.random.key(seed)), tx, jax.random.key(seed))
     batch = jnp.asarray(row, jnp.int32)[None, None]                         # (1, 1, T + 1)
-    losses = []
     for _ in range(steps):
         state, metrics = step(state, batch)
-        losses.append(metrics["loss"])
-    return state.params, float(losses[-1])
+    return state.params, float(metrics["loss"])
 
 
 def run(ctx: Context) -> list[Result]:
