@@ -162,7 +162,7 @@ def compile_generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, 
     """
     args, static = generate_args(params, cfg, prompts, max_new_tokens, key=key, config=config,
                                  **settings)
-    return DECODER.lower(*args, **static).compile(), args
+    return DECODER.compile(*args, **static), args
 
 
 def generate_args(params, cfg: GPTConfig, prompts, max_new_tokens: int, *, key=None,

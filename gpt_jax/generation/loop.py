@@ -25,17 +25,26 @@ from gpt_jax.model.config import GPTConfig
 from gpt_jax.model.gpt import mask_vocab
 
 STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits", "plan",
-          "cache_segments")
+          "cache_segments", "part")
+
+# What part of the decode one program runs (decode_tokens' `part`): "whole", or, for the
+# while_loop (early exit, streaming), "start" (prefill and the first cache segment) and "rest"
+# (the later segments, run only when a row still decodes; see Decoder.run for why).
+PARTS = ("whole", "start", "rest")
+OUTPUTS = ("tok", "logits", "lp")           # the loop's buffers, in the order it returns them
 
 # segment_lengths(): a decode loop's cache starts with room for FIRST new tokens, then grows
-# SEGMENTS - 1 times, so a step reads at most a stride more entries than it has written.
-FIRST, SEGMENTS = 64, 4
+# SEGMENTS - 1 times in strides of at least STRIDE, so a step reads at most a stride more
+# entries than it has written; a decode of at most STRIDE new tokens keeps one cache. FIRST is
+# small because an early exit reads the first segment only: with 64 it read 96 entries where a
+# 10-token call reads 41, 2-5% slower at batch 4 (gpt2, 2026-12-07); with 16, 0.999-1.01x.
+FIRST, STRIDE, SEGMENTS = 16, 64, 4
 
 
 def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, eos_id,
-                  values=None, *, cfg: GPTConfig, max_new_tokens: int, greedy: bool,
-                  use_top_k: bool, use_top_p: bool, return_logits: bool, plan: Plan = Plan(),
-                  cache_segments: int = 0):
+                  values=None, carry=None, bufs=None, *, cfg: GPTConfig, max_new_tokens: int,
+                  greedy: bool, use_top_k: bool, use_top_p: bool, return_logits: bool,
+                  plan: Plan = Plan(), cache_segments: int = 0, part: str = "whole"):
     """The pure decoding function that generate() compiles: int32 (B, max_new_tokens) new
     tokens, then, where asked, their float32 (B, N, V) logits (return_logits) and float32
     (B, N) log-probabilities (plan.logprobs), as a tuple.
@@ -49,7 +58,13 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     streaming. Without early exit the loop is a lax.scan over every token; with it, a
     while_loop that ends when every row is done. cache_segments (static): how many lengths the
     cache grows through (segment_lengths; 0: SEGMENTS), so that steps read little more of it
-    than is written; 1 keeps one cache of every entry from the start (bench.py compares)."""
+    than is written; 1 keeps one cache of every entry from the start (bench.py compares).
+
+    part (static, PARTS) splits the while_loop into two programs: "start" returns (carry,
+    bufs, more): the loop's state after the first segment, its output buffers and whether a
+    row still decodes (None when the first segment is the only one); "rest" takes that carry
+    and bufs and returns the bufs once every segment has run (outputs(bufs) is then what
+    "whole" returns). The scan path is always "whole"."""
     B, P = tokens.shape
     N = max_new_tokens
     S = P + N - 1                            # the last new token is sampled, never fed back
@@ -59,14 +74,15 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
         plan, s, mask_vocab(logits, cfg.n_real_vocab), key, st, made, P=P, pad=pad,
         greedy=greedy, use_top_k=use_top_k, use_top_p=use_top_p)
 
-    # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only. The
-    # cache starts at the first segment's length and grows between segments (segment_lengths).
     lengths = segment_lengths(P, S, cache_segments or SEGMENTS)
-    logits, cache = prefill(params, weights, cfg, tokens, pad, lengths[0])  # (B*H, L0, D)
     keys = jax.random.split(key, N)          # one key per new token: a seed fixes the sample
-    st = processors.init_state(plan, s, tokens, pad, N, cfg.vocab_size)
-    first, lp, st = pick(logits[:, 0], keys[0], st, 0)
-    go = channel.report(s.values.stream_id, 0, first, lp, st.done) if plan.stream else True
+    if part != "rest":
+        # Prefill: the whole prompt in one pass writes cache[:, :P]; logits of index P-1 only.
+        # The cache starts at the first segment's length and grows between segments.
+        logits, cache = prefill(params, weights, cfg, tokens, pad, lengths[0])  # (B*H, L0, D)
+        st = processors.init_state(plan, s, tokens, pad, N, cfg.vocab_size)
+        first, lp, st = pick(logits[:, 0], keys[0], st, 0)
+        go = channel.report(s.values.stream_id, 0, first, lp, st.done) if plan.stream else True
 
     if B > 1:                                # narrow weights pay only in one-row products
         weights = widened(weights, cfg.compute_dtype)
@@ -82,7 +98,7 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     # Segment j feeds the tokens at cache indices [lengths[j-1], lengths[j]): steps i up to
     # ends[j] (exclusive), over a cache of lengths[j] entries.
     ends = [L - P + 1 for L in lengths]
-    if not (plan.early_exit or plan.stream):
+    if not loops_while(plan):
         def body(carry, i):
             cache, tok, st = carry
             cache, new, lp, st, logits = step(cache, tok, st, i)
@@ -104,12 +120,13 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
         return out[0] if len(out) == 1 else tuple(out)
 
     # Early exit: the same steps in a while_loop, writing into buffers (the rest stay padding).
-    bufs = {"tok": jnp.full((B, N), s.pad_id, jnp.int32).at[:, 0].set(first)}
-    if return_logits:
-        bufs["logits"] = jnp.zeros((B, N, logits.shape[-1]), jnp.float32).at[:, 0].set(
-            logits[:, 0])
-    if plan.logprobs:
-        bufs["lp"] = jnp.zeros((B, N), jnp.float32).at[:, 0].set(lp)
+    if part != "rest":
+        bufs = {"tok": jnp.full((B, N), s.pad_id, jnp.int32).at[:, 0].set(first)}
+        if return_logits:
+            bufs["logits"] = jnp.zeros((B, N, logits.shape[-1]), jnp.float32).at[:, 0].set(
+                logits[:, 0])
+        if plan.logprobs:
+            bufs["lp"] = jnp.zeros((B, N), jnp.float32).at[:, 0].set(lp)
 
     def more(carry):                         # some row still decodes
         _, _, st, i, _, go = carry
@@ -127,8 +144,11 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
         go = channel.report(s.values.stream_id, i, new, lp, st.done) if plan.stream else True
         return cache, new, st, i + 1, bufs, jnp.asarray(go)
 
+    def segment(j, carry):                   # the steps over segment j's cache
+        return jax.lax.while_loop(lambda c: more(c) & (c[3] < ends[j]), body, carry)
+
     def run(j, carry):                       # segments j, j + 1, ...: the carry less its cache
-        carry = jax.lax.while_loop(lambda c: more(c) & (c[3] < ends[j]), body, carry)
+        carry = segment(j, carry)
         if j + 1 == len(ends):
             return carry[1:]
         # The next segment's cache is made only if a row still decodes: an early exit skips
@@ -137,25 +157,44 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
                             lambda c: run(j + 1, (grow(c[0], lengths[j + 1]),) + c[1:]),
                             lambda c: c[1:], carry)
 
-    bufs = run(0, (cache, first, st, jnp.int32(1), bufs, jnp.asarray(go)))[3]
-    out = [bufs[k] for k in ("tok", "logits", "lp") if k in bufs]
+    if part == "rest":                       # carry: (cache, tok, st, i, go) after segment 0
+        cache, tok, st, i, go = carry
+        return run(1, (grow(cache, lengths[1]), tok, st, i, bufs, go))[3]
+    carry = (cache, first, st, jnp.int32(1), bufs, jnp.asarray(go))
+    if part == "start":
+        carry = segment(0, carry)
+        cache, tok, st, i, bufs, go = carry
+        return (cache, tok, st, i, go), bufs, more(carry) if len(ends) > 1 else None
+    return outputs(run(0, carry)[3])
+
+
+def loops_while(plan: Plan) -> bool:
+    """Whether decode_tokens runs a while_loop (early exit or streaming), not a scan."""
+    return plan.early_exit or plan.stream
+
+
+def outputs(bufs: dict):
+    """The while_loop's result from its buffers: the tokens, or a tuple (tokens, then logits
+    and log-probs where the call asked for them), as decode_tokens returns."""
+    out = [bufs[k] for k in OUTPUTS if k in bufs]
     return out[0] if len(out) == 1 else tuple(out)
 
 
 def segment_lengths(P: int, S: int, n: int = SEGMENTS) -> tuple[int, ...]:
     """The at most n cache lengths decode_tokens' loop grows through, the last S, for a prompt
-    of P: the loop starts with room for FIRST new tokens, then grows the cache n - 1 times in
-    equal strides (of at least FIRST), one copy each.
+    of P: the loop starts with room for FIRST new tokens, then grows the cache up to n - 1
+    times in equal strides (of at least STRIDE), one copy each; one length, S, when the decode
+    is at most STRIDE new tokens or n is 1.
 
     Why: a step over a cache of L entries reads all L of them (XLA has no dynamic shapes, and a
     block of the cache sliced at a traced index is copied before the product reads it, which
     costs more than it saves), so a loop whose cache has room for every new token from the
     start reads the unwritten entries too. Each segment is its own compiled step, so compile
     time grows with n; P + FIRST is all that an early exit soon after the prompt reads."""
-    if S - P <= FIRST or n <= 1:
+    if S - P <= STRIDE or n <= 1:
         return (S,)
     rest = S - P - FIRST
-    n = min(n - 1, -(-rest // FIRST))
+    n = min(n - 1, -(-rest // STRIDE))
     return (P + FIRST,) + tuple(P + FIRST + -(-rest * k // n) for k in range(1, n + 1))
 
 
@@ -173,6 +212,15 @@ class Decoder(CountedJit):
     run(*args, **static) calls the jitted decode_tokens: one program per static shape (batch,
     bucketed prompt length, and the STATIC arguments). trace_count counts the times it was
     traced, so a caller can see that calls with shapes seen before reused their program.
+    compile(*args, **static) compiles ahead of time what run would call.
+
+    A while_loop decode (early exit, streaming) runs as two programs: "start" (the prefill and
+    the first cache segment), then "rest" only when a row still decodes after it. Why: XLA:CPU
+    takes one temporary buffer per call for the whole program, and a single program's would
+    hold every segment's cache, taken or not (362 MB at batch 4, 512 new tokens). glibc serves
+    an allocation that large as fresh pages from the kernel each call, so a call that exits
+    early faulted in the ~30 MB its first segment writes, every call (7,800 minor faults,
+    ~5% of a 10-token call). The start program's buffers are its own and small.
 
     weights(params, cfg, fmt) is decode_weights(params, cfg, fmt), made once per params and
     format: on CPU a transposed copy of the Dense kernels (most of the weights), in a bfloat16
@@ -184,8 +232,27 @@ class Decoder(CountedJit):
     """
 
     def __init__(self):
-        super().__init__(decode_tokens, STATIC)
+        super().__init__(decode_tokens, STATIC, donate_argnames=("bufs",))
         self._last = None   # (weak refs to the params' leaves, (cfg, fmt), their weights)
+
+    def run(self, *args, **static):
+        if not loops_while(static.get("plan", Plan())):
+            return super().run(*args, **static)
+        carry, bufs, more = super().run(*args, **static, part="start")
+        if more is not None and more:        # the host waits for the first segment here
+            bufs = super().run(*args, carry, bufs, **static, part="rest")
+        return outputs(bufs)
+
+    def compile(self, *args, **static):
+        """What run(*args, **static) calls, compiled ahead of time: a jax Compiled for a scan,
+        Programs (start, rest) for a while_loop."""
+        if not loops_while(static.get("plan", Plan())):
+            return self.lower(*args, **static).compile()
+        start = self.lower(*args, **static, part="start").compile()
+        carry, bufs, more = start.out_info
+        rest = None if more is None else \
+            self.lower(*args, carry, bufs, **static, part="rest").compile()
+        return Programs(start, rest)
 
     @property
     def cached_weights(self) -> Optional[dict]:
@@ -210,3 +277,22 @@ class Decoder(CountedJit):
 
 
 DECODER = Decoder()  # the one generate() and compile_generate() use
+
+
+class Programs:
+    """A while_loop decode compiled ahead of time as Decoder.run calls it: start, then rest
+    (None when the first cache segment is the only one) only while a row still decodes.
+    Called as decode_tokens(*args) is; memory_analysis() is the start program's, the one
+    every call runs."""
+
+    def __init__(self, start, rest):
+        self.start, self.rest = start, rest
+
+    def __call__(self, *args):
+        carry, bufs, more = self.start(*args)
+        if self.rest is not None and more:
+            bufs = self.rest(*args, carry, bufs)
+        return outputs(bufs)
+
+    def memory_analysis(self):
+        return self.start.memory_analysis()

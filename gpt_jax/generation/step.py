@@ -51,14 +51,15 @@ class CountedJit:
     so a caller can see that calls with shapes seen before reused their program (generate's
     Decoder and beam search's BEAMS)."""
 
-    def __init__(self, fn, static_argnames):
+    def __init__(self, fn, static_argnames, donate_argnames=()):
         self.trace_count = 0
 
         @functools.wraps(fn)  # its signature: jit reads the static names from it
         def counted(*args, **static):
             self.trace_count += 1
             return fn(*args, **static)
-        self._jitted = jax.jit(counted, static_argnames=static_argnames)
+        self._jitted = jax.jit(counted, static_argnames=static_argnames,
+                               donate_argnames=donate_argnames)
 
     def run(self, *args, **static):
         return self._jitted(*args, **static)

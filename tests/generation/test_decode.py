@@ -7,7 +7,8 @@ import pytest
 
 import gpt_jax.generation as generation
 from gpt_jax.generation.decoding import generate, generate_args
-from gpt_jax.generation.loop import DECODER, FIRST, SEGMENTS, segment_lengths
+from gpt_jax.generation.loop import (DECODER, FIRST, SEGMENTS, STRIDE, Programs,
+                                     segment_lengths)
 from gpt_jax.generation.step import decode_weights, quantize_int8, weight_bytes
 from gpt_jax.errors import UserError
 
@@ -149,11 +150,12 @@ def test_bad_decode_weights_are_a_user_error(bad):
 # -- the cache grown in segments (loop.segment_lengths) ----------------------------------------
 
 def test_segment_lengths_start_after_the_prompt_and_end_at_the_whole_cache():
-    assert segment_lengths(32, 543, 4) == (96, 245, 394, 543)
-    assert segment_lengths(512, 1023, 4) == (576, 725, 874, 1023)
-    assert segment_lengths(16, 16 + FIRST, 4) == (16 + FIRST,)     # short: one cache
+    assert segment_lengths(32, 543, 4) == (48, 213, 378, 543)
+    assert segment_lengths(512, 1023, 4) == (528, 693, 858, 1023)
+    assert segment_lengths(16, 16 + STRIDE, 4) == (16 + STRIDE,)   # short: one cache
     assert segment_lengths(16, 300, 1) == (300,)                    # 1: the whole cache
-    for P, S, n in [(1, 200, 4), (16, 16 + FIRST + 1, 8), (7, 900, 16), (64, 200, 3)]:
+    assert segment_lengths(16, 16 + STRIDE + 1, 8) == (16 + FIRST, 16 + STRIDE + 1)
+    for P, S, n in [(1, 200, 4), (16, 16 + STRIDE + 1, 8), (7, 900, 16), (64, 200, 3)]:
         lengths = segment_lengths(P, S, n)
         assert lengths[0] == P + FIRST and lengths[-1] == S and len(lengths) <= n
         assert all(b - a >= 1 for a, b in zip(lengths, lengths[1:]))
@@ -163,7 +165,7 @@ SEG_CFG = tiny(block_size=256)
 
 
 @pytest.mark.parametrize("settings", [
-    dict(temperature=0, return_logits=True),                       # lax.scan through 3 caches
+    dict(temperature=0, return_logits=True),                       # lax.scan through 4 caches
     dict(temperature=0, eos_id=3, return_logits=True, logprobs=True),  # while_loop
     dict(temperature=1.0, top_k=20),                               # sampled: the same keys
 ])
@@ -174,7 +176,7 @@ def test_a_cache_grown_in_segments_decodes_what_the_whole_cache_does(settings):
     params = random_params(SEG_CFG)
     prompts = prompts_of([5, 13], SEG_CFG.vocab_size)
     args, static = generate_args(params, SEG_CFG, prompts, 150, key=7, **settings)
-    assert len(segment_lengths(16, 16 + 149, SEGMENTS)) == 3
+    assert len(segment_lengths(16, 16 + 149, SEGMENTS)) == SEGMENTS
     grown, whole = (DECODER.run(*args, **static, cache_segments=n) for n in (0, 1))
     grown, whole = (x if isinstance(x, tuple) else (x,) for x in (grown, whole))
     np.testing.assert_array_equal(grown[0], whole[0])
@@ -204,3 +206,29 @@ def test_an_early_exit_in_the_first_segment_returns_the_free_tokens_and_streams_
         params, SEG_CFG, prompts, 150, temperature=0, eos_id=eos)], axis=1)
     np.testing.assert_array_equal(stream, out[:, :stream.shape[1]])
     assert stream.shape[1] == n < FIRST
+
+
+def test_a_while_loop_decode_runs_its_later_segments_only_when_a_row_still_decodes():
+    """A while_loop decode is two programs (Decoder.run, loop.Programs): the start (prefill,
+    first cache segment), then the rest only while a row decodes. Both exits give generate()'s
+    tokens; the start's temporary buffer is far smaller than the one program's, which holds
+    every segment's cache (faulted in anew each call on CPU: why it is split)."""
+    params = random_params(SEG_CFG)
+    prompts = prompts_of([4], SEG_CFG.vocab_size, seed=1) * 2
+    free = np.asarray(generate(params, SEG_CFG, prompts, 150, temperature=0))
+    never = min(set(range(SEG_CFG.n_real_vocab)) - set(free.ravel().tolist()))
+    for eos, runs_rest in ((int(free[0, 5]), False), (never, True)):
+        args, static = generate_args(params, SEG_CFG, prompts, 150, temperature=0, eos_id=eos)
+        fn = DECODER.compile(*args, **static)
+        assert isinstance(fn, Programs) and fn.rest is not None
+        calls, rest = [], fn.rest
+        fn.rest = lambda *a: calls.append(1) or rest(*a)
+        out = np.asarray(fn(*args))
+        assert calls == ([1] if runs_rest else [])
+        np.testing.assert_array_equal(out, generate(params, SEG_CFG, prompts, 150,
+                                                    temperature=0, eos_id=eos))
+        if runs_rest:
+            np.testing.assert_array_equal(out, free)
+    one = DECODER.lower(*args, **static, part="whole").compile()
+    temp = lambda c: c.memory_analysis().temp_size_in_bytes
+    assert temp(fn) * 2 < temp(one), (temp(fn), temp(one))

@@ -7,8 +7,9 @@ Three greedy calls on the same weights and prompts, interleaved, their tokens ch
 - "whole cache" (cache_segments=1): the loop before segments; every step reads P + N - 1
   entries, most of them zeros early in the decode;
 - "segments": generate()'s default (loop.SEGMENTS caches);
-- "fine segments" (FINE caches, strides of loop.FIRST): each step reads at most FIRST entries
-  it has not written; the bound any used-cache step gets near, at FINE times the compile time.
+- "fine segments" (FINE caches, strides of at least loop.STRIDE): each step reads at most a
+  stride of entries it has not written; the bound any used-cache step gets near, at FINE times
+  the compile time.
 Derived rows: the unwritten entries' share of the whole-cache call, measured
 (1 - fine / whole by time) and modelled (their bytes over all bytes the steps read, averaged
 over steps); and the share the default saves (1 - segments / whole), also as a fraction of

@@ -104,9 +104,10 @@ def early_exit_rows(ctx: Context, name: str, cfg, params) -> list[Result]:
     t = time_calls({"early": lambda: early(*args_early), "short": lambda: short(*args_short)},
                    ctx.repeats if ctx.tiny else max(ctx.repeats, PAIR_REPEATS), ctx.warmup)
     t |= time_calls({"full": lambda: full(*args_full)}, ctx.repeats, ctx.warmup)
-    # What the early exit pays that the 10-token call does not: XLA's one temporary buffer per
-    # call holds every segment's cache (loop.segment_lengths), so it is a fresh allocation from
-    # the kernel each call, and the first segment's pages are faulted in anew.
+    # What the early exit might pay that the 10-token call does not: XLA's one temporary buffer
+    # per call. A one-program early exit held every segment's cache there (362 MB), a fresh
+    # allocation from the kernel each call whose first segment was faulted in anew; its start
+    # program (loop.Programs) now holds only its own (temp_bytes: the start program's).
     conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
             "greedy": True, "stop_after": K, "rows_stopped_after": ran,
             "temp_bytes": {"early": early.memory_analysis().temp_size_in_bytes,
