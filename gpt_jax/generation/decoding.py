@@ -154,7 +154,9 @@ def compile_generate(params, cfg: GPTConfig, prompts, max_new_tokens: int = 64, 
     Returns:
       (fn, args): fn(*args) is what generate() with the same arguments returns; fn also takes
       the args that generate_args gives for other prompts, keys or sampling values of the
-      same static shape.
+      same static shape. fn is a jax Compiled, or, where the loop can stop early (eos_id,
+      stop strings), a loop.Programs: its start and rest programs (the rest compiled too, run
+      only when a row still decodes after the first cache segment).
 
     Raises:
       UserError: as generate(), and for beam settings (beam search runs through generate()

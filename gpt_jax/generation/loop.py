@@ -4,8 +4,10 @@ compiled form, the checks and the entry points).
 It prefills the whole left-padded prompt batch in one pass, then loops decode.decode_step over
 the KV cache: a lax.scan over every new token, or, with eos_id or stop strings (early exit) or
 streaming, a lax.while_loop that ends once every row is done, writing into preallocated
-buffers. Each step's token comes from processors.pick (transformers' processors and warpers,
-eos and stop strings); streaming adds one host callback per step (streaming.report).
+buffers; that loop runs as two programs (Decoder.run): the prefill and the first cache segment,
+then the later segments only when a row still decodes. Each step's token comes from
+processors.pick (transformers' processors and warpers, eos and stop strings); streaming adds
+one host callback per step (streaming.report).
 """
 from __future__ import annotations
 
