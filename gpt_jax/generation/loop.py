@@ -11,6 +11,7 @@ one host callback per step (streaming.report).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Optional
 
@@ -29,10 +30,6 @@ from gpt_jax.model.gpt import mask_vocab
 STATIC = ("cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p", "return_logits", "plan",
           "cache_segments", "part")
 
-# What part of the decode one program runs (decode_tokens' `part`): "whole", or, for the
-# while_loop (early exit, streaming), "start" (prefill and the first cache segment) and "rest"
-# (the later segments, run only when a row still decodes; see Decoder.run for why).
-PARTS = ("whole", "start", "rest")
 OUTPUTS = ("tok", "logits", "lp")           # the loop's buffers, in the order it returns them
 
 # segment_lengths(): a decode loop's cache starts with room for FIRST new tokens, then grows
@@ -62,7 +59,8 @@ def decode_tokens(params, weights, tokens, pad, key, temperature, top_k, top_p, 
     cache grows through (segment_lengths; 0: SEGMENTS), so that steps read little more of it
     than is written; 1 keeps one cache of every entry from the start (bench.py compares).
 
-    part (static, PARTS) splits the while_loop into two programs: "start" returns (carry,
+    part (static: "whole", "start" or "rest") splits the while_loop into two programs (see
+    Decoder for why): "start" returns (carry,
     bufs, more): the loop's state after the first segment, its output buffers and whether a
     row still decodes (None when the first segment is the only one); "rest" takes that carry
     and bufs and returns the bufs once every segment has run (outputs(bufs) is then what
@@ -240,10 +238,8 @@ class Decoder(CountedJit):
     def run(self, *args, **static):
         if not loops_while(static.get("plan", Plan())):
             return super().run(*args, **static)
-        carry, bufs, more = super().run(*args, **static, part="start")
-        if more is not None and more:        # the host waits for the first segment here
-            bufs = super().run(*args, carry, bufs, **static, part="rest")
-        return outputs(bufs)
+        part = lambda name: functools.partial(CountedJit.run, self, **static, part=name)
+        return Programs(part("start"), part("rest"))(*args)
 
     def compile(self, *args, **static):
         """What run(*args, **static) calls, compiled ahead of time: a jax Compiled for a scan,
@@ -282,17 +278,18 @@ DECODER = Decoder()  # the one generate() and compile_generate() use
 
 
 class Programs:
-    """A while_loop decode compiled ahead of time as Decoder.run calls it: start, then rest
-    (None when the first cache segment is the only one) only while a row still decodes.
-    Called as decode_tokens(*args) is; memory_analysis() is the start program's, the one
-    every call runs."""
+    """A while_loop decode as Decoder.run calls it, its programs jitted or compiled ahead of
+    time: start, then rest only while a row still decodes (start returns more=None, and a
+    compiled rest is None, when the first cache segment is the only one). Called as
+    decode_tokens(*args) is; memory_analysis() is the compiled start program's, the one every
+    call runs."""
 
     def __init__(self, start, rest):
         self.start, self.rest = start, rest
 
     def __call__(self, *args):
         carry, bufs, more = self.start(*args)
-        if self.rest is not None and more:
+        if more is not None and more:        # the host waits for the first segment here
             bufs = self.rest(*args, carry, bufs)
         return outputs(bufs)
 

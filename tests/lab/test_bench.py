@@ -4,6 +4,9 @@ import sys
 
 from conftest import run_cli
 
+from gpt_jax.generation.loop import segment_lengths
+from gpt_jax.lab.bench.cache import CALLS
+
 ROW_KEYS = {"section", "name", "config", "metric", "value", "unit", "median", "min", "max",
             "repeats", "compile_s"}
 
@@ -42,7 +45,10 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     # cache: the segmented cache's tokens equal the whole cache's, and all three calls ran
     cache = [r for r in rows if r["section"] == "cache" and r["unit"] == "tokens/s"]
     assert len(cache) == 3 and all(r["config"]["tokens_equal_whole_cache"] for r in cache)
-    assert [len(r["config"]["cache_lengths"]) for r in cache] == [1, 2, 2]
+    P, N = cache[0]["config"]["prompt"], cache[0]["config"]["new_tokens"]
+    assert [r["config"]["cache_lengths"] for r in cache] == [
+        list(segment_lengths(P, P + N - 1, n)) for n in CALLS.values()]
+    assert [len(r["config"]["cache_lengths"]) for r in cache] == [1, 3, 3]
     # the cost of the training-health metrics: step time with / without them (gpt_jax/train/health.py)
     assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.
