@@ -18,12 +18,12 @@ compute-bound and that fused product is slow, so the loop widens them once befor
 from __future__ import annotations
 
 import functools
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.generation.cache_attention import cache_attention
 from gpt_jax.model.config import DTYPES, GPTConfig
 from gpt_jax.model.gpt import GPT, layer_norm, mask_padded_vocab
 from gpt_jax.model.ops import cpu_layouts
@@ -253,8 +253,8 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
     cfg.tie_embeddings as GPT computes them (a KV cache needs cfg.causal: generate checks).
     tokens, positions (B,); mask (B, S) bool over the cache;
     kv_cache: per layer (k, v), each (B*H, S, D) (see heads_major).
-    Returns (logits float32 (B, V), new cache)."""
-    dt = cfg.compute_dtype
+    Returns (logits float32 (B, V), new cache). Attention reads the cache's first
+    cache_index + 1 entries on CPU (cache_attention.py), else all S."""
     transposed = cpu_layouts()
     B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
     norm = lambda p, x: layer_norm(cfg).apply({"params": p}, x)
@@ -273,11 +273,8 @@ def decode_step(weights, cfg: GPTConfig, tokens, positions, mask, kv_cache: KVCa
         v_cache = jax.lax.dynamic_update_slice(
             v_cache, v.reshape(B * H, 1, D).astype(v_cache.dtype), start)
         new_cache.append((k_cache, v_cache))
-        s = jnp.einsum("nd,nsd->ns", q.reshape(B * H, D), k_cache,
-                       preferred_element_type=jnp.float32) / math.sqrt(D)    # (B*H, S)
-        s = jnp.where(mask[:, None, :], s.reshape(B, H, -1), jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(s, axis=-1).astype(dt).reshape(B * H, -1)
-        y = jnp.einsum("ns,nsd->nd", probs, v_cache).reshape(B, cfg.n_embd)
+        y = cache_attention(cfg, q.reshape(B * H, D), k_cache, v_cache, mask,
+                            cache_index + 1).reshape(B, cfg.n_embd)
         x = x + linear(y, p["attn"]["c_proj"], transposed, one)
         x = norm(p["ln_1"], x) if post else x
         h = linear(x if post else norm(p["ln_2"], x), p["mlp"]["c_fc"], transposed, one)

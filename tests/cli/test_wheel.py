@@ -55,6 +55,7 @@ def test_the_wheel_holds_every_sub_package(wheel):
     want = {os.path.relpath(os.path.dirname(p), ROOT)
             for p in glob.glob(os.path.join(ROOT, "gpt_jax", "**", "__init__.py"), recursive=True)}
     assert want <= packages and "gpt_jax/lab/bench" in packages
+    assert "gpt_jax/generation/cache_attention.cc" in names    # the kernel builds from it
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry).decode()
     assert all(f"{c} = gpt_jax.cli." in scripts for c in COMMANDS)
@@ -90,6 +91,7 @@ def test_installed_commands_run_from_outside_the_checkout(venv, tmp_path):
             "--max_new_tokens", "5", "--start", "The", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("The") and "---------------" in r.stdout
+    assert "kernel is not available" not in r.stderr           # built from the wheel's source
     r = run(venv, "gpt-jax-eval", "--init_from", str(out), "--task", "text", "--data", str(text),
             "--limit", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
