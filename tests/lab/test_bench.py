@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import sys
 
 from conftest import run_cli
@@ -42,13 +43,17 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     assert {"ours lookup b1", "ours draft b1", "HF lookup b1", "HF draft b1"} <= {
         r["name"] for r in spec}
     assert all(r["config"]["greedy_tokens_equal_ours"] == 1.0 for r in spec)
-    # cache: the segmented cache's tokens equal the whole cache's, and all three calls ran
+    # cache: the segmented cache's and the kernel's tokens equal the whole cache's, every call
+    # ran, the kernel with it built (CI has a compiler), and the per-step shares are there
     cache = [r for r in rows if r["section"] == "cache" and r["unit"] == "tokens/s"]
-    assert len(cache) == 3 and all(r["config"]["tokens_equal_whole_cache"] for r in cache)
+    assert len(cache) == 4 and all(r["config"]["tokens_equal_whole_cache"] for r in cache)
     P, N = cache[0]["config"]["prompt"], cache[0]["config"]["new_tokens"]
-    assert [r["config"]["cache_lengths"] for r in cache] == [
-        list(segment_lengths(P, P + N - 1, n)) for n in CALLS.values()]
-    assert [len(r["config"]["cache_lengths"]) for r in cache] == [1, 3, 3]
+    assert [(r["config"]["attention"], r["config"]["cache_lengths"]) for r in cache] == [
+        (impl, list(segment_lengths(P, P + N - 1, n))) for impl, n in CALLS.values()]
+    assert [len(r["config"]["cache_lengths"]) for r in cache] == [1, 3, 3, 3]
+    assert cache[0]["config"]["kernel"] == (shutil.which(os.environ.get("CXX", "c++"))
+                                            is not None)
+    assert {"step time kernel save (1 - kernel / whole)", "decode step, whole cache"} <= names
     # the cost of the training-health metrics: step time with / without them (gpt_jax/train/health.py)
     assert "health metrics step-time ratio (with / without)" in names
     # No --flax_python: the HF Flax peer is skipped, and a note says how to time it.

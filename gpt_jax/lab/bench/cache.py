@@ -1,20 +1,25 @@
-"""Section "cache": the decode loop's KV cache grown in segments (gpt_jax/generation/loop.py,
-segment_lengths) against one whole preallocated cache, at batch 8 with a long prompt and as
-many new tokens (issue 29 item 3): what reading the not yet written entries cost before, and
-how much of it the segments save.
+"""Section "cache": a decode step's read of its KV cache, at batch 8 with a long prompt and as
+many new tokens (issue 29 item 3): what reading the not yet written entries costs with XLA's
+attention, how much the segmented cache (gpt_jax/generation/loop.py, segment_lengths) and the
+CPU kernel that reads the written entries only (gpt_jax/generation/cache_attention.py) save.
 
-Three greedy calls on the same weights and prompts, interleaved, their tokens checked equal:
-- "whole cache" (cache_segments=1): the loop before segments; every step reads P + N - 1
-  entries, most of them zeros early in the decode;
-- "segments": generate()'s default (loop.SEGMENTS caches);
-- "fine segments" (FINE caches, strides of at least loop.STRIDE): each step reads at most a
-  stride of entries it has not written; the bound any used-cache step gets near, at FINE times
-  the compile time.
-Derived rows: the unwritten entries' share of the whole-cache call, measured
-(1 - fine / whole by time) and modelled (their bytes over all bytes the steps read, averaged
-over steps); and the share the default saves (1 - segments / whole), also as a fraction of
-the measured share. The shares are differences of timings: on a loaded machine, or at
---tiny sizes where the cache is a sliver of a step, they can come out at or below 0.
+Greedy calls on the same weights and prompts, interleaved, their tokens checked equal:
+- "whole cache" (cache_segments=1, XLA's attention): the loop before issue 29; every step
+  reads P + N - 1 entries, most of them zeros early in the decode;
+- "segments" (loop.SEGMENTS caches, XLA's attention): what generate() runs where the kernel
+  cannot (no compiler, another backend, bfloat16);
+- "fine segments" (FINE caches, strides of at least loop.STRIDE, XLA's attention): each step
+  reads at most a stride of entries it has not written; the bound any used-cache step gets
+  near, at FINE times the compile time;
+- "kernel" (the segments, attention by the kernel): generate()'s default on CPU;
+- "prefill" (one new token): the part of every call that is not decode steps, so that step
+  times are (call - prefill) / (N - 1).
+Derived rows, per decode step: the unwritten entries' share of the whole-cache step, measured
+(1 - fine / whole) and modelled (their bytes over all bytes the steps read, averaged over
+steps); what the segments and the kernel save (1 - x / whole), the kernel's also as a multiple
+of the measured share (the target: at least 1). The shares are differences of timings: on a
+loaded machine, or at --tiny sizes where the cache is a sliver of a step, they can come out at
+or below 0.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from gpt_jax.generation.cache_attention import uses_kernel
 from gpt_jax.generation.decoding import generate_args
 from gpt_jax.generation.loop import DECODER, SEGMENTS, segment_lengths
 from gpt_jax.generation.step import decode_weights, weight_bytes
@@ -32,7 +38,9 @@ from gpt_jax.utils.timing import time_calls
 
 SECTION = "cache"
 FINE = 8
-CALLS = {"whole cache": 1, "segments": SEGMENTS, "fine segments": FINE}
+# label: (attention, cache segments); "xla" is GPTConfig.attn_impl="xla", "auto" the default
+CALLS = {"whole cache": ("xla", 1), "segments": ("xla", SEGMENTS),
+         "fine segments": ("xla", FINE), "kernel": ("auto", SEGMENTS)}
 
 
 def unwritten_share(cfg, B: int, P: int, N: int, lengths: tuple[int, ...],
@@ -50,51 +58,61 @@ def unwritten_share(cfg, B: int, P: int, N: int, lengths: tuple[int, ...],
 
 
 def run(ctx: Context) -> list[Result]:
-    """Batch 8, prompt P and N new tokens (512 + 512 for GPT-2; 16 + 200 with --tiny):
-    whole cache vs segments vs fine segments, tokens/s, compile seconds, and the shares."""
+    """Batch 8, prompt P and N new tokens (512 + 512 for GPT-2; 16 + 200 with --tiny): the
+    calls of CALLS and a prefill-only call; tokens/s, compile seconds, per-step shares."""
     name, cfg = ctx.model()
     B, P, N = (8, 16, 200) if ctx.tiny else (8, 512, 512)
     P, N = min(P, cfg.block_size // 2), min(N, cfg.block_size - min(P, cfg.block_size // 2))
     params = init_params(cfg, jax.random.key(0))
     prompts = np.random.default_rng(0).integers(0, cfg.n_real_vocab, (B, P))
-    args, static = generate_args(params, cfg, prompts, N, temperature=0)
     fns, compile_s, tokens = {}, {}, {}
-    for label, n in CALLS.items():
+    for label, (impl, n) in {**CALLS, "prefill": ("xla", 1)}.items():
+        args, static = generate_args(params, cfg.replace(attn_impl=impl), prompts,
+                                     1 if label == "prefill" else N, temperature=0)
         t0 = time.perf_counter()
         fn = DECODER.lower(*args, **static, cache_segments=n).compile()
         compile_s[label] = time.perf_counter() - t0
         tokens[label] = np.asarray(fn(*args))          # also the warm-up call
-        fns[label] = lambda fn=fn: fn(*args)
+        fns[label] = lambda fn=fn, args=args: fn(*args)
     S = P + N - 1
     conf = {"preset": name, "batch": B, "prompt": P, "new_tokens": N, "dtype": cfg.dtype,
-            "greedy": True, "whole_cache_entries": S,
-            "tokens_equal_whole_cache": all(bool((t == tokens["whole cache"]).all())
-                                            for t in tokens.values())}
+            "greedy": True, "whole_cache_entries": S, "kernel": uses_kernel(cfg, cfg.dtype),
+            "tokens_equal_whole_cache": all(bool((tokens[label] == tokens["whole cache"]).all())
+                                            for label in CALLS)}
     t = time_calls(fns, min(ctx.repeats, 3), warmup=0)
     rows = {label: result_from_timing(
         SECTION, f"{label} b{B}, {P} + {N}", t[label], work=B * N, metric="tokens/s",
         unit="tokens/s", compile_s=compile_s[label],
-        config={**conf, "cache_lengths": list(segment_lengths(P, S, CALLS[label]))})
-        for label in CALLS}
+        config={**conf, "attention": impl,
+                "cache_lengths": list(segment_lengths(P, S, n))})
+        for label, (impl, n) in CALLS.items()}
     out = list(rows.values())
-    out += [ratio_row(SECTION, f"segments / whole cache b{B}", rows["segments"],
-                      rows["whole cache"], conf),
-            ratio_row(SECTION, f"fine segments / whole cache b{B}", rows["fine segments"],
-                      rows["whole cache"], conf)]
-    whole, seg, fine = (t[label].median for label in CALLS)
-    measured, saved = 1 - fine / whole, 1 - seg / whole
+    out.append(Result(SECTION, f"prefill b{B}, {P} + 1", "seconds per call",
+                      t["prefill"].median, "s", conf, median=t["prefill"].median,
+                      min=t["prefill"].min, max=t["prefill"].max,
+                      repeats=len(t["prefill"].times), compile_s=compile_s["prefill"]))
+    out += [ratio_row(SECTION, f"{label} / whole cache b{B}", rows[label],
+                      rows["whole cache"], conf) for label in ("segments", "fine segments",
+                                                               "kernel")]
+    step = {label: (t[label].median - t["prefill"].median) / (N - 1) for label in CALLS}
+    saved = {label: 1 - step[label] / step["whole cache"] for label in CALLS}
+    measured = saved["fine segments"]
     wbytes = weight_bytes(decode_weights(params, cfg))
-    out += [Result(SECTION, "unwritten entries' share of the whole-cache call",
+    out += [Result(SECTION, "decode step, whole cache", "seconds per step",
+                   step["whole cache"], "s", conf),
+            Result(SECTION, "unwritten entries' share of the whole-cache step",
                    "measured (1 - fine / whole)", measured, "fraction", conf),
-            Result(SECTION, "unwritten entries' share of the whole-cache call",
+            Result(SECTION, "unwritten entries' share of the whole-cache step",
                    "modelled by bytes", unwritten_share(cfg, B, P, N, (S,), wbytes),
                    "fraction", conf),
             Result(SECTION, "unwritten entries still read with segments", "modelled by bytes",
                    unwritten_share(cfg, B, P, N, segment_lengths(P, S, SEGMENTS), wbytes),
-                   "fraction", conf),
-            Result(SECTION, "time segments save (1 - segments / whole)", "share of the call",
-                   saved, "fraction", conf)]
-    if measured > 0:      # below 0 the machine's noise exceeds the share: no fraction of it
-        out.append(Result(SECTION, "of the measured share, segments save", "share saved",
-                          saved / measured, "fraction", conf))
+                   "fraction", conf)]
+    out += [Result(SECTION, f"step time {label} save (1 - {label} / whole)",
+                   "share of the step", saved[label], "fraction", conf)
+            for label in ("segments", "kernel")]
+    if measured > 0:      # below 0 the machine's noise exceeds the share: no multiple of it
+        out += [Result(SECTION, f"{who} saving over the measured share", "multiple",
+                       saved[label] / measured, "fraction", conf)
+                for label, who in (("segments", "the segments'"), ("kernel", "the kernel's"))]
     return out
