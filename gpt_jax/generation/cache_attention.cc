@@ -39,9 +39,11 @@ struct Work {
 
 // Softmax over the scores of row n's first `length` entries, then the weighted sum of values.
 // A masked entry scores -FLT_MAX, as XLA's path does (finfo.min), so a row with nothing to see
-// averages rather than producing NaN.
+// averages rather than producing NaN. kD: the head dim when known at compile time (0: w.D),
+// so that the output row stays in registers across the values instead of in memory.
+template <int64_t kD>
 void Row(const Work& w, int64_t n, std::vector<float>& p) {
-  const int64_t L = w.length, D = w.D;
+  const int64_t L = w.length, D = kD ? kD : w.D;
   const float* q = w.q + n * D;
   const float* k = w.k + n * w.S * D;
   const float* v = w.v + n * w.S * D;
@@ -57,7 +59,9 @@ void Row(const Work& w, int64_t n, std::vector<float>& p) {
   }
   float sum = 0.f;
   for (int64_t s = 0; s < L; ++s) sum += (p[s] = std::exp(p[s] - top));
-  float* o = w.out + n * D;
+  float fixed[kD ? kD : 1];
+  std::vector<float> dynamic(kD ? 0 : D);
+  float* o = kD ? fixed : dynamic.data();
   std::fill(o, o + D, 0.f);
   for (int64_t s = 0; s < L; ++s) {
     if (p[s] == 0.f) continue;  // a masked entry: its values need not be read
@@ -67,7 +71,17 @@ void Row(const Work& w, int64_t n, std::vector<float>& p) {
     for (int64_t d = 0; d < D; ++d) o[d] += ps * vs[d];
   }
   const float inv = 1.f / sum;
-  for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+  float* out = w.out + n * D;
+  for (int64_t d = 0; d < D; ++d) out[d] = o[d] * inv;
+}
+
+void AnyRow(const Work& w, int64_t n, std::vector<float>& p) {
+  switch (w.D) {  // GPT-2's head dim is 64 in every preset
+    case 32: return Row<32>(w, n, p);
+    case 64: return Row<64>(w, n, p);
+    case 128: return Row<128>(w, n, p);
+    default: return Row<0>(w, n, p);
+  }
 }
 
 constexpr int64_t kChunk = 8;  // rows taken at a time: few enough atomics, enough to balance
@@ -77,7 +91,7 @@ void Drain(Work& w) {
   int64_t finished = 0;
   for (int64_t start; (start = w.next.fetch_add(kChunk)) < w.rows;) {
     const int64_t end = std::min(start + kChunk, w.rows);
-    for (int64_t n = start; n < end; ++n) Row(w, n, p);
+    for (int64_t n = start; n < end; ++n) AnyRow(w, n, p);
     finished += end - start;
   }
   if (finished && w.done.fetch_add(finished) + finished == w.rows) {

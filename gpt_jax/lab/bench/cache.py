@@ -14,6 +14,11 @@ Greedy calls on the same weights and prompts, interleaved, their tokens checked 
 - "kernel" (the segments, attention by the kernel): generate()'s default on CPU;
 - "prefill" (one new token): the part of every call that is not decode steps, so that step
   times are (call - prefill) / (N - 1).
+Then single decode steps, where call-to-call noise is far smaller than in 30-second calls: at
+a few indices of the same decode, one step over the whole cache with XLA's attention, over a
+cache of exactly the entries written so far (what a step that reads the used cache only
+reads, all else equal), and over the whole cache with the kernel; their means give the
+unwritten share and the kernel's saving again, step by step.
 Derived rows, per decode step: the unwritten entries' share of the whole-cache step, measured
 (1 - fine / whole) and modelled (their bytes over all bytes the steps read, averaged over
 steps); what the segments and the kernel save (1 - x / whole), the kernel's also as a multiple
@@ -26,15 +31,16 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.generation.cache_attention import uses_kernel
 from gpt_jax.generation.decoding import generate_args
 from gpt_jax.generation.loop import DECODER, SEGMENTS, segment_lengths
-from gpt_jax.generation.step import decode_weights, weight_bytes
+from gpt_jax.generation.step import decode_mask, decode_step, decode_weights, weight_bytes
 from gpt_jax.lab.bench.harness import Context, Result, ratio_row, result_from_timing
 from gpt_jax.model.gpt import init_params
-from gpt_jax.utils.timing import time_calls
+from gpt_jax.utils.timing import Timing, time_calls
 
 SECTION = "cache"
 FINE = 8
@@ -98,8 +104,8 @@ def run(ctx: Context) -> list[Result]:
     saved = {label: 1 - step[label] / step["whole cache"] for label in CALLS}
     measured = saved["fine segments"]
     wbytes = weight_bytes(decode_weights(params, cfg))
-    out += [Result(SECTION, "decode step, whole cache", "seconds per step",
-                   step["whole cache"], "s", conf),
+    out += [Result(SECTION, "decode step, whole cache", "ms per step",
+                   step["whole cache"] * 1e3, "ms", conf),
             Result(SECTION, "unwritten entries' share of the whole-cache step",
                    "measured (1 - fine / whole)", measured, "fraction", conf),
             Result(SECTION, "unwritten entries' share of the whole-cache step",
@@ -115,4 +121,60 @@ def run(ctx: Context) -> list[Result]:
         out += [Result(SECTION, f"{who} saving over the measured share", "multiple",
                        saved[label] / measured, "fraction", conf)
                 for label, who in (("segments", "the segments'"), ("kernel", "the kernel's"))]
+    return out + single_steps(ctx, params, cfg, B, P, N, conf)
+
+
+STEPS = 4          # decode steps per timed call of single_steps
+
+
+def single_steps(ctx: Context, params, cfg, B: int, P: int, N: int, conf: dict) -> list[Result]:
+    """One decode step alone at 5 indices of a P + N decode (its first, quarters and last):
+    "whole" (XLA's attention over P + N - 1 entries), "exact" (XLA's over a cache of index + 1
+    entries, compiled per index) and "kernel" (the kernel over the whole cache). The caches
+    are donated, so each step writes in place as in the loop. Rows: ms per step of each,
+    and the means over indices of 1 - exact / whole (the unwritten share) and of
+    1 - kernel / whole (the kernel's saving)."""
+    S = P + N - 1
+    weights = decode_weights(params, cfg)
+    pad, tok = jnp.zeros((B,), jnp.int32), jnp.zeros((B,), jnp.int32)
+    zeros = lambda L: tuple(tuple(jnp.zeros((B * cfg.n_head, L, cfg.head_dim), cfg.compute_dtype)
+                                  for _ in "kv") for _ in range(cfg.n_layer))
+
+    def compiled(impl, L):                     # one step over a cache of L entries
+        def step(weights, cache, index):
+            mask = decode_mask(pad, index[None], L)[:, 0, 0]
+            return decode_step(weights, cfg.replace(attn_impl=impl), tok, index - pad, mask,
+                               cache, index)
+        return jax.jit(step, donate_argnums=1).lower(weights, zeros(L), jnp.int32(0)).compile()
+
+    caches = {"whole": zeros(S)}               # the two whole-cache steps pass one cache along
+
+    def call(fn, key, index):                  # STEPS steps at index, the cache written back
+        def run():
+            for _ in range(STEPS):
+                logits, caches[key] = fn(weights, caches[key], jnp.int32(index))
+            return logits
+        return run
+    whole, kernel = compiled("xla", S), compiled("auto", S)
+    fns = {}
+    for k in sorted({1, N // 4, N // 2, 3 * N // 4, N - 1}):
+        index = P + k - 1
+        caches[index] = zeros(index + 1)
+        fns[("whole", index)] = call(whole, "whole", index)
+        fns[("exact", index)] = call(compiled("xla", index + 1), index, index)
+        fns[("kernel", index)] = call(kernel, "whole", index)
+    t = time_calls(fns, max(ctx.repeats, 5))
+    per_step = {key: Timing([x / STEPS for x in timing.times]) for key, timing in t.items()}
+    out, share, saving = [], [], []
+    for (label, index), timing in per_step.items():
+        out.append(Result(SECTION, f"one step, {label}, {index + 1} of {S} entries written",
+                          "ms per step", timing.median * 1e3, "ms", conf, median=timing.median,
+                          min=timing.min, max=timing.max, repeats=len(timing.times)))
+        if label == "whole":
+            share.append(1 - per_step[("exact", index)].median / timing.median)
+            saving.append(1 - per_step[("kernel", index)].median / timing.median)
+    out += [Result(SECTION, "one step: unwritten entries' share (1 - exact / whole)",
+                   "mean over indices", float(np.mean(share)), "fraction", conf),
+            Result(SECTION, "one step: the kernel's saving (1 - kernel / whole)",
+                   "mean over indices", float(np.mean(saving)), "fraction", conf)]
     return out
