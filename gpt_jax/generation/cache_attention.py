@@ -74,7 +74,8 @@ def build(out_dir: str | None = None) -> str:
       the compiler's version, the CPU's flags and the compile flags.
 
     Raises:
-      KernelBuildError: no C++ compiler, or it failed (with its last lines of output).
+      KernelBuildError: no C++ compiler, an unwritable directory, or a failed build (with
+        the first error line the compiler printed).
     """
     cxx = shutil.which(os.environ.get("CXX", "c++"))
     if cxx is None:
